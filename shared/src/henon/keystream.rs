@@ -1,0 +1,225 @@
+//! The Henon keystream: sixteen interleaved orbits of the classic Henon map
+//! `x' = 1 − a·x² + y, y' = b·x` (a = 1.4, b = 0.3).
+//!
+//! Each iterate gives four bytes: bits 6 to 37 (counted from the lowest) of
+//! the mantissa of `x`, where rounding noise makes the orbit unpredictable.
+//! The other bits are biased and never used: the top ones follow the
+//! attractor's uneven density, and the lowest ones are often zero because a
+//! sum like `1 − a·x²` landing in a lower binade has fewer significant bits
+//! than its type holds (chi-square over a million iterates: bits 0–7 fail,
+//! bits 6–37 pass, bits 36 and above fail increasingly). The orbits are
+//! independent, so the CPU runs sixteen of them at once instead of waiting on
+//! one long dependency chain.
+//!
+//! Bit-exactness: every step is plain IEEE-754 binary64 multiplication,
+//! subtraction and addition, evaluated as `((1 − (a·x)·x) + y)`; Rust never
+//! contracts these into fused multiply-adds and no platform math function is
+//! called, so every conforming platform produces the same bytes.
+
+use super::HenonKey;
+
+/// Independent orbits iterated side by side.
+pub(crate) const ORBITS: usize = 16;
+/// Keystream bytes per step of all orbits.
+pub(crate) const BLOCK: usize = ORBITS * 4;
+
+const A: f64 = 1.4;
+const B: f64 = 0.3;
+/// Iterations discarded so that every orbit has settled on the attractor and
+/// forgotten its start.
+const BURN_IN: usize = 128;
+/// The attractor stays within |x| < 1.3; anything past this has escaped.
+const ESCAPE: f64 = 2.0;
+
+/// A deterministic generator of keystream bytes from a [`HenonKey`].
+#[derive(Clone)]
+pub(crate) struct Keystream {
+    x: [f64; ORBITS],
+    y: [f64; ORBITS],
+    block: [u8; BLOCK],
+    /// Next unread byte in `block`; `BLOCK` means empty.
+    used: usize,
+}
+
+impl Keystream {
+    /// Seeds every orbit from the key and runs the burn-in.
+    ///
+    /// The 256 key bits are folded through SplitMix64 so that flipping any
+    /// one bit moves every starting point; the starting points lie in
+    /// [−0.1, 0.1]², inside the attractor's basin.
+    pub(crate) fn new(key: &HenonKey) -> Self {
+        let mut seed = 0x6d65_6467_6174_6531_u64; // "medgate1"
+        for word in key.0.chunks_exact(8) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            seed = splitmix64(&mut (seed ^ u64::from_le_bytes(bytes)));
+        }
+        let mut state = seed;
+        let mut x = [0.0; ORBITS];
+        let mut y = [0.0; ORBITS];
+        for i in 0..ORBITS {
+            x[i] = unit(splitmix64(&mut state)) * 0.2 - 0.1;
+            y[i] = unit(splitmix64(&mut state)) * 0.2 - 0.1;
+        }
+        let mut stream = Self {
+            x,
+            y,
+            block: [0; BLOCK],
+            used: BLOCK,
+        };
+        for _ in 0..BURN_IN {
+            stream.step();
+        }
+        stream
+    }
+
+    /// Fills `out` with the next keystream bytes.
+    pub(crate) fn fill(&mut self, out: &mut [u8]) {
+        let mut out = out;
+        if self.used < BLOCK {
+            let take = out.len().min(BLOCK - self.used);
+            out[..take].copy_from_slice(&self.block[self.used..self.used + take]);
+            self.used += take;
+            out = &mut out[take..];
+        }
+        let mut blocks = out.chunks_exact_mut(BLOCK);
+        for chunk in &mut blocks {
+            self.step();
+            self.emit(chunk);
+        }
+        let rest = blocks.into_remainder();
+        if !rest.is_empty() {
+            self.step();
+            let mut block = [0u8; BLOCK];
+            self.emit(&mut block);
+            self.block = block;
+            rest.copy_from_slice(&self.block[..rest.len()]);
+            self.used = rest.len();
+        }
+    }
+
+    /// The next four bytes as a little-endian `u32`.
+    pub(crate) fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.fill(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    /// The next eight bytes as a little-endian `u64`.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.fill(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    /// A draw in `0..n` (Lemire's multiply-shift; the bias, below n / 2³², is
+    /// irrelevant for a permutation of at most 32 768 elements).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        ((u64::from(self.next_u32()) * n as u64) >> 32) as usize
+    }
+
+    /// Advances every orbit by one iterate.
+    fn step(&mut self) {
+        let mut escaped = false;
+        for i in 0..ORBITS {
+            let x = self.x[i];
+            let next = 1.0 - A * x * x + self.y[i];
+            self.y[i] = B * x;
+            self.x[i] = next;
+            // `!(a <= b)` is also true for NaN.
+            escaped |= !(next.abs() <= ESCAPE);
+        }
+        if escaped {
+            self.recover();
+        }
+    }
+
+    /// Puts an orbit that left the attractor (never seen in practice, but
+    /// floating point gives no proof) back at a fixed point of its basin.
+    #[cold]
+    fn recover(&mut self) {
+        for i in 0..ORBITS {
+            if !(self.x[i].abs() <= ESCAPE) || !(self.y[i].abs() <= ESCAPE) {
+                self.x[i] = 0.01 * (i as f64 + 1.0);
+                self.y[i] = 0.05;
+            }
+        }
+    }
+
+    /// Writes mantissa bits 6..38 of every orbit's `x`.
+    fn emit(&self, out: &mut [u8]) {
+        for (chunk, x) in out.chunks_exact_mut(4).zip(self.x.iter()) {
+            chunk.copy_from_slice(&((x.to_bits() >> 6) as u32).to_le_bytes());
+        }
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood): advances `state` and returns a mixed word.
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The top 53 bits of `v` as a number in [0, 1), exactly.
+fn unit(v: u64) -> f64 {
+    (v >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_reads_equal_one_read() {
+        let key = HenonKey::from_bytes([7; 32]);
+        let mut whole = vec![0u8; 1000];
+        Keystream::new(&key).fill(&mut whole);
+        let mut parts = vec![0u8; 1000];
+        let mut stream = Keystream::new(&key);
+        let mut at = 0;
+        for len in [1, 3, 64, 65, 100, 0, 7, 500, 260] {
+            stream.fill(&mut parts[at..at + len]);
+            at += len;
+        }
+        assert_eq!(at, 1000);
+        assert_eq!(whole, parts);
+    }
+
+    #[test]
+    fn orbits_stay_on_the_attractor() {
+        let mut stream = Keystream::new(&HenonKey::from_bytes([1; 32]));
+        for _ in 0..100_000 {
+            stream.step();
+            assert!(stream.x.iter().all(|x| x.abs() < 1.3));
+        }
+    }
+
+    #[test]
+    fn recovery_puts_escaped_orbits_back() {
+        let mut stream = Keystream::new(&HenonKey::from_bytes([1; 32]));
+        stream.x[3] = f64::NAN;
+        stream.x[5] = 1e300;
+        stream.step();
+        assert!(stream.x.iter().all(|x| x.abs() <= ESCAPE));
+    }
+
+    #[test]
+    fn bytes_look_uniform() {
+        let mut bytes = vec![0u8; 1 << 20];
+        Keystream::new(&HenonKey::from_bytes([9; 32])).fill(&mut bytes);
+        let mut counts = [0u32; 256];
+        for b in &bytes {
+            counts[*b as usize] += 1;
+        }
+        // Chi-square with 255 degrees of freedom: mean 255, sd ~22.6.
+        let expected = bytes.len() as f64 / 256.0;
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 360.0, "chi-square {chi2}");
+    }
+}
