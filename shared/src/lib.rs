@@ -5,8 +5,24 @@
 //! - [`ids`]: topic-safe names and 128-bit message, key and recipient ids.
 //! - [`pixels`]: grayscale pixel buffers (8- and 16-bit) and their limits.
 //! - [`henon`]: the Henon-map image cipher (permutation + diffusion).
+//! - [`kdf`]: session keys and the per-message HKDF derivation.
+//! - [`keys`]: the receiver's RSA key pair, wrapping of session keys.
+//! - [`header`]: the sealed-image header and modalities.
+//! - [`envelope`]: the sealed-image byte format: parse, seal, open.
+//! - [`seal`]: the gateway's rotating [`seal::Sealer`] and the receiver's
+//!   caching [`seal::Opener`].
+//! - [`topics`]: the MQTT topic tree.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
+//!
+//! `FORMAT.md` beside this crate describes the sealed image for a second
+//! implementation; `tests/vectors/` holds the test vectors that pin it.
+pub mod envelope;
+pub mod header;
 pub mod henon;
 pub mod ids;
+pub mod kdf;
+pub mod keys;
 pub mod pixels;
 pub mod quality;
+pub mod seal;
+pub mod topics;

@@ -126,8 +126,7 @@ impl Keystream {
             let next = 1.0 - A * x * x + self.y[i];
             self.y[i] = B * x;
             self.x[i] = next;
-            // `!(a <= b)` is also true for NaN.
-            escaped |= !(next.abs() <= ESCAPE);
+            escaped |= !in_bounds(next);
         }
         if escaped {
             self.recover();
@@ -139,7 +138,7 @@ impl Keystream {
     #[cold]
     fn recover(&mut self) {
         for i in 0..ORBITS {
-            if !(self.x[i].abs() <= ESCAPE) || !(self.y[i].abs() <= ESCAPE) {
+            if !in_bounds(self.x[i]) || !in_bounds(self.y[i]) {
                 self.x[i] = 0.01 * (i as f64 + 1.0);
                 self.y[i] = 0.05;
             }
@@ -152,6 +151,12 @@ impl Keystream {
             chunk.copy_from_slice(&((x.to_bits() >> 6) as u32).to_le_bytes());
         }
     }
+}
+
+/// Whether `v` is a finite value within the escape bound (false for NaN).
+#[inline(always)]
+fn in_bounds(v: f64) -> bool {
+    v.abs() <= ESCAPE
 }
 
 /// SplitMix64 (Steele, Lea, Flood): advances `state` and returns a mixed word.

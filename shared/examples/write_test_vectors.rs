@@ -1,0 +1,97 @@
+//! Writes `shared/tests/vectors/v1.json`, the sealed-image test vectors.
+//!
+//! Run once when the format changes on purpose:
+//! `cargo run -p medgate-shared --example write_test_vectors`.
+//! The RSA key in the file is a throwaway test key, published on purpose; the
+//! RSA-OAEP wrap is randomised, so the wrapped key is recorded, not derived.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: fail loudly.
+
+use std::path::Path;
+
+use medgate_shared::envelope::{self, integrity_tag};
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::henon;
+use medgate_shared::ids::MessageId;
+use medgate_shared::kdf::{MessageKeys, SessionKey};
+use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use serde_json::json;
+
+fn main() {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v1.json");
+    let key = ReceiverPrivateKey::generate(3072).unwrap();
+    let cases = [
+        ("gray8-13x7", 13, 7, PixelFormat::Gray8, Modality::Dx, None),
+        (
+            "gray8-40x30",
+            40,
+            30,
+            PixelFormat::Gray8,
+            Modality::Cr,
+            Some("pneumonia-cnn"),
+        ),
+        ("gray16-9x5", 9, 5, PixelFormat::Gray16, Modality::Ct, None),
+        ("gray8-1x1", 1, 1, PixelFormat::Gray8, Modality::Ot, None),
+    ];
+    let mut vectors = Vec::new();
+    for (i, (name, width, height, format, modality, hint)) in cases.into_iter().enumerate() {
+        let i = i as u8;
+        let session =
+            SessionKey::from_bytes(std::array::from_fn(|j| (j as u8).wrapping_mul(7) ^ i));
+        let wrapped = key.public().wrap(&session).unwrap();
+        let meta = ImageMeta {
+            message_id: MessageId(std::array::from_fn(|j| 0xa0 ^ j as u8 ^ (i << 4))),
+            site: "st-example".parse().unwrap(),
+            gateway: "gw-01".parse().unwrap(),
+            device: format!("sensor-{i}").parse().unwrap(),
+            sequence: 1000 + u64::from(i),
+            captured_at_ms: 1_790_000_000_000 + u64::from(i),
+            modality,
+            model_hint: hint.map(|h| h.parse().unwrap()),
+        };
+        let len = width as usize * height as usize * format.bytes_per_pixel();
+        let data = (0..len)
+            .map(|k| (k as u8).wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let pixels = Pixels::new(width, height, format, data).unwrap();
+        let keys = MessageKeys::derive(&session, &meta.message_id);
+        let sealed = envelope::seal_with(&session, &wrapped, &meta, &pixels).unwrap();
+        let parsed = envelope::parse(&sealed).unwrap();
+        let header_len = u16::from_le_bytes([sealed[5], sealed[6]]) as usize;
+        vectors.push(json!({
+            "name": name,
+            "session_key": hex::encode(session.as_bytes()),
+            "wrapped_key": hex::encode(&wrapped.bytes),
+            "key_id": wrapped.key_id().to_string(),
+            "recipient": wrapped.recipient.to_string(),
+            "message_id": meta.message_id.to_string(),
+            "site": meta.site.as_str(),
+            "gateway": meta.gateway.as_str(),
+            "device": meta.device.as_str(),
+            "sequence": meta.sequence,
+            "captured_at_ms": meta.captured_at_ms,
+            "modality": modality.code(),
+            "model_hint": hint,
+            "width": width,
+            "height": height,
+            "pixel_format": format!("{format:?}"),
+            "pixels": hex::encode(pixels.data()),
+            "aead_key": hex::encode(keys.aead_key),
+            "aead_nonce": hex::encode(keys.nonce),
+            "henon_key": hex::encode(keys.henon.as_bytes()),
+            "henon_ciphertext": hex::encode(henon::encrypt(&keys.henon, &pixels).data()),
+            "header": hex::encode(&sealed[7..7 + header_len]),
+            "sha512": hex::encode(integrity_tag(parsed.canonical_header, pixels.data())),
+            "sealed": hex::encode(&sealed),
+        }));
+    }
+    let doc = json!({
+        "about": "medgate sealed-image format v1 test vectors; see shared/FORMAT.md. \
+                  The private key below is a published TEST key: never use it for real data.",
+        "receiver_private_key_pem": key.to_pem().unwrap().as_str(),
+        "receiver_public_key_pem": key.public().to_pem().unwrap(),
+        "vectors": vectors,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    println!("wrote {}", out.display());
+}

@@ -1,0 +1,362 @@
+//! The sealed-image envelope, version 1: layout, parsing of untrusted bytes,
+//! sealing and opening. `shared/FORMAT.md` is the normative description.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "MGSI"
+//! 4       1     format version (1)
+//! 5       2     header length H, u16 little-endian, 1..=1024
+//! 7       H     header (postcard, see header.rs)
+//! 7+H     2     wrapped-key length K, u16 little-endian, 384..=1024
+//! 9+H     K     wrapped session key (RSA-OAEP-SHA-256)
+//! 9+H+K   N+80  body: ChaCha20-Poly1305(Henon(pixels) ‖ SHA-512 tag) ‖ Poly1305 tag (16)
+//! ```
+//!
+//! Everything before the body is the AEAD's associated data. The SHA-512 tag
+//! covers the canonical header (bytes 4 .. 7+H: version, length, header) and
+//! the plaintext pixels. N is the pixel byte count the header implies; any
+//! other body length is refused before any allocation or crypto.
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
+
+use crate::header::{Header, ImageMeta};
+use crate::henon;
+use crate::ids::{KeyId, RecipientId};
+use crate::kdf::{MessageKeys, SessionKey};
+use crate::keys::{WrappedKey, key_id_of};
+use crate::pixels::{self, Pixels, PixelsError};
+
+/// The first four bytes of every sealed image.
+pub const MAGIC: [u8; 4] = *b"MGSI";
+/// The format version this code writes and reads.
+pub const VERSION: u8 = 1;
+/// The largest encoded header accepted.
+pub const MAX_HEADER_LEN: usize = 1024;
+/// The smallest wrapped key accepted (RSA-3072).
+pub const MIN_WRAPPED_KEY_LEN: usize = 384;
+/// The largest wrapped key accepted (RSA-8192).
+pub const MAX_WRAPPED_KEY_LEN: usize = 1024;
+/// Length of the SHA-512 integrity tag.
+pub const TAG_LEN: usize = 64;
+/// Length of the Poly1305 authentication tag.
+pub const AEAD_TAG_LEN: usize = 16;
+
+const PREFIX_LEN: usize = 7;
+
+/// Why bytes are not a well-formed sealed image. Checked before any crypto.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// The input ends before a field it must hold.
+    #[error("sealed image truncated: {field} needs {needed} bytes, {available} left")]
+    Truncated {
+        /// The field being read.
+        field: &'static str,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes left.
+        available: usize,
+    },
+    /// The input does not start with [`MAGIC`].
+    #[error("not a medgate sealed image (bad magic)")]
+    BadMagic,
+    /// A format version this code does not read.
+    #[error("sealed-image format version {0} is not supported (this build reads {VERSION})")]
+    UnsupportedVersion(u8),
+    /// The header length is zero or over [`MAX_HEADER_LEN`].
+    #[error("header length {0} is outside 1..={MAX_HEADER_LEN}")]
+    HeaderLength(usize),
+    /// The header bytes do not decode.
+    #[error("header does not decode: {0}")]
+    Header(String),
+    /// The header decodes but is not in its one canonical encoding.
+    #[error("header is not canonically encoded")]
+    NonCanonicalHeader,
+    /// The header describes an impossible image.
+    #[error("header describes an invalid image: {0}")]
+    Image(PixelsError),
+    /// The wrapped-key length is outside the accepted range.
+    #[error("wrapped key length {0} is outside {MIN_WRAPPED_KEY_LEN}..={MAX_WRAPPED_KEY_LEN}")]
+    WrappedKeyLength(usize),
+    /// The header's key id is not the id of the wrapped key it carries.
+    #[error("key id in the header does not match the wrapped key")]
+    KeyIdMismatch,
+    /// The body is not as long as the header implies.
+    #[error("body has {actual} bytes, the header implies {expected}")]
+    BodyLength {
+        /// Bytes implied by the header.
+        expected: usize,
+        /// Bytes present.
+        actual: usize,
+    },
+}
+
+/// A sealed image split into its parts, checked for form but not opened.
+#[derive(Debug, Clone)]
+pub struct Envelope<'a> {
+    /// The decoded header.
+    pub header: Header,
+    /// The canonical header bytes covered by the SHA-512 tag.
+    pub canonical_header: &'a [u8],
+    /// The wrapped session key.
+    pub wrapped_key: &'a [u8],
+    /// The AEAD associated data (everything before the body).
+    pub associated_data: &'a [u8],
+    /// The AEAD ciphertext and tag.
+    pub body: &'a [u8],
+}
+
+/// Takes `n` bytes at `at`, or says which field was cut short.
+fn take<'a>(
+    bytes: &'a [u8],
+    at: usize,
+    n: usize,
+    field: &'static str,
+) -> Result<&'a [u8], FormatError> {
+    bytes
+        .get(at..)
+        .and_then(|rest| rest.get(..n))
+        .ok_or(FormatError::Truncated {
+            field,
+            needed: n,
+            available: bytes.len().saturating_sub(at),
+        })
+}
+
+fn read_u16(bytes: &[u8], at: usize, field: &'static str) -> Result<usize, FormatError> {
+    let raw = take(bytes, at, 2, field)?;
+    Ok(usize::from(u16::from_le_bytes([raw[0], raw[1]])))
+}
+
+/// Splits and checks untrusted bytes. Never panics, and allocates only for the
+/// header's strings, whose lengths are bounded by the header length.
+///
+/// # Errors
+/// [`FormatError`] naming the first thing wrong.
+pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
+    let magic = take(bytes, 0, 4, "magic")?;
+    if magic != MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let version = take(bytes, 4, 1, "version")?[0];
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let header_len = read_u16(bytes, 5, "header length")?;
+    if header_len == 0 || header_len > MAX_HEADER_LEN {
+        return Err(FormatError::HeaderLength(header_len));
+    }
+    let header_bytes = take(bytes, PREFIX_LEN, header_len, "header")?;
+    let header: Header = match postcard::take_from_bytes(header_bytes) {
+        Ok((header, [])) => header,
+        Ok(_) => return Err(FormatError::NonCanonicalHeader),
+        Err(e) => return Err(FormatError::Header(e.to_string())),
+    };
+    if postcard::to_allocvec(&header).as_deref() != Ok(header_bytes) {
+        return Err(FormatError::NonCanonicalHeader);
+    }
+    let pixel_len = pixels::byte_len(header.width, header.height, header.pixel_format)
+        .map_err(FormatError::Image)?;
+
+    let key_at = PREFIX_LEN + header_len;
+    let key_len = read_u16(bytes, key_at, "wrapped key length")?;
+    if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&key_len) {
+        return Err(FormatError::WrappedKeyLength(key_len));
+    }
+    let wrapped_key = take(bytes, key_at + 2, key_len, "wrapped key")?;
+    if key_id_of(wrapped_key) != header.key_id {
+        return Err(FormatError::KeyIdMismatch);
+    }
+
+    let body_at = key_at + 2 + key_len;
+    let expected = pixel_len + TAG_LEN + AEAD_TAG_LEN;
+    let actual = bytes.len() - body_at;
+    if actual != expected {
+        return Err(FormatError::BodyLength { expected, actual });
+    }
+    Ok(Envelope {
+        header,
+        canonical_header: &bytes[4..key_at],
+        wrapped_key,
+        associated_data: &bytes[..body_at],
+        body: &bytes[body_at..],
+    })
+}
+
+/// Why sealing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The header could not be encoded within [`MAX_HEADER_LEN`].
+    #[error("header encodes to {0} bytes, over the {MAX_HEADER_LEN}-byte limit")]
+    HeaderTooLong(usize),
+    /// The header could not be encoded.
+    #[error("header does not encode: {0}")]
+    Encode(postcard::Error),
+    /// The wrapped key has a length the format does not carry.
+    #[error("wrapped key length {0} is outside {MIN_WRAPPED_KEY_LEN}..={MAX_WRAPPED_KEY_LEN}")]
+    WrappedKeyLength(usize),
+    /// The AEAD refused the input (only for inputs far beyond the pixel limit).
+    #[error("AEAD encryption failed")]
+    Aead,
+    /// Wrapping a new session key failed.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
+/// Seals `image` under an already wrapped session key. Deterministic: the
+/// same inputs give the same bytes (used for test vectors and for
+/// re-sealing); see [`crate::seal::Sealer`] for the rotating front end.
+///
+/// # Errors
+/// [`SealError`] if the header or wrapped key do not fit the format.
+pub fn seal_with(
+    session: &SessionKey,
+    wrapped: &WrappedKey,
+    meta: &ImageMeta,
+    image: &Pixels,
+) -> Result<Vec<u8>, SealError> {
+    let header = Header {
+        message_id: meta.message_id,
+        site: meta.site.clone(),
+        gateway: meta.gateway.clone(),
+        device: meta.device.clone(),
+        sequence: meta.sequence,
+        captured_at_ms: meta.captured_at_ms,
+        modality: meta.modality,
+        width: image.width(),
+        height: image.height(),
+        pixel_format: image.format(),
+        recipient: wrapped.recipient,
+        key_id: wrapped.key_id(),
+        model_hint: meta.model_hint.clone(),
+    };
+    let header_bytes = postcard::to_allocvec(&header).map_err(SealError::Encode)?;
+    if header_bytes.len() > MAX_HEADER_LEN {
+        return Err(SealError::HeaderTooLong(header_bytes.len()));
+    }
+    let key_len = wrapped.bytes.len();
+    if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&key_len) {
+        return Err(SealError::WrappedKeyLength(key_len));
+    }
+
+    let body_at = PREFIX_LEN + header_bytes.len() + 2 + key_len;
+    let pixel_len = image.data().len();
+    let mut out = Vec::with_capacity(body_at + pixel_len + TAG_LEN + AEAD_TAG_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&(header_bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(&(key_len as u16).to_le_bytes());
+    out.extend_from_slice(&wrapped.bytes);
+
+    let tag = integrity_tag(&out[4..PREFIX_LEN + header_bytes.len()], image.data());
+    let keys = MessageKeys::derive(session, &meta.message_id);
+    let cipher = henon::encrypt(&keys.henon, image);
+    out.extend_from_slice(cipher.data());
+    out.extend_from_slice(&tag);
+
+    let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
+    let (associated, body) = out.split_at_mut(body_at);
+    let aead_tag = aead
+        .encrypt_in_place_detached(Nonce::from_slice(&keys.nonce), associated, body)
+        .map_err(|_| SealError::Aead)?;
+    out.extend_from_slice(&aead_tag);
+    Ok(out)
+}
+
+/// Why a sealed image was not opened. Each variant is a rejection reason the
+/// receiver counts and audits; none carries key or pixel material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The bytes are not a well-formed sealed image.
+    #[error("malformed sealed image: {0}")]
+    Malformed(#[from] FormatError),
+    /// The image was sealed for a receiver key pair this receiver lacks.
+    #[error("sealed for recipient {0}, which this receiver does not hold")]
+    UnknownRecipient(RecipientId),
+    /// The wrapped session key does not open with the receiver's private key.
+    #[error("session key {0} cannot be unwrapped")]
+    UnknownKey(KeyId),
+    /// The AEAD tag does not verify: the bytes were altered or forged.
+    #[error("authentication failed (AEAD tag mismatch)")]
+    Aead,
+    /// The SHA-512 tag does not match the decrypted pixels.
+    #[error("integrity check failed (SHA-512 tag mismatch)")]
+    TagMismatch,
+}
+
+impl OpenError {
+    /// A short, stable name for metrics and audit messages.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownRecipient(_) => "unknown_recipient",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::Aead => "aead",
+            Self::TagMismatch => "tag_mismatch",
+        }
+    }
+}
+
+/// An opened, verified image.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    /// Its header.
+    pub header: Header,
+    /// Its pixels.
+    pub pixels: Pixels,
+    /// The verified SHA-512 tag, which names the image in results.
+    pub sha512: [u8; TAG_LEN],
+}
+
+/// Opens a parsed envelope with its unwrapped session key: verifies the AEAD
+/// tag, decrypts, undoes the Henon cipher and checks the SHA-512 tag.
+///
+/// # Errors
+/// [`OpenError::Aead`] or [`OpenError::TagMismatch`].
+pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened, OpenError> {
+    let header = &envelope.header;
+    let keys = MessageKeys::derive(session, &header.message_id);
+    let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
+    let (ciphertext, aead_tag) = envelope.body.split_at(envelope.body.len() - AEAD_TAG_LEN);
+    let mut plain = ciphertext.to_vec();
+    if aead
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&keys.nonce),
+            envelope.associated_data,
+            &mut plain,
+            Tag::from_slice(aead_tag),
+        )
+        .is_err()
+    {
+        return Err(OpenError::Aead);
+    }
+    let tag_at = plain.len() - TAG_LEN;
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&plain[tag_at..]);
+    plain.truncate(tag_at);
+    // parse() checked the length against the header, so this cannot fail;
+    // map it anyway rather than trust that at a distance.
+    let cipher = Pixels::new(header.width, header.height, header.pixel_format, plain)
+        .map_err(|e| OpenError::Malformed(FormatError::Image(e)))?;
+    let pixels = henon::decrypt(&keys.henon, &cipher);
+    cipher.into_data().zeroize();
+    if integrity_tag(envelope.canonical_header, pixels.data()) != tag {
+        return Err(OpenError::TagMismatch);
+    }
+    Ok(Opened {
+        header: header.clone(),
+        pixels,
+        sha512: tag,
+    })
+}
+
+/// SHA-512 of the canonical header followed by the plaintext pixels.
+pub fn integrity_tag(canonical_header: &[u8], pixels: &[u8]) -> [u8; TAG_LEN] {
+    let mut hasher = Sha512::new();
+    hasher.update(canonical_header);
+    hasher.update(pixels);
+    hasher.finalize().into()
+}

@@ -1,0 +1,33 @@
+//! Helpers shared by the integration tests: the published test key and the
+//! vector file.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test binary uses a subset.
+
+use medgate_shared::keys::ReceiverPrivateKey;
+use serde_json::Value;
+
+/// The vector document.
+pub fn vectors() -> Value {
+    serde_json::from_str(include_str!("../vectors/v1.json")).unwrap()
+}
+
+/// The published test receiver key from the vector file.
+pub fn test_key() -> ReceiverPrivateKey {
+    let doc = vectors();
+    ReceiverPrivateKey::from_pem(
+        doc["receiver_private_key_pem"].as_str().unwrap(),
+        "test vectors",
+    )
+    .unwrap()
+}
+
+/// A string field of a vector.
+pub fn text<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("vector field {field} missing"))
+}
+
+/// A hex field of a vector, decoded.
+pub fn bytes(v: &Value, field: &str) -> Vec<u8> {
+    hex::decode(text(v, field)).unwrap()
+}

@@ -1,0 +1,302 @@
+//! Sealing and opening: round trips, and every way a message can be wrong
+//! is refused with the right reason, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use common::{bytes, test_key, vectors};
+use medgate_shared::envelope::{self, AEAD_TAG_LEN, FormatError, OpenError, TAG_LEN};
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::ids::MessageId;
+use medgate_shared::kdf::{MessageKeys, SessionKey};
+use medgate_shared::keys::key_id_of;
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::seal::{Opener, RotationPolicy, Sealer};
+use proptest::prelude::*;
+
+fn meta(sequence: u64) -> ImageMeta {
+    ImageMeta {
+        message_id: MessageId::random(),
+        site: "site".parse().unwrap(),
+        gateway: "gw".parse().unwrap(),
+        device: "dev".parse().unwrap(),
+        sequence,
+        captured_at_ms: 1_700_000_000_000,
+        modality: Modality::Dx,
+        model_hint: None,
+    }
+}
+
+fn image(width: u32, height: u32, format: PixelFormat) -> Pixels {
+    let len = width as usize * height as usize * format.bytes_per_pixel();
+    Pixels::new(
+        width,
+        height,
+        format,
+        (0..len).map(|i| (i * 13) as u8).collect(),
+    )
+    .unwrap()
+}
+
+/// A recorded vector's sealed bytes and the session key that made them.
+fn recorded() -> (Vec<u8>, SessionKey) {
+    let v = &vectors()["vectors"][0];
+    (
+        bytes(v, "sealed"),
+        SessionKey::from_bytes(bytes(v, "session_key").try_into().unwrap()),
+    )
+}
+
+fn sealer() -> Sealer {
+    Sealer::new(test_key().public().clone(), RotationPolicy::default())
+}
+
+#[test]
+fn sealer_and_opener_round_trip_both_formats() {
+    let mut sealer = sealer();
+    let mut opener = Opener::new(test_key(), 4);
+    for format in [PixelFormat::Gray8, PixelFormat::Gray16] {
+        let px = image(64, 48, format);
+        let m = meta(1);
+        let opened = opener.open(&sealer.seal(&m, &px).unwrap()).unwrap();
+        assert_eq!(opened.pixels, px);
+        assert_eq!(opened.header.meta(), m);
+    }
+    // One session key, unwrapped once.
+    assert_eq!(opener.cached_keys(), 1);
+}
+
+#[test]
+fn sealed_bytes_reveal_no_pixels() {
+    // A constant image must not leave long constant runs in the sealed bytes.
+    let px = Pixels::new(64, 64, PixelFormat::Gray8, vec![0x41; 4096]).unwrap();
+    let sealed = sealer().seal(&meta(1), &px).unwrap();
+    let runs = sealed
+        .windows(8)
+        .filter(|w| w.iter().all(|&b| b == 0x41))
+        .count();
+    assert_eq!(runs, 0);
+}
+
+#[test]
+fn session_keys_rotate_by_count_and_age() {
+    let policy = RotationPolicy {
+        max_messages: 2,
+        max_age: Duration::from_secs(60),
+    };
+    let mut sealer = Sealer::new(test_key().public().clone(), policy);
+    let px = image(4, 4, PixelFormat::Gray8);
+    let t0 = Instant::now();
+    sealer.seal_at(&meta(1), &px, t0).unwrap();
+    let first = sealer.current_key_id().unwrap();
+    sealer.seal_at(&meta(2), &px, t0).unwrap();
+    assert_eq!(sealer.current_key_id(), Some(first));
+    sealer.seal_at(&meta(3), &px, t0).unwrap();
+    let second = sealer.current_key_id().unwrap();
+    assert_ne!(second, first, "rotates after max_messages");
+    sealer
+        .seal_at(&meta(4), &px, t0 + Duration::from_secs(61))
+        .unwrap();
+    assert_ne!(
+        sealer.current_key_id().unwrap(),
+        second,
+        "rotates after max_age"
+    );
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let (sealed, _) = recorded();
+    let mut opener = Opener::new(test_key(), 4);
+    for len in 0..sealed.len() {
+        let err = opener.open(&sealed[..len]).unwrap_err();
+        assert!(matches!(err, OpenError::Malformed(_)), "len {len}: {err:?}");
+    }
+    let mut longer = sealed.clone();
+    longer.push(0);
+    assert!(matches!(
+        opener.open(&longer),
+        Err(OpenError::Malformed(FormatError::BodyLength { .. }))
+    ));
+}
+
+#[test]
+fn every_flipped_byte_is_refused() {
+    let (sealed, _) = recorded();
+    let mut opener = Opener::new(test_key(), 4);
+    for at in 0..sealed.len() {
+        let mut bad = sealed.clone();
+        bad[at] ^= 0x01;
+        let err = opener.open(&bad).unwrap_err();
+        // Bytes of the body and the wrapped key are covered by crypto; the
+        // rest by the format checks. Nothing is ever accepted.
+        assert!(
+            matches!(
+                err,
+                OpenError::Malformed(_) | OpenError::Aead | OpenError::UnknownRecipient(_)
+            ),
+            "byte {at}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn rejections_have_their_own_reasons() {
+    let (sealed, session) = recorded();
+    let mut opener = Opener::new(test_key(), 4);
+    let parsed = envelope::parse(&sealed).unwrap();
+    let body_at = parsed.associated_data.len();
+
+    // Body altered: AEAD.
+    let mut bad = sealed.clone();
+    bad[body_at + 3] ^= 0x80;
+    assert_eq!(opener.open(&bad).unwrap_err().reason(), "aead");
+
+    // Magic, version.
+    let mut bad = sealed.clone();
+    bad[0] = b'X';
+    assert_eq!(
+        opener.open(&bad).unwrap_err(),
+        OpenError::Malformed(FormatError::BadMagic)
+    );
+    let mut bad = sealed.clone();
+    bad[4] = 2;
+    assert_eq!(
+        opener.open(&bad).unwrap_err(),
+        OpenError::Malformed(FormatError::UnsupportedVersion(2))
+    );
+
+    // A wrapped key that is not ours, with a matching key id: unknown key.
+    let key_at = body_at - parsed.wrapped_key.len();
+    let mut bad = sealed.clone();
+    bad[key_at..body_at].fill(0x5a);
+    let forged_id = key_id_of(&bad[key_at..body_at]);
+    let id_at = find(&bad[..key_at], parsed.header.key_id.as_bytes()).unwrap();
+    bad[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
+    assert_eq!(
+        opener.open(&bad).unwrap_err(),
+        OpenError::UnknownKey(forged_id)
+    );
+
+    // Sealed for another receiver: unknown recipient.
+    let mut bad = sealed.clone();
+    let rid = parsed.header.recipient;
+    let rid_at = find(&bad[..key_at], rid.as_bytes()).unwrap();
+    bad[rid_at] ^= 1;
+    assert_eq!(opener.open(&bad).unwrap_err().reason(), "unknown_recipient");
+
+    // Correct AEAD over a wrong SHA-512 tag (what a buggy or malicious
+    // sealer holding the session key could produce): tag mismatch.
+    let keys = MessageKeys::derive(&session, &parsed.header.message_id);
+    let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
+    let mut body = parsed.body[..parsed.body.len() - AEAD_TAG_LEN].to_vec();
+    aead.decrypt_in_place_detached(
+        Nonce::from_slice(&keys.nonce),
+        parsed.associated_data,
+        &mut body,
+        Tag::from_slice(&parsed.body[parsed.body.len() - AEAD_TAG_LEN..]),
+    )
+    .unwrap();
+    let tag_at = body.len() - TAG_LEN;
+    body[tag_at] ^= 1;
+    let tag = aead
+        .encrypt_in_place_detached(
+            Nonce::from_slice(&keys.nonce),
+            parsed.associated_data,
+            &mut body,
+        )
+        .unwrap();
+    let mut bad = parsed.associated_data.to_vec();
+    bad.extend_from_slice(&body);
+    bad.extend_from_slice(&tag);
+    assert_eq!(opener.open(&bad).unwrap_err(), OpenError::TagMismatch);
+}
+
+#[test]
+fn non_canonical_headers_are_refused() {
+    let (sealed, _) = recorded();
+    // Re-encode the site name's length (the first varint, one byte) as a
+    // two-byte varint: the same value, a different encoding.
+    let header_len = u16::from_le_bytes([sealed[5], sealed[6]]) as usize;
+    let header = &sealed[7..7 + header_len];
+    let site_len_at = 16; // after the 16-byte message id
+    let mut longer = header[..site_len_at].to_vec();
+    longer.extend_from_slice(&[header[site_len_at] | 0x80, 0x00]);
+    longer.extend_from_slice(&header[site_len_at + 1..]);
+    let mut bad = sealed[..5].to_vec();
+    bad.extend_from_slice(&((longer.len()) as u16).to_le_bytes());
+    bad.extend_from_slice(&longer);
+    bad.extend_from_slice(&sealed[7 + header_len..]);
+    assert_eq!(
+        envelope::parse(&bad).unwrap_err(),
+        FormatError::NonCanonicalHeader
+    );
+}
+
+#[test]
+fn headers_with_invalid_names_are_refused() {
+    let (sealed, _) = recorded();
+    let parsed = envelope::parse(&sealed).unwrap();
+    let site = parsed.header.site.as_str().as_bytes().to_vec();
+    let at = find(&sealed, &site).unwrap();
+    let mut bad = sealed.clone();
+    bad[at] = b'/';
+    assert!(matches!(envelope::parse(&bad), Err(FormatError::Header(_))));
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn parse_never_panics_on_arbitrary_bytes(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let _ = envelope::parse(&data);
+    }
+
+    #[test]
+    fn parse_never_panics_on_mutated_envelopes(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (mut sealed, _) = recorded();
+        for (at, value) in edits {
+            let i = at.index(sealed.len());
+            sealed[i] = value;
+        }
+        let len = cut.index(sealed.len() + 1);
+        let _ = envelope::parse(&sealed[..len]);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn open_inverts_seal(
+        width in 1u32..48,
+        height in 1u32..48,
+        wide in any::<bool>(),
+        sequence in any::<u64>(),
+        captured in any::<u64>(),
+        hint in proptest::option::of("[a-z0-9._-]{1,64}"),
+    ) {
+        let format = if wide { PixelFormat::Gray16 } else { PixelFormat::Gray8 };
+        let px = image(width, height, format);
+        let mut m = meta(sequence);
+        m.captured_at_ms = captured;
+        m.model_hint = hint.map(|h| h.parse().unwrap());
+        let key = test_key();
+        let wrapped = key.public().wrap(&SessionKey::from_bytes([9; 32])).unwrap();
+        let sealed = envelope::seal_with(&SessionKey::from_bytes([9; 32]), &wrapped, &m, &px).unwrap();
+        let opened = Opener::new(key, 1).open(&sealed).unwrap();
+        prop_assert_eq!(opened.pixels, px);
+        prop_assert_eq!(opened.header.meta(), m);
+    }
+}

@@ -1,0 +1,168 @@
+//! The committed test vectors pin the sealed-image format: key derivation,
+//! the Henon cipher, the header encoding and the whole envelope must come
+//! out byte for byte as recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+mod common;
+
+use common::{bytes, test_key, text, vectors};
+use medgate_shared::envelope::{self, integrity_tag};
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::kdf::{MessageKeys, SessionKey};
+use medgate_shared::keys::{ReceiverPublicKey, WrappedKey};
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::seal::Opener;
+use serde_json::Value;
+
+struct Case {
+    name: String,
+    session: SessionKey,
+    wrapped: WrappedKey,
+    meta: ImageMeta,
+    pixels: Pixels,
+    v: Value,
+}
+
+fn cases() -> Vec<Case> {
+    let doc = vectors();
+    let key = test_key();
+    doc["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let format = match text(v, "pixel_format") {
+                "Gray8" => PixelFormat::Gray8,
+                "Gray16" => PixelFormat::Gray16,
+                other => panic!("unknown format {other}"),
+            };
+            Case {
+                name: text(v, "name").to_owned(),
+                session: SessionKey::from_bytes(bytes(v, "session_key").try_into().unwrap()),
+                wrapped: WrappedKey {
+                    recipient: key.public().id(),
+                    bytes: bytes(v, "wrapped_key"),
+                },
+                meta: ImageMeta {
+                    message_id: text(v, "message_id").parse().unwrap(),
+                    site: text(v, "site").parse().unwrap(),
+                    gateway: text(v, "gateway").parse().unwrap(),
+                    device: text(v, "device").parse().unwrap(),
+                    sequence: v["sequence"].as_u64().unwrap(),
+                    captured_at_ms: v["captured_at_ms"].as_u64().unwrap(),
+                    modality: Modality::from_code(text(v, "modality")).unwrap(),
+                    model_hint: v["model_hint"].as_str().map(|h| h.parse().unwrap()),
+                },
+                pixels: Pixels::new(
+                    v["width"].as_u64().unwrap() as u32,
+                    v["height"].as_u64().unwrap() as u32,
+                    format,
+                    bytes(v, "pixels"),
+                )
+                .unwrap(),
+                v: v.clone(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn there_are_vectors_for_both_pixel_formats() {
+    let cases = cases();
+    assert!(cases.len() >= 4);
+    assert!(
+        cases
+            .iter()
+            .any(|c| c.pixels.format() == PixelFormat::Gray16)
+    );
+}
+
+#[test]
+fn key_ids_match_the_keys() {
+    let key = test_key();
+    let public = ReceiverPublicKey::from_pem(
+        vectors()["receiver_public_key_pem"].as_str().unwrap(),
+        "vectors",
+    )
+    .unwrap();
+    assert_eq!(public.id(), key.public().id());
+    for c in cases() {
+        assert_eq!(
+            c.wrapped.recipient.to_string(),
+            text(&c.v, "recipient"),
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            c.wrapped.key_id().to_string(),
+            text(&c.v, "key_id"),
+            "{}",
+            c.name
+        );
+        let unwrapped = key.unwrap_key(&c.wrapped.bytes).unwrap();
+        assert_eq!(unwrapped, c.session, "{}", c.name);
+    }
+}
+
+#[test]
+fn hkdf_gives_the_recorded_message_keys() {
+    for c in cases() {
+        let keys = MessageKeys::derive(&c.session, &c.meta.message_id);
+        assert_eq!(
+            keys.aead_key.to_vec(),
+            bytes(&c.v, "aead_key"),
+            "{}",
+            c.name
+        );
+        assert_eq!(keys.nonce.to_vec(), bytes(&c.v, "aead_nonce"), "{}", c.name);
+        assert_eq!(
+            keys.henon.as_bytes().to_vec(),
+            bytes(&c.v, "henon_key"),
+            "{}",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn henon_cipher_gives_the_recorded_bytes_and_inverts() {
+    for c in cases() {
+        let key = HenonKey::from_bytes(bytes(&c.v, "henon_key").try_into().unwrap());
+        let cipher = henon::encrypt(&key, &c.pixels);
+        assert_eq!(cipher.data(), bytes(&c.v, "henon_ciphertext"), "{}", c.name);
+        assert_eq!(henon::decrypt(&key, &cipher), c.pixels, "{}", c.name);
+    }
+}
+
+#[test]
+fn sealing_gives_the_recorded_envelope() {
+    for c in cases() {
+        let sealed = envelope::seal_with(&c.session, &c.wrapped, &c.meta, &c.pixels).unwrap();
+        assert_eq!(hex::encode(&sealed), text(&c.v, "sealed"), "{}", c.name);
+        let parsed = envelope::parse(&sealed).unwrap();
+        assert_eq!(
+            parsed.canonical_header[3..],
+            bytes(&c.v, "header")[..],
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            integrity_tag(parsed.canonical_header, c.pixels.data()).to_vec(),
+            bytes(&c.v, "sha512"),
+            "{}",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn recorded_envelopes_open() {
+    let mut opener = Opener::new(test_key(), 8);
+    for c in cases() {
+        let opened = opener.open(&bytes(&c.v, "sealed")).unwrap();
+        assert_eq!(opened.pixels, c.pixels, "{}", c.name);
+        assert_eq!(opened.header.meta(), c.meta, "{}", c.name);
+        assert_eq!(opened.sha512.to_vec(), bytes(&c.v, "sha512"), "{}", c.name);
+    }
+}
