@@ -1,1 +1,254 @@
-fn main() {}
+//! `medgate-sim`: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use medgate_shared::dataset::SplitName;
+use medgate_shared::header::Modality;
+use medgate_shared::henon::HenonKey;
+use medgate_shared::ids::Name;
+use medgate_shared::keys::DEFAULT_RSA_BITS;
+use medgate_shared::pixels::MAX_DIMENSION;
+use medgate_shared::quality;
+use medgate_sim::imageio::{self, Depth};
+use medgate_sim::tools::{self, OpenFileError, SealRequest};
+use medgate_sim::{bench, report};
+
+/// Exit status for a sealed image that was rejected (EX_DATAERR).
+const EXIT_REJECTED: u8 = 65;
+
+#[derive(Parser)]
+#[command(
+    name = "medgate-sim",
+    version,
+    about = "medgate simulator, cipher tools and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure the Henon cipher on an image: NPCR, UACI, entropy, correlation, PSNR.
+    CipherReport {
+        /// Any image the `image` crate reads (PNG, JPEG, TIFF); converted to 8-bit gray.
+        #[arg(long)]
+        image: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw histograms and correlation scatter into this PNG.
+        #[arg(long, value_name = "OUT.png")]
+        plot: Option<PathBuf>,
+        /// Henon key as 64 hex digits (default: bytes 00 01 … 1f).
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
+    },
+    /// Create a receiver key pair: DIR/receiver.pem (0600) and DIR/receiver.pub.pem.
+    Keygen {
+        /// Folder for the two files (created if missing; existing keys are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// RSA modulus size.
+        #[arg(long, default_value_t = DEFAULT_RSA_BITS)]
+        bits: usize,
+    },
+    /// Seal an image file for a receiver, as a gateway would.
+    Seal {
+        /// The image (PNG, JPEG, TIFF; 16-bit files stay 16-bit).
+        #[arg(long)]
+        image: PathBuf,
+        /// The receiver's public key (receiver.pub.pem).
+        #[arg(long, value_name = "PUB.pem")]
+        receiver_key: PathBuf,
+        /// Device name put in the header.
+        #[arg(long)]
+        device: Name,
+        /// Where to write the sealed image.
+        #[arg(long, value_name = "FILE.mge")]
+        out: PathBuf,
+        /// Site name.
+        #[arg(long, default_value = "sim-site")]
+        site: Name,
+        /// Gateway name.
+        #[arg(long, default_value = "sim-gateway")]
+        gateway: Name,
+        /// DICOM modality code.
+        #[arg(long, default_value = "OT", value_parser = parse_modality)]
+        modality: Modality,
+        /// Per-device sequence number.
+        #[arg(long, default_value_t = 1)]
+        sequence: u64,
+    },
+    /// Verify and open a sealed image, writing it as PNG (nothing is written if it fails).
+    Open {
+        /// The receiver's private key (receiver.pem).
+        #[arg(long, value_name = "PRIV.pem")]
+        key: PathBuf,
+        /// The sealed image.
+        #[arg(long = "in", value_name = "FILE.mge")]
+        input: PathBuf,
+        /// Where to write the PNG.
+        #[arg(long, value_name = "FILE.png")]
+        out: PathBuf,
+    },
+    /// Measure Henon, ChaCha20-Poly1305 and SHA-512 speed in one run, one thread.
+    BenchCipher {
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_DIMENSION)))]
+        size: u32,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a real chest X-ray from PneumoniaMNIST as an upscaled PNG.
+    Xray {
+        /// The .npz file (default: $MEDGATE_DATA_DIR/pneumoniamnist.npz).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Which split: train, val or test.
+        #[arg(long, default_value = "train")]
+        split: SplitName,
+        /// Image index within the split.
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Output side in pixels.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DIMENSION)))]
+        size: u32,
+        /// Where to write the PNG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_modality(code: &str) -> Result<Modality, String> {
+    Modality::from_code(code)
+        .ok_or_else(|| format!("unknown modality {code:?} (e.g. DX, CR, CT, MR, US, MG, SC, OT)"))
+}
+
+fn parse_key(hex_key: &str) -> anyhow::Result<HenonKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key.trim(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("--key must be 64 hex digits"))?;
+    Ok(HenonKey::from_bytes(bytes))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("medgate-sim: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CipherReport {
+            image,
+            json,
+            plot,
+            key,
+        } => {
+            let key = match key {
+                Some(hex_key) => parse_key(&hex_key)?,
+                None => HenonKey::from_bytes(report::DEFAULT_KEY),
+            };
+            let pixels = imageio::read_gray(&image, Depth::Gray8)?;
+            let (measured, images) = quality::report(&pixels, &key)?;
+            if json {
+                println!("{}", serde_json::to_string(&measured)?);
+            } else {
+                print!("{}", report::render_text(&measured));
+            }
+            if let Some(out) = plot {
+                report::plot(&images, &measured, &out)
+                    .map_err(|e| anyhow::anyhow!("drawing {}: {e}", out.display()))?;
+                eprintln!("plot written to {}", out.display());
+            }
+        }
+        Command::Keygen { out, bits } => {
+            let (private, public) = tools::keygen(&out, bits)?;
+            println!(
+                "private key: {} (keep it on the receiver, mode 0600)",
+                private.display()
+            );
+            println!("public key:  {} (give it to gateways)", public.display());
+        }
+        Command::Seal {
+            image,
+            receiver_key,
+            device,
+            out,
+            site,
+            gateway,
+            modality,
+            sequence,
+        } => {
+            let id = tools::seal(&SealRequest {
+                image,
+                receiver_key,
+                site,
+                gateway,
+                device,
+                modality,
+                sequence,
+                out: out.clone(),
+            })?;
+            println!("sealed {} as message {id}", out.display());
+        }
+        Command::Open { key, input, out } => match tools::open(&key, &input, &out) {
+            Ok(header) => println!(
+                "opened message {} from {}/{}/{} ({}x{} {:?}) into {}",
+                header.message_id,
+                header.site,
+                header.gateway,
+                header.device,
+                header.width,
+                header.height,
+                header.pixel_format,
+                out.display()
+            ),
+            Err(e @ OpenFileError::Rejected { .. }) => {
+                eprintln!("medgate-sim: {e}; nothing was written");
+                return Ok(ExitCode::from(EXIT_REJECTED));
+            }
+            Err(OpenFileError::Other(e)) => return Err(e),
+        },
+        Command::BenchCipher { size, json } => {
+            let figures = bench::run(size)?;
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                print!("{}", bench::render_text(&figures));
+            }
+        }
+        Command::Xray {
+            data,
+            split,
+            index,
+            size,
+            out,
+        } => {
+            let data = tools::dataset_path(data)?;
+            let label = tools::export_xray(&data, split, index, size, &out)?;
+            let class = if label == 1 { "pneumonia" } else { "normal" };
+            println!(
+                "wrote {} ({} #{index}, label {label} = {class})",
+                out.display(),
+                split.as_str()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

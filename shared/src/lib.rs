@@ -13,6 +13,7 @@
 //!   caching [`seal::Opener`].
 //! - [`topics`]: the MQTT topic tree.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
+//! - `dataset` (feature `dataset`): MedMNIST `.npz` reading.
 //!
 //! `FORMAT.md` beside this crate describes the sealed image for a second
 //! implementation; `tests/vectors/` holds the test vectors that pin it.
@@ -26,3 +27,6 @@ pub mod pixels;
 pub mod quality;
 pub mod seal;
 pub mod topics;
+
+#[cfg(feature = "dataset")]
+pub mod dataset;

@@ -1,0 +1,174 @@
+//! `medgate-sim bench-cipher`: single-threaded throughput of the Henon cipher
+//! beside ChaCha20-Poly1305 and SHA-512 on the same core, in one run, and
+//! the cost of a whole seal and open.
+//!
+//! Each figure is the median of several timed rounds, each round repeating
+//! the operation until it has run for a minimum time, so that one noisy
+//! moment on a shared machine does not decide the result.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
+use medgate_shared::envelope;
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::ids::MessageId;
+use medgate_shared::kdf::SessionKey;
+use medgate_shared::keys::{DEFAULT_RSA_BITS, ReceiverPrivateKey};
+use medgate_shared::pixels::{PixelFormat, Pixels, PixelsError};
+use serde::Serialize;
+use sha2::{Digest, Sha512};
+
+/// The figures `bench-cipher --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CipherBench {
+    /// Image side in pixels (N×N, 8-bit).
+    pub size: u32,
+    /// Henon encryption, MB/s of pixels.
+    pub henon_encrypt_mbps: f64,
+    /// Henon decryption, MB/s of pixels.
+    pub henon_decrypt_mbps: f64,
+    /// ChaCha20-Poly1305 encryption of the same bytes, MB/s.
+    pub chacha20poly1305_mbps: f64,
+    /// SHA-512 of the same bytes, MB/s.
+    pub sha512_mbps: f64,
+    /// Henon encryption speed over ChaCha20-Poly1305 speed.
+    pub henon_to_chacha20poly1305: f64,
+    /// One whole seal (header, tag, Henon, AEAD), µs; the session key is
+    /// already wrapped.
+    pub seal_us: f64,
+    /// One whole open (parse, AEAD, Henon, tag) with a cached session key, µs.
+    pub open_us: f64,
+    /// One RSA-OAEP unwrap of a session key (once per session key), µs.
+    pub rsa_unwrap_us: f64,
+}
+
+const ROUNDS: usize = 5;
+const ROUND_TIME: Duration = Duration::from_millis(300);
+
+/// Median seconds per call of `op`.
+fn time_per_call(mut op: impl FnMut()) -> f64 {
+    op(); // warm caches and lazy initialisation
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while start.elapsed() < ROUND_TIME {
+            op();
+            calls += 1;
+        }
+        rounds.push(start.elapsed().as_secs_f64() / f64::from(calls));
+    }
+    rounds.sort_by(f64::total_cmp);
+    rounds[ROUNDS / 2]
+}
+
+/// A test image with smooth structure and some texture.
+///
+/// # Errors
+/// If `size` is outside the pixel limits.
+pub fn synthetic_image(size: u32) -> Result<Pixels, PixelsError> {
+    let n = size as usize;
+    let data = (0..n * n)
+        .map(|i| {
+            let (x, y) = (i % n, i / n);
+            ((x * 255 / n + y * 128 / n) as u8) ^ ((i as u8).wrapping_mul(13) & 7)
+        })
+        .collect();
+    Pixels::new(size, size, PixelFormat::Gray8, data)
+}
+
+/// Runs every measurement on an N×N image.
+///
+/// # Errors
+/// If generating the RSA key pair or sealing fails.
+pub fn run(size: u32) -> anyhow::Result<CipherBench> {
+    let image = synthetic_image(size)?;
+    let bytes = image.data().len() as f64;
+    let mbps = |seconds: f64| bytes / seconds / 1e6;
+
+    let key = HenonKey::from_bytes([0x42; 32]);
+    let cipher = henon::encrypt(&key, &image);
+    let henon_encrypt = time_per_call(|| {
+        black_box(henon::encrypt(&key, black_box(&image)));
+    });
+    let henon_decrypt = time_per_call(|| {
+        black_box(henon::decrypt(&key, black_box(&cipher)));
+    });
+
+    let aead = ChaCha20Poly1305::new((&[7u8; 32]).into());
+    let nonce = [9u8; 12];
+    let mut buffer = image.data().to_vec();
+    let chacha = time_per_call(|| {
+        let tag = aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buffer);
+        black_box(tag.ok());
+    });
+    let sha = time_per_call(|| {
+        black_box(Sha512::digest(black_box(image.data())));
+    });
+
+    let receiver = ReceiverPrivateKey::generate(DEFAULT_RSA_BITS)?;
+    let session = SessionKey::random();
+    let wrapped = receiver.public().wrap(&session)?;
+    let meta = ImageMeta {
+        message_id: MessageId::random(),
+        site: "bench".parse()?,
+        gateway: "bench".parse()?,
+        device: "bench".parse()?,
+        sequence: 1,
+        captured_at_ms: 0,
+        modality: Modality::Dx,
+        model_hint: None,
+    };
+    let sealed = envelope::seal_with(&session, &wrapped, &meta, &image)?;
+    let seal = time_per_call(|| {
+        black_box(envelope::seal_with(&session, &wrapped, &meta, &image).ok());
+    });
+    let open = time_per_call(|| {
+        let opened = envelope::parse(&sealed)
+            .ok()
+            .and_then(|env| envelope::open_with(&env, &session).ok());
+        black_box(opened);
+    });
+    let unwrap = time_per_call(|| {
+        black_box(receiver.unwrap_key(&wrapped.bytes).ok());
+    });
+
+    Ok(CipherBench {
+        size,
+        henon_encrypt_mbps: mbps(henon_encrypt),
+        henon_decrypt_mbps: mbps(henon_decrypt),
+        chacha20poly1305_mbps: mbps(chacha),
+        sha512_mbps: mbps(sha),
+        henon_to_chacha20poly1305: chacha / henon_encrypt,
+        seal_us: seal * 1e6,
+        open_us: open * 1e6,
+        rsa_unwrap_us: unwrap * 1e6,
+    })
+}
+
+/// The figures as a table.
+pub fn render_text(b: &CipherBench) -> String {
+    format!(
+        "cipher benchmark, {s}x{s} 8-bit image, one thread\n\
+         henon encrypt         {:>10.1} MB/s\n\
+         henon decrypt         {:>10.1} MB/s\n\
+         chacha20-poly1305     {:>10.1} MB/s\n\
+         sha-512               {:>10.1} MB/s\n\
+         henon / chacha        {:>10.2} x\n\
+         seal (whole)          {:>10.1} us\n\
+         open (cached key)     {:>10.1} us\n\
+         rsa unwrap (per key)  {:>10.1} us\n",
+        b.henon_encrypt_mbps,
+        b.henon_decrypt_mbps,
+        b.chacha20poly1305_mbps,
+        b.sha512_mbps,
+        b.henon_to_chacha20poly1305,
+        b.seal_us,
+        b.open_us,
+        b.rsa_unwrap_us,
+        s = b.size,
+    )
+}

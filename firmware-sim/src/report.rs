@@ -1,0 +1,216 @@
+//! `medgate-sim cipher-report`: the cipher-quality report of one image, as
+//! text or JSON, and a picture of histograms and correlation scatter.
+
+use std::path::Path;
+
+use medgate_shared::quality::{CipherReport, ReportImages, histogram};
+use plotters::prelude::*;
+
+/// The key the report uses unless told otherwise: bytes 0, 1, …, 31.
+/// Published on purpose, so anyone can reproduce a report.
+pub const DEFAULT_KEY: [u8; 32] = {
+    let mut key = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        key[i] = i as u8;
+        i += 1;
+    }
+    key
+};
+
+/// The report as a table a person reads, with the ideal values beside it.
+pub fn render_text(r: &CipherReport) -> String {
+    let corr = |c: &medgate_shared::quality::Correlations| {
+        format!("h {:+.5}  v {:+.5}  d {:+.5}", c.h, c.v, c.d)
+    };
+    format!(
+        "Henon cipher report, {w}x{h} pixels (8-bit grayscale)\n\
+         \n\
+         metric                       measured     ideal\n\
+         NPCR, one pixel changed      {npcr_p:>9.4} %  99.6094 %\n\
+         UACI, one pixel changed      {uaci_p:>9.4} %  33.4635 %\n\
+         NPCR, one key bit flipped    {npcr_k:>9.4} %  99.6094 %\n\
+         UACI, one key bit flipped    {uaci_k:>9.4} %  33.4635 %\n\
+         entropy, plain               {ep:>9.4} bits\n\
+         entropy, cipher              {ec:>9.4} bits  8 (7.9972 for a random 256x256)\n\
+         correlation, plain           {cp}\n\
+         correlation, cipher          {cc}   (ideal 0)\n\
+         PSNR cipher vs plain         {psnr:>9.4} dB\n\
+         MSE cipher vs plain          {mse:>9.2}\n\
+         MSE decrypted vs plain       {msed:>9.2}  (must be 0)\n\
+         decryption exact             {exact}\n",
+        w = r.width,
+        h = r.height,
+        npcr_p = r.npcr_pixel,
+        uaci_p = r.uaci_pixel,
+        npcr_k = r.npcr_key,
+        uaci_k = r.uaci_key,
+        ep = r.entropy_plain,
+        ec = r.entropy_cipher,
+        cp = corr(&r.corr_plain),
+        cc = corr(&r.corr_cipher),
+        psnr = r.psnr_cipher_db,
+        mse = r.mse_cipher,
+        msed = r.mse_decrypted,
+        exact = if r.decrypt_exact { "yes" } else { "NO" },
+    )
+}
+
+/// Where plot labels come from: `MEDGATE_FONT`, then common system fonts.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+/// Registers a font for plot labels. Returns false when none is found; the
+/// plot is then drawn without text.
+fn register_font() -> bool {
+    let from_env = std::env::var_os("MEDGATE_FONT").map(std::path::PathBuf::from);
+    let candidates = from_env
+        .into_iter()
+        .chain(FONT_CANDIDATES.iter().map(std::path::PathBuf::from));
+    for path in candidates {
+        if let Ok(bytes) = std::fs::read(&path) {
+            // plotters keeps fonts for the life of the program.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Draws plain and cipher histograms (top) and horizontal adjacent-pixel
+/// scatter (bottom) into a PNG.
+///
+/// # Errors
+/// A description if drawing or writing fails.
+pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<(), String> {
+    let labels = register_font();
+    if !labels {
+        tracing::warn!(
+            "no font found (set MEDGATE_FONT to a .ttf file); drawing the plot without labels"
+        );
+    }
+    let root = BitMapBackend::new(out, (1400, 1000)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((2, 2));
+    let w = images.plain.width() as usize;
+    let sets = [
+        (
+            "plain",
+            images.plain.data(),
+            report.corr_plain.h,
+            RGBColor(40, 90, 160),
+        ),
+        (
+            "cipher",
+            images.cipher.data(),
+            report.corr_cipher.h,
+            RGBColor(190, 60, 40),
+        ),
+    ];
+    for (i, (name, data, corr, color)) in sets.into_iter().enumerate() {
+        let counts = histogram(data);
+        let peak = counts.iter().copied().max().unwrap_or(1).max(1);
+        let mut chart = ChartBuilder::on(&panels[i]);
+        chart.margin(20);
+        if labels {
+            chart
+                .caption(format!("{name} image histogram"), ("sans-serif", 24))
+                .x_label_area_size(35)
+                .y_label_area_size(60);
+        }
+        let mut chart = chart
+            .build_cartesian_2d(0u32..256u32, 0u64..peak + peak / 20)
+            .map_err(|e| e.to_string())?;
+        if labels {
+            chart
+                .configure_mesh()
+                .x_desc("pixel value")
+                .y_desc("pixels")
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .draw_series(
+                Histogram::vertical(&chart)
+                    .style(color.filled())
+                    .data(counts.iter().enumerate().map(|(v, &c)| (v as u32, c))),
+            )
+            .map_err(|e| e.to_string())?;
+
+        let mut chart = ChartBuilder::on(&panels[2 + i]);
+        chart.margin(20);
+        if labels {
+            chart
+                .caption(
+                    format!("{name}: horizontal neighbours (r = {corr:+.4})"),
+                    ("sans-serif", 24),
+                )
+                .x_label_area_size(35)
+                .y_label_area_size(60);
+        }
+        let mut chart = chart
+            .build_cartesian_2d(0u32..256u32, 0u32..256u32)
+            .map_err(|e| e.to_string())?;
+        if labels {
+            chart
+                .configure_mesh()
+                .x_desc("pixel (x, y)")
+                .y_desc("pixel (x+1, y)")
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        // A deterministic sample of pairs keeps the picture readable; the r
+        // in the caption is computed over every pair.
+        let pairs = data.len().saturating_sub(1);
+        let stride = (pairs / 6000).max(1);
+        let points = (0..pairs)
+            .step_by(stride)
+            .filter(|&k| (k + 1) % w != 0)
+            .map(|k| (u32::from(data[k]), u32::from(data[k + 1])));
+        chart
+            .draw_series(points.map(|p| Circle::new(p, 1, color.mix(0.5).filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use medgate_shared::henon::HenonKey;
+    use medgate_shared::pixels::{PixelFormat, Pixels};
+    use medgate_shared::quality::report;
+
+    use super::*;
+
+    #[test]
+    fn default_key_counts_up() {
+        assert_eq!(DEFAULT_KEY[0], 0);
+        assert_eq!(DEFAULT_KEY[31], 31);
+    }
+
+    #[test]
+    fn text_and_plot_are_produced() {
+        let px = Pixels::new(
+            64,
+            64,
+            PixelFormat::Gray8,
+            (0..4096).map(|i| (i / 64) as u8).collect(),
+        )
+        .unwrap();
+        let (r, images) = report(&px, &HenonKey::from_bytes(DEFAULT_KEY)).unwrap();
+        let text = render_text(&r);
+        assert!(text.contains("NPCR") && text.contains("decryption exact             yes"));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("plot.png");
+        plot(&images, &r, &out).unwrap();
+        let drawn = image::open(&out).unwrap();
+        assert_eq!((drawn.width(), drawn.height()), (1400, 1000));
+    }
+}
