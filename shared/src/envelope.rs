@@ -20,7 +20,6 @@
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use sha2::{Digest, Sha512};
-use zeroize::Zeroize;
 
 use crate::header::{Header, ImageMeta};
 use crate::henon;
@@ -342,7 +341,6 @@ pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened
     let cipher = Pixels::new(header.width, header.height, header.pixel_format, plain)
         .map_err(|e| OpenError::Malformed(FormatError::Image(e)))?;
     let pixels = henon::decrypt(&keys.henon, &cipher);
-    cipher.into_data().zeroize();
     if integrity_tag(envelope.canonical_header, pixels.data()) != tag {
         return Err(OpenError::TagMismatch);
     }

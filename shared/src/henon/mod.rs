@@ -124,7 +124,6 @@ pub fn decrypt(key: &HenonKey, cipher: &Pixels) -> Pixels {
             permutation.scatter(input, output);
         }
     }
-    mixed.zeroize();
     cipher.with_data(data)
 }
 

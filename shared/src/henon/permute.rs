@@ -18,8 +18,13 @@
 //! Why not one Fisher–Yates over all pixels: that needs a random 32-bit draw
 //! and a random memory access per pixel, several times slower than the
 //! diffusion stage. Here the keystream cost is O(W + H) and the work per
-//! pixel is a few table reads, with the tables in L1 and the source rows
-//! touched in a pattern the caches follow.
+//! pixel is a few reads from small tables.
+//!
+//! Measured alternatives that were slower (`medgate-sim bench-cipher`):
+//! two stages (row shuffle, then column rotation in 64-column tiles), where
+//! with power-of-two widths the rows of a tile share a few cache sets; and an
+//! inverse written as a gather, whose dependent table reads cost more than
+//! the scatter's random writes.
 
 use super::keystream::Keystream;
 

@@ -1,0 +1,303 @@
+//! The `medgate-sim` tools as a user runs them: real processes, real files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{GrayImage, ImageBuffer, Luma};
+
+const SIM: &str = env!("CARGO_BIN_EXE_medgate-sim");
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(SIM).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sim(args);
+    assert!(
+        out.status.success(),
+        "medgate-sim {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The folder holding pneumoniamnist.npz: `MEDGATE_DATA_DIR`, else the
+/// project's `../shared/data`.
+fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("MEDGATE_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    assert!(
+        dir.join("pneumoniamnist.npz").exists(),
+        "real X-ray data not found in {}: set MEDGATE_DATA_DIR (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+struct Keys {
+    _dir: tempfile::TempDir,
+    private: PathBuf,
+    public: PathBuf,
+}
+
+fn keygen() -> Keys {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&out)]);
+    Keys {
+        private: out.join("receiver.pem"),
+        public: out.join("receiver.pub.pem"),
+        _dir: dir,
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_the_owner_reads_and_never_overwrites() {
+    let keys = keygen();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keys.private)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let again = sim(&["keygen", "--out", s(keys.private.parent().unwrap())]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn seal_then_open_gives_back_the_image_in_both_depths() {
+    let keys = keygen();
+    let dir = tempfile::tempdir().unwrap();
+    let eight: GrayImage = ImageBuffer::from_fn(61, 47, |x, y| Luma([(x * 4 + y) as u8]));
+    let sixteen: ImageBuffer<Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(33, 20, |x, y| Luma([(x * 1000 + y * 7) as u16]));
+    let paths = [dir.path().join("eight.png"), dir.path().join("sixteen.png")];
+    eight.save(&paths[0]).unwrap();
+    sixteen.save(&paths[1]).unwrap();
+    for original in &paths {
+        let sealed = original.with_extension("mge");
+        let opened = original.with_extension("out.png");
+        ok(&[
+            "seal",
+            "--image",
+            s(original),
+            "--receiver-key",
+            s(&keys.public),
+            "--device",
+            "xr-7",
+            "--out",
+            s(&sealed),
+        ]);
+        let raw = std::fs::read(&sealed).unwrap();
+        assert_eq!(&raw[..4], b"MGSI");
+        let said = ok(&[
+            "open",
+            "--key",
+            s(&keys.private),
+            "--in",
+            s(&sealed),
+            "--out",
+            s(&opened),
+        ]);
+        assert!(said.contains("sim-site/sim-gateway/xr-7"), "{said}");
+        let before = image::open(original).unwrap();
+        let after = image::open(&opened).unwrap();
+        assert_eq!(before.color(), after.color());
+        assert_eq!(before.as_bytes(), after.as_bytes());
+    }
+}
+
+#[test]
+fn open_refuses_tampered_truncated_and_foreign_inputs_and_writes_nothing() {
+    let keys = keygen();
+    let other = keygen();
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("in.png");
+    GrayImage::from_fn(40, 30, |x, y| Luma([(x ^ y) as u8]))
+        .save(&png)
+        .unwrap();
+    let sealed = dir.path().join("in.mge");
+    ok(&[
+        "seal",
+        "--image",
+        s(&png),
+        "--receiver-key",
+        s(&keys.public),
+        "--device",
+        "d1",
+        "--out",
+        s(&sealed),
+    ]);
+    let good = std::fs::read(&sealed).unwrap();
+
+    let mut tampered = good.clone();
+    let last = tampered.len() - 20;
+    tampered[last] ^= 0x10;
+    let cases: Vec<(&str, Vec<u8>, &Path, &str)> = vec![
+        ("tampered", tampered, &keys.private, "aead"),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            &keys.private,
+            "malformed",
+        ),
+        ("empty", Vec::new(), &keys.private, "malformed"),
+        ("foreign", good.clone(), &other.private, "unknown_recipient"),
+    ];
+    for (name, bytes, key, reason) in cases {
+        let input = dir.path().join(format!("{name}.mge"));
+        std::fs::write(&input, bytes).unwrap();
+        let out = dir.path().join(format!("{name}.png"));
+        let result = sim(&["open", "--key", s(key), "--in", s(&input), "--out", s(&out)]);
+        assert_eq!(result.status.code(), Some(65), "{name}");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            stderr.contains(reason) && stderr.contains("nothing was written"),
+            "{name}: {stderr}"
+        );
+        assert!(!out.exists(), "{name}: an output file was written");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn cipher_report_on_a_real_xray_meets_the_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let xray = dir.path().join("xray.png");
+    let data = data_dir().join("pneumoniamnist.npz");
+    ok(&[
+        "xray",
+        "--data",
+        s(&data),
+        "--index",
+        "3",
+        "--size",
+        "512",
+        "--out",
+        s(&xray),
+    ]);
+    let plot = dir.path().join("plot.png");
+    let json = ok(&[
+        "cipher-report",
+        "--image",
+        s(&xray),
+        "--json",
+        "--plot",
+        s(&plot),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = vec![
+        "width",
+        "height",
+        "npcr_pixel",
+        "uaci_pixel",
+        "npcr_key",
+        "uaci_key",
+        "entropy_plain",
+        "entropy_cipher",
+        "corr_plain",
+        "corr_cipher",
+        "psnr_cipher_db",
+        "mse_cipher",
+        "mse_decrypted",
+        "decrypt_exact",
+    ];
+    let mut sorted = keys.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected);
+    let f = |k: &str| report[k].as_f64().unwrap();
+    assert_eq!((f("width"), f("height")), (512.0, 512.0));
+    // An ideal cipher gives NPCR 99.6094 % with a standard deviation of
+    // 0.012 % at 512²: 99.55 is five deviations below.
+    for k in ["npcr_pixel", "npcr_key"] {
+        assert!(f(k) > 99.55, "{k} = {}", f(k));
+    }
+    for k in ["uaci_pixel", "uaci_key"] {
+        assert!((f(k) - 33.4635).abs() < 0.25, "{k} = {}", f(k));
+    }
+    assert!(
+        f("entropy_cipher") > 7.999,
+        "entropy {}",
+        f("entropy_cipher")
+    );
+    for d in ["h", "v", "d"] {
+        assert!(report["corr_cipher"][d].as_f64().unwrap().abs() < 0.01);
+        assert!(report["corr_plain"][d].as_f64().unwrap() > 0.9);
+    }
+    assert_eq!(f("mse_decrypted"), 0.0);
+    assert_eq!(report["decrypt_exact"], serde_json::Value::Bool(true));
+    let drawn = image::open(&plot).unwrap();
+    assert!(drawn.width() > 1000);
+}
+
+#[test]
+fn bench_cipher_reports_every_figure() {
+    let json = ok(&["bench-cipher", "--size", "64", "--json"]);
+    let figures: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for k in [
+        "henon_encrypt_mbps",
+        "henon_decrypt_mbps",
+        "chacha20poly1305_mbps",
+        "sha512_mbps",
+        "seal_us",
+        "open_us",
+        "rsa_unwrap_us",
+    ] {
+        assert!(figures[k].as_f64().unwrap() > 0.0, "{k}");
+    }
+}
+
+#[test]
+fn unreadable_inputs_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    let out = sim(&["cipher-report", "--image", s(&junk)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("junk.png"));
+    let out = sim(&[
+        "xray",
+        "--data",
+        s(&junk),
+        "--out",
+        s(&dir.path().join("x.png")),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a readable .npz"));
+    let data = data_dir().join("pneumoniamnist.npz");
+    let out = sim(&[
+        "xray",
+        "--data",
+        s(&data),
+        "--split",
+        "test",
+        "--out",
+        s(&dir.path().join("x.png")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("test_images") && stderr.contains("train_images"),
+        "{stderr}"
+    );
+}
