@@ -73,26 +73,25 @@ impl Sealer {
         image: &Pixels,
         now: Instant,
     ) -> Result<Vec<u8>, SealError> {
-        let expired = match &self.session {
-            None => true,
-            Some(s) => {
-                s.messages >= self.policy.max_messages
-                    || now.saturating_duration_since(s.started) >= self.policy.max_age
+        let current = match self.session.take() {
+            Some(s)
+                if s.messages < self.policy.max_messages
+                    && now.saturating_duration_since(s.started) < self.policy.max_age =>
+            {
+                s
+            }
+            _ => {
+                let key = SessionKey::random();
+                let wrapped = self.recipient.wrap(&key)?;
+                ActiveSession {
+                    key,
+                    wrapped,
+                    started: now,
+                    messages: 0,
+                }
             }
         };
-        if expired {
-            let key = SessionKey::random();
-            let wrapped = self.recipient.wrap(&key)?;
-            self.session = Some(ActiveSession {
-                key,
-                wrapped,
-                started: now,
-                messages: 0,
-            });
-        }
-        let Some(session) = self.session.as_mut() else {
-            unreachable!("a session was installed above when none was active");
-        };
+        let session = self.session.insert(current);
         session.messages += 1;
         envelope::seal_with(&session.key, &session.wrapped, meta, image)
     }
@@ -155,9 +154,11 @@ impl Opener {
             self.order.push_back(header.key_id);
             self.cache.insert(header.key_id, session);
         }
-        let Some(session) = self.cache.get(&header.key_id) else {
-            unreachable!("the key was inserted above when it was missing");
-        };
+        // Inserted above when missing; an absent key can only mean the same.
+        let session = self
+            .cache
+            .get(&header.key_id)
+            .ok_or(OpenError::UnknownKey(header.key_id))?;
         envelope::open_with(&envelope, session)
     }
 
