@@ -210,10 +210,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Open { key, input, out } => match tools::open(&key, &input, &out) {
             Ok(header) => println!(
                 "opened message {} from {}/{}/{} ({}x{} {:?}) into {}",
-                header.message_id,
-                header.site,
-                header.gateway,
-                header.device,
+                header.meta.message_id,
+                header.meta.site,
+                header.meta.gateway,
+                header.meta.device,
                 header.width,
                 header.height,
                 header.pixel_format,

@@ -217,19 +217,12 @@ pub fn seal_with(
     image: &Pixels,
 ) -> Result<Vec<u8>, SealError> {
     let header = Header {
-        message_id: meta.message_id,
-        site: meta.site.clone(),
-        gateway: meta.gateway.clone(),
-        device: meta.device.clone(),
-        sequence: meta.sequence,
-        captured_at_ms: meta.captured_at_ms,
-        modality: meta.modality,
+        meta: meta.clone(),
         width: image.width(),
         height: image.height(),
         pixel_format: image.format(),
         recipient: wrapped.recipient,
         key_id: wrapped.key_id(),
-        model_hint: meta.model_hint.clone(),
     };
     let header_bytes = postcard::to_allocvec(&header).map_err(SealError::Encode)?;
     if header_bytes.len() > MAX_HEADER_LEN {
@@ -317,7 +310,7 @@ pub struct Opened {
 /// [`OpenError::Aead`] or [`OpenError::TagMismatch`].
 pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened, OpenError> {
     let header = &envelope.header;
-    let keys = MessageKeys::derive(session, &header.message_id);
+    let keys = MessageKeys::derive(session, &header.meta.message_id);
     let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
     let (ciphertext, aead_tag) = envelope.body.split_at(envelope.body.len() - AEAD_TAG_LEN);
     let mut plain = ciphertext.to_vec();

@@ -63,8 +63,9 @@ impl Modality {
     }
 }
 
-/// What the gateway knows about an image when it seals it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the gateway knows about an image when it seals it: the part of the
+/// header that describes the capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageMeta {
     /// Unique id of this image; kept when the image is re-published.
     pub message_id: MessageId,
@@ -84,23 +85,13 @@ pub struct ImageMeta {
     pub model_hint: Option<Name>,
 }
 
-/// The header as encoded in a sealed image.
+/// The header as encoded in a sealed image: the capture metadata, then what
+/// the receiver needs to open it. Postcard writes a nested struct's fields
+/// in place, so this is one flat sequence of fields on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
-    /// Unique id of this image.
-    pub message_id: MessageId,
-    /// Hospital site.
-    pub site: Name,
-    /// Gateway that sealed it.
-    pub gateway: Name,
-    /// Device that captured it.
-    pub device: Name,
-    /// Per-device sequence number.
-    pub sequence: u64,
-    /// Capture time, milliseconds since the Unix epoch (UTC).
-    pub captured_at_ms: u64,
-    /// Imaging modality.
-    pub modality: Modality,
+    /// Capture metadata.
+    pub meta: ImageMeta,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -111,24 +102,6 @@ pub struct Header {
     pub recipient: RecipientId,
     /// The session key's id.
     pub key_id: KeyId,
-    /// Model hint.
-    pub model_hint: Option<Name>,
-}
-
-impl Header {
-    /// The image metadata part of the header.
-    pub fn meta(&self) -> ImageMeta {
-        ImageMeta {
-            message_id: self.message_id,
-            site: self.site.clone(),
-            gateway: self.gateway.clone(),
-            device: self.device.clone(),
-            sequence: self.sequence,
-            captured_at_ms: self.captured_at_ms,
-            modality: self.modality,
-            model_hint: self.model_hint.clone(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ fn sealer_and_opener_round_trip_both_formats() {
         let m = meta(1);
         let opened = opener.open(&sealer.seal(&m, &px).unwrap()).unwrap();
         assert_eq!(opened.pixels, px);
-        assert_eq!(opened.header.meta(), m);
+        assert_eq!(opened.header.meta, m);
     }
     // One session key, unwrapped once.
     assert_eq!(opener.cached_keys(), 1);
@@ -191,7 +191,7 @@ fn rejections_have_their_own_reasons() {
 
     // Correct AEAD over a wrong SHA-512 tag (what a buggy or malicious
     // sealer holding the session key could produce): tag mismatch.
-    let keys = MessageKeys::derive(&session, &parsed.header.message_id);
+    let keys = MessageKeys::derive(&session, &parsed.header.meta.message_id);
     let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
     let mut body = parsed.body[..parsed.body.len() - AEAD_TAG_LEN].to_vec();
     aead.decrypt_in_place_detached(
@@ -241,7 +241,7 @@ fn non_canonical_headers_are_refused() {
 fn headers_with_invalid_names_are_refused() {
     let (sealed, _) = recorded();
     let parsed = envelope::parse(&sealed).unwrap();
-    let site = parsed.header.site.as_str().as_bytes().to_vec();
+    let site = parsed.header.meta.site.as_str().as_bytes().to_vec();
     let at = find(&sealed, &site).unwrap();
     let mut bad = sealed.clone();
     bad[at] = b'/';
@@ -297,6 +297,6 @@ proptest! {
         let sealed = envelope::seal_with(&SessionKey::from_bytes([9; 32]), &wrapped, &m, &px).unwrap();
         let opened = Opener::new(key, 1).open(&sealed).unwrap();
         prop_assert_eq!(opened.pixels, px);
-        prop_assert_eq!(opened.header.meta(), m);
+        prop_assert_eq!(opened.header.meta, m);
     }
 }

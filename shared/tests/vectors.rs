@@ -162,7 +162,7 @@ fn recorded_envelopes_open() {
     for c in cases() {
         let opened = opener.open(&bytes(&c.v, "sealed")).unwrap();
         assert_eq!(opened.pixels, c.pixels, "{}", c.name);
-        assert_eq!(opened.header.meta(), c.meta, "{}", c.name);
+        assert_eq!(opened.header.meta, c.meta, "{}", c.name);
         assert_eq!(opened.sha512.to_vec(), bytes(&c.v, "sha512"), "{}", c.name);
     }
 }

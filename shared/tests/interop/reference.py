@@ -57,13 +57,13 @@ def parse_header(raw):
         "sequence": r.varint(),
         "captured_at_ms": r.varint(),
         "modality": MODALITIES[r.varint()],
+        "model_hint": r.name() if r.take(1)[0] == 1 else None,
         "width": r.varint(),
         "height": r.varint(),
         "pixel_format": FORMATS[r.varint()],
         "recipient": r.take(16).hex(),
         "key_id": r.take(16).hex(),
     }
-    h["model_hint"] = r.name() if r.take(1)[0] == 1 else None
     if r.at != len(raw):
         raise ValueError("bytes after the header")
     return h
