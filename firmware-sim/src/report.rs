@@ -56,41 +56,13 @@ pub fn render_text(r: &CipherReport) -> String {
     )
 }
 
-/// Where plot labels come from: `MEDGATE_FONT`, then common system fonts.
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/Library/Fonts/Arial.ttf",
-];
-
-/// Registers a font for plot labels. Returns false when none is found; the
-/// plot is then drawn without text.
-fn register_font() -> bool {
-    let from_env = std::env::var_os("MEDGATE_FONT").map(std::path::PathBuf::from);
-    let candidates = from_env
-        .into_iter()
-        .chain(FONT_CANDIDATES.iter().map(std::path::PathBuf::from));
-    for path in candidates {
-        if let Ok(bytes) = std::fs::read(&path) {
-            // plotters keeps fonts for the life of the program.
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 /// Draws plain and cipher histograms (top) and horizontal adjacent-pixel
 /// scatter (bottom) into a PNG.
 ///
 /// # Errors
 /// A description if drawing or writing fails.
 pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<(), String> {
-    let labels = register_font();
+    let labels = medgate_shared::plotting::register_font();
     if !labels {
         tracing::warn!(
             "no font found (set MEDGATE_FONT to a .ttf file); drawing the plot without labels"

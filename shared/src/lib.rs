@@ -14,6 +14,7 @@
 //! - [`topics`]: the MQTT topic tree.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
 //! - `dataset` (feature `dataset`): MedMNIST `.npz` reading.
+//! - `plotting` (feature `plot`): a font for plot labels.
 //!
 //! `FORMAT.md` beside this crate describes the sealed image for a second
 //! implementation; `tests/vectors/` holds the test vectors that pin it.
@@ -30,3 +31,5 @@ pub mod topics;
 
 #[cfg(feature = "dataset")]
 pub mod dataset;
+#[cfg(feature = "plot")]
+pub mod plotting;
