@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`keys`]: the receiver's key pair (`medgate-receiver keygen`).
-//!
-//! The daemon, the model (train, evaluate, infer) and result publishing are
-//! the receiver issue's work.
+//! - [`daemon`]: batching, de-duplication, replay windows, notification
+//!   rules. The MQTT service and the model are the receiver issue's next steps.
+pub mod daemon;
 pub mod keys;
