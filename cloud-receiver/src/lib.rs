@@ -1,10 +1,14 @@
 //! The medgate cloud receiver: consumes sealed images from a shared MQTT
 //! subscription, opens and verifies them with [`medgate_shared`], classifies
-//! them, and publishes results and clinician notifications.
+//! them with a Burn CNN on a GPU (wgpu) or the CPU, and publishes results
+//! and clinician notifications. It also trains and evaluates the model.
 //!
 //! # Layout
 //! - [`keys`]: the receiver's key pair (`medgate-receiver keygen`).
-//! - [`daemon`]: batching, de-duplication, replay windows, notification
-//!   rules. The MQTT service and the model are the receiver issue's next steps.
+//! - [`model`]: the classifier, its card, backends, data, metrics,
+//!   `train` and `evaluate`.
+//! - [`daemon`]: batching, de-duplication, replay protection, notification
+//!   rules; the MQTT service itself is still to come.
 pub mod daemon;
 pub mod keys;
+pub mod model;

@@ -1,0 +1,174 @@
+//! Images as model input: MedMNIST splits, normalisation, augmentation for
+//! training, and preprocessing of received images of any size.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use image::imageops::FilterType;
+use medgate_shared::dataset::Split;
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use super::Normalisation;
+
+/// Mean and standard deviation of every pixel of `images`, on the 0–1 scale.
+pub fn normalisation_of(images: &[u8]) -> Normalisation {
+    let n = images.len().max(1) as f64;
+    let sum: f64 = images.iter().map(|&v| f64::from(v)).sum();
+    let mean = sum / n;
+    let var = images
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    Normalisation {
+        mean: (mean / 255.0) as f32,
+        std: (var.sqrt() / 255.0).max(1e-6) as f32,
+    }
+}
+
+/// SHA-256 of a split's images followed by its labels, as hex.
+pub fn fingerprint(split: &Split) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(&split.images);
+    hasher.update(&split.labels);
+    hex::encode(hasher.finalize())
+}
+
+/// Square 8-bit images (`count × side × side` bytes) as a normalised
+/// `[count, 1, side, side]` tensor.
+pub fn images_tensor(
+    images: &[u8],
+    side: usize,
+    norm: Normalisation,
+    device: &Device,
+) -> Tensor<4> {
+    let count = images.len() / (side * side);
+    let values: Vec<f32> = images
+        .iter()
+        .map(|&v| (f32::from(v) / 255.0 - norm.mean) / norm.std)
+        .collect();
+    Tensor::from_data(TensorData::new(values, [count, 1, side, side]), device)
+}
+
+/// Labels as an integer tensor.
+pub fn labels_tensor(labels: &[u8], device: &Device) -> Tensor<1, Int> {
+    let values: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+    Tensor::from_data(TensorData::new(values, [labels.len()]), device)
+}
+
+/// A random, mild geometric and photometric change of one square image:
+/// rotation within ±8°, scaling 0.9–1.1, shifts of up to 2 pixels (all
+/// sampled bilinearly with edge clamping), then contrast 0.85–1.15 and
+/// brightness ±0.05. Chest X-rays are never mirrored: the heart's side is
+/// anatomy, not noise.
+pub fn augment(image: &[u8], side: usize, rng: &mut impl Rng, out: &mut Vec<u8>) {
+    let angle = rng.gen_range(-8.0f32..8.0).to_radians();
+    let scale = rng.gen_range(0.9f32..1.1);
+    let (dx, dy) = (rng.gen_range(-2.0f32..2.0), rng.gen_range(-2.0f32..2.0));
+    let contrast = rng.gen_range(0.85f32..1.15);
+    let brightness = rng.gen_range(-0.05f32..0.05) * 255.0;
+    let (sin, cos) = angle.sin_cos();
+    let centre = (side as f32 - 1.0) / 2.0;
+    let max = side as f32 - 1.0;
+    let at = |x: usize, y: usize| f32::from(image[y * side + x]);
+    out.clear();
+    for y in 0..side {
+        for x in 0..side {
+            // Where this output pixel comes from in the input (inverse map).
+            let (u, v) = (x as f32 - centre - dx, y as f32 - centre - dy);
+            let sx = ((cos * u + sin * v) / scale + centre).clamp(0.0, max);
+            let sy = ((-sin * u + cos * v) / scale + centre).clamp(0.0, max);
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(side - 1), (y0 + 1).min(side - 1));
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
+            let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
+            let value = top * (1.0 - fy) + bottom * fy;
+            let value = (value - 128.0) * contrast + 128.0 + brightness;
+            out.push(value.round().clamp(0.0, 255.0) as u8);
+        }
+    }
+}
+
+/// Brings a received image to the model's input: 16-bit images are mapped
+/// to 8 bits over their own value range, then the image is resized to
+/// `side × side` (triangle filter, so downscaling averages) and returned as
+/// bytes ready for [`images_tensor`].
+pub fn preprocess(pixels: &Pixels, side: usize) -> Vec<u8> {
+    let (w, h) = (pixels.width(), pixels.height());
+    let gray8: Vec<u8> = match pixels.format() {
+        PixelFormat::Gray8 => pixels.data().to_vec(),
+        PixelFormat::Gray16 => {
+            let values: Vec<u16> = pixels
+                .data()
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            let lo = values.iter().copied().min().unwrap_or(0);
+            let hi = values.iter().copied().max().unwrap_or(0);
+            let span = f32::from(hi.saturating_sub(lo)).max(1.0);
+            values
+                .iter()
+                .map(|&v| (f32::from(v - lo) * 255.0 / span).round() as u8)
+                .collect()
+        }
+    };
+    if w as usize == side && h as usize == side {
+        return gray8;
+    }
+    match image::GrayImage::from_raw(w, h, gray8) {
+        Some(img) => {
+            image::imageops::resize(&img, side as u32, side as u32, FilterType::Triangle).into_raw()
+        }
+        // Pixels guarantees the length; an impossible mismatch yields a blank input
+        // rather than a panic in the daemon.
+        None => vec![0; side * side],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn normalisation_of_a_known_set() {
+        let n = normalisation_of(&[0, 255]);
+        assert!((n.mean - 0.5).abs() < 1e-6 && (n.std - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn augmentation_keeps_size_and_stays_close() {
+        let side = 28;
+        let image: Vec<u8> = (0..side * side).map(|i| ((i % side) * 9) as u8).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            augment(&image, side, &mut rng, &mut out);
+            assert_eq!(out.len(), image.len());
+            let mean_diff: f64 = image
+                .iter()
+                .zip(&out)
+                .map(|(&a, &b)| f64::from(a.abs_diff(b)))
+                .sum::<f64>()
+                / image.len() as f64;
+            assert!(mean_diff < 60.0, "augmentation too strong: {mean_diff}");
+        }
+    }
+
+    #[test]
+    fn preprocessing_resizes_and_maps_16_bit() {
+        let big = Pixels::new(56, 56, PixelFormat::Gray8, vec![200; 56 * 56]).unwrap();
+        assert_eq!(preprocess(&big, 28), vec![200; 28 * 28]);
+        let wide: Vec<u8> = [1000u16, 3000]
+            .iter()
+            .cycle()
+            .take(28 * 28)
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let px = Pixels::new(28, 28, PixelFormat::Gray16, wide).unwrap();
+        let out = preprocess(&px, 28);
+        assert_eq!((out[0], out[1]), (0, 255));
+    }
+}

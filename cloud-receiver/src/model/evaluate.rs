@@ -1,0 +1,253 @@
+//! `medgate-receiver evaluate`: the shipped (or a given) model on one split
+//! of a MedMNIST file, as a report (JSON and text) and a plot of the
+//! confusion matrix and ROC curve.
+
+use std::path::Path;
+
+use medgate_shared::dataset::{self, SplitName};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde::Serialize;
+
+use super::LoadedModel;
+use super::backend::Selected;
+use super::metrics::{Confusion, roc_auc, roc_curve};
+use super::train::predict;
+
+/// The evaluation report, with exactly the fields of `evaluate --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Images evaluated.
+    pub n: usize,
+    /// Accuracy at the model's threshold.
+    pub accuracy: f64,
+    /// Mean of sensitivity and specificity.
+    pub balanced_accuracy: f64,
+    /// Sensitivity (recall) for pneumonia.
+    pub sensitivity: f64,
+    /// Specificity.
+    pub specificity: f64,
+    /// Precision for pneumonia.
+    pub precision: f64,
+    /// F1 for pneumonia.
+    pub f1: f64,
+    /// ROC AUC.
+    pub auc: f64,
+    /// `[[tn, fp], [fn, tp]]`, positive = pneumonia.
+    pub confusion: [[u64; 2]; 2],
+    /// `"wgpu"` or `"cpu"`.
+    pub backend: String,
+    /// The model card's version.
+    pub model_version: String,
+}
+
+/// Scores and labels behind a report, for plotting.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// Probability of pneumonia per image.
+    pub scores: Vec<f32>,
+    /// True labels.
+    pub labels: Vec<u8>,
+}
+
+/// Evaluates `model` on `split` of the file at `data`.
+///
+/// # Errors
+/// If the file lacks the split (a clear message naming what it has) or its
+/// images do not match the model's input size.
+pub fn evaluate(
+    model: &LoadedModel,
+    backend: &Selected,
+    data: &Path,
+    split: SplitName,
+) -> anyhow::Result<(EvalReport, Scored)> {
+    let set = dataset::read_split(data, split)?;
+    let [w, h] = model.card.input_size;
+    anyhow::ensure!(
+        set.width == w && set.height == h,
+        "{}: {} images are {}x{}, the model takes {w}x{h}",
+        data.display(),
+        split.as_str(),
+        set.width,
+        set.height
+    );
+    let scores = predict(
+        &model.network,
+        &set.images,
+        w,
+        model.card.normalisation,
+        &backend.device,
+        256,
+    );
+    let confusion = Confusion::at(&scores, &set.labels, model.card.threshold);
+    let report = EvalReport {
+        n: set.len,
+        accuracy: confusion.accuracy(),
+        balanced_accuracy: confusion.balanced_accuracy(),
+        sensitivity: confusion.sensitivity(),
+        specificity: confusion.specificity(),
+        precision: confusion.precision(),
+        f1: confusion.f1(),
+        auc: roc_auc(&scores, &set.labels),
+        confusion: confusion.matrix(),
+        backend: backend.name.to_owned(),
+        model_version: model.card.version.clone(),
+    };
+    Ok((
+        report,
+        Scored {
+            scores,
+            labels: set.labels,
+        },
+    ))
+}
+
+/// The report as a table.
+pub fn render_text(r: &EvalReport, split: SplitName) -> String {
+    let [[tn, fp], [fn_, tp]] = r.confusion;
+    format!(
+        "model {} on {} ({} images, backend {})\n\
+         accuracy           {:.4}\n\
+         balanced accuracy  {:.4}\n\
+         sensitivity        {:.4}\n\
+         specificity        {:.4}\n\
+         precision          {:.4}\n\
+         F1                 {:.4}\n\
+         ROC AUC            {:.4}\n\
+         confusion          predicted normal  predicted pneumonia\n\
+         actual normal      {tn:>16}  {fp:>19}\n\
+         actual pneumonia   {fn_:>16}  {tp:>19}\n",
+        r.model_version,
+        split.as_str(),
+        r.n,
+        r.backend,
+        r.accuracy,
+        r.balanced_accuracy,
+        r.sensitivity,
+        r.specificity,
+        r.precision,
+        r.f1,
+        r.auc,
+    )
+}
+
+/// Draws the confusion matrix (left) and the ROC curve (right) into a PNG.
+///
+/// # Errors
+/// A description if drawing or writing fails.
+pub fn plot(report: &EvalReport, scored: &Scored, out: &Path) -> Result<(), String> {
+    let labels = medgate_shared::plotting::register_font();
+    let root = BitMapBackend::new(out, (1300, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(600);
+    let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+
+    // Confusion matrix: rows = actual, columns = predicted; shade by the
+    // share of the actual class.
+    let mut chart = ChartBuilder::on(&left);
+    chart.margin(30);
+    if labels {
+        chart
+            .caption("confusion matrix (rows: actual)", ("sans-serif", 26))
+            .x_label_area_size(40)
+            .y_label_area_size(90);
+    }
+    // Segmented axes put each label at the centre of its cell.
+    let mut chart = chart
+        .build_cartesian_2d((0u32..1u32).into_segmented(), (0u32..1u32).into_segmented())
+        .map_err(err)?;
+    let names = ["normal", "pneumonia"];
+    let name_of = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => *i,
+        SegmentValue::Last => 2,
+    };
+    if labels {
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_label_formatter(&|v| {
+                names
+                    .get(name_of(v) as usize)
+                    .map_or(String::new(), |n| format!("predicted {n}"))
+            })
+            // Actual "normal" is drawn on the top row (y = 1).
+            .y_label_formatter(&|v| match name_of(v) {
+                0 => names[1].to_string(),
+                1 => names[0].to_string(),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(err)?;
+    }
+    for (actual, row) in report.confusion.iter().enumerate() {
+        let total = row.iter().sum::<u64>().max(1) as f64;
+        for (predicted, &count) in row.iter().enumerate() {
+            let share = count as f64 / total;
+            let shade = (255.0 * (1.0 - 0.75 * share)) as u8;
+            let (x, y) = (predicted as u32, 1 - actual as u32);
+            // The right and top edges of the last cell are the axis ends.
+            let edge = |v: u32| {
+                if v == 1 {
+                    SegmentValue::Last
+                } else {
+                    SegmentValue::Exact(v + 1)
+                }
+            };
+            let cell = [
+                (SegmentValue::Exact(x), SegmentValue::Exact(y)),
+                (edge(x), edge(y)),
+            ];
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    cell,
+                    RGBColor(shade, shade, 255).filled(),
+                )))
+                .map_err(err)?;
+            if labels {
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{count} ({:.1}%)", 100.0 * share),
+                        (SegmentValue::CenterOf(x), SegmentValue::CenterOf(y)),
+                        TextStyle::from(("sans-serif", 28).into_font())
+                            .pos(Pos::new(HPos::Center, VPos::Center)),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+    }
+
+    let mut chart = ChartBuilder::on(&right);
+    chart.margin(30);
+    if labels {
+        chart
+            .caption(
+                format!("ROC curve (AUC {:.4})", report.auc),
+                ("sans-serif", 26),
+            )
+            .x_label_area_size(40)
+            .y_label_area_size(50);
+    }
+    let mut chart = chart.build_cartesian_2d(0.0..1.0, 0.0..1.0).map_err(err)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc("false positive rate (1 - specificity)")
+            .y_desc("sensitivity")
+            .draw()
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            roc_curve(&scored.scores, &scored.labels),
+            RED.stroke_width(3),
+        ))
+        .map_err(err)?;
+    let point = (1.0 - report.specificity, report.sensitivity);
+    chart
+        .draw_series(std::iter::once(Circle::new(point, 7, BLUE.filled())))
+        .map_err(err)?;
+    root.present().map_err(|e| e.to_string())
+}

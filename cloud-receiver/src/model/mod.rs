@@ -1,0 +1,330 @@
+//! The chest X-ray classifier: a compact CNN for 28×28 grayscale images,
+//! its model card (what the weights need to be used correctly), and loading
+//! of the shipped model or one from a folder.
+//!
+//! - [`backend`]: choosing the device (wgpu or CPU) at start.
+//! - [`data`]: MedMNIST splits as tensors, normalisation, augmentation.
+//! - [`metrics`]: accuracy, sensitivity, specificity, ROC AUC, thresholds.
+//! - [`train`] and [`evaluate`]: the `train` and `evaluate` subcommands.
+//!
+//! A model folder holds `model.json` (the [`ModelCard`]) and `model.bpk`
+//! (the weights, Burn's burnpack format). The shipped model is compiled into
+//! the binary from `cloud-receiver/model/`.
+
+pub mod backend;
+pub mod data;
+pub mod evaluate;
+pub mod metrics;
+pub mod train;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
+    Relu,
+    conv::{Conv2d, Conv2dConfig},
+};
+use burn::store::ModuleRecord;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// File name of the model card in a model folder.
+pub const CARD_FILE: &str = "model.json";
+/// File name of the weights in a model folder.
+pub const WEIGHTS_FILE: &str = "model.bpk";
+/// The model-card format this build reads and writes.
+pub const CARD_FORMAT: &str = "medgate-model/1";
+
+const SHIPPED_CARD: &str = include_str!("../../model/model.json");
+const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../../model/model.bpk");
+
+/// Why a model could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A model file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The model card is not valid JSON of the expected shape.
+    #[error("{path}: not a valid model card: {reason}")]
+    Card {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The weights do not load into the architecture the card describes.
+    #[error("{path}: weights do not fit the architecture: {reason}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// What Burn said.
+        reason: String,
+    },
+}
+
+/// The network's shape: channels of the three convolution stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// Output channels of stage 1, 2 and 3.
+    pub channels: [usize; 3],
+    /// Dropout before the classifier head.
+    pub dropout: f64,
+}
+
+/// How pixels become model input: `(v / 255 − mean) / std`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalisation {
+    /// Mean of the training pixels, on the 0–1 scale.
+    pub mean: f32,
+    /// Standard deviation of the training pixels, on the 0–1 scale.
+    pub std: f32,
+}
+
+/// Everything needed to use the weights correctly, stored beside them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// Always [`CARD_FORMAT`].
+    pub format: String,
+    /// The model's version, reported with every result.
+    pub version: String,
+    /// Input width and height in pixels (images are resized to this).
+    pub input_size: [usize; 2],
+    /// Input normalisation.
+    pub normalisation: Normalisation,
+    /// Class names, in output order; index 1 is the positive class.
+    pub classes: Vec<String>,
+    /// Probability of the positive class at or above which a case is positive.
+    pub threshold: f32,
+    /// The network's shape.
+    pub architecture: Architecture,
+    /// Where the weights came from.
+    pub training: TrainingRecord,
+}
+
+/// How the weights were trained, for traceability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingRecord {
+    /// SHA-256 of the training images and labels as read from the file.
+    pub data_sha256: String,
+    /// Training images used.
+    pub train_images: usize,
+    /// Validation images used for model selection and the threshold.
+    pub val_images: usize,
+    /// Epoch whose weights were kept (1-based).
+    pub best_epoch: usize,
+    /// Epochs run.
+    pub epochs: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// Validation ROC AUC of the kept weights.
+    pub val_auc: f64,
+    /// Validation balanced accuracy at the chosen threshold.
+    pub val_balanced_accuracy: f64,
+}
+
+/// Convolution, batch normalisation, ReLU.
+#[derive(Module, Debug)]
+struct ConvBlock {
+    conv: Conv2d,
+    norm: BatchNorm,
+    activation: Relu,
+}
+
+impl ConvBlock {
+    fn new(input: usize, output: usize, device: &Device) -> Self {
+        Self {
+            conv: Conv2dConfig::new([input, output], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .with_bias(false)
+                .init(device),
+            norm: BatchNormConfig::new(output).init(device),
+            activation: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.activation
+            .forward(self.norm.forward(self.conv.forward(x)))
+    }
+}
+
+/// The classifier: two stages of two 3×3 convolutions with max pooling, a
+/// third convolution, global average pooling, dropout and a linear head.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    stage1a: ConvBlock,
+    stage1b: ConvBlock,
+    stage2a: ConvBlock,
+    stage2b: ConvBlock,
+    stage3: ConvBlock,
+    pool: MaxPool2d,
+    global: AdaptiveAvgPool2d,
+    dropout: Dropout,
+    head: Linear,
+}
+
+impl Classifier {
+    /// A freshly initialised network of the given shape, for 2 classes.
+    pub fn new(arch: &Architecture, device: &Device) -> Self {
+        let [c1, c2, c3] = arch.channels;
+        Self {
+            stage1a: ConvBlock::new(1, c1, device),
+            stage1b: ConvBlock::new(c1, c1, device),
+            stage2a: ConvBlock::new(c1, c2, device),
+            stage2b: ConvBlock::new(c2, c2, device),
+            stage3: ConvBlock::new(c2, c3, device),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            global: AdaptiveAvgPool2dConfig::new([1, 1]).init(),
+            dropout: DropoutConfig::new(arch.dropout).init(),
+            head: LinearConfig::new(c3, 2).init(device),
+        }
+    }
+
+    /// Logits `[batch, 2]` for normalised images `[batch, 1, H, W]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.stage1b.forward(self.stage1a.forward(images));
+        let x = self.pool.forward(x);
+        let x = self.stage2b.forward(self.stage2a.forward(x));
+        let x = self.pool.forward(x);
+        let x = self.global.forward(self.stage3.forward(x));
+        let [batch, channels, _, _] = x.dims();
+        let x = x.reshape([batch, channels]);
+        self.head.forward(self.dropout.forward(x))
+    }
+}
+
+/// A classifier with its card, ready for inference.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The card.
+    pub card: ModelCard,
+    /// The network, in evaluation mode.
+    pub network: Classifier,
+}
+
+impl LoadedModel {
+    /// The model shipped inside this binary.
+    ///
+    /// # Errors
+    /// [`ModelError`] if the embedded files are inconsistent (a build
+    /// problem, caught by the test that loads them).
+    pub fn shipped(device: &Device) -> Result<Self, ModelError> {
+        let origin = PathBuf::from("<shipped model>");
+        let card = parse_card(SHIPPED_CARD, &origin)?;
+        let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            SHIPPED_WEIGHTS.to_vec(),
+        ))
+        .map_err(|e| ModelError::Weights {
+            path: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::assemble(card, record, &origin, device)
+    }
+
+    /// A model from a folder holding `model.json` and `model.bpk`.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file that is missing or wrong.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let card_path = dir.join(CARD_FILE);
+        let text = std::fs::read_to_string(&card_path).map_err(|source| ModelError::Io {
+            path: card_path.clone(),
+            source,
+        })?;
+        let card = parse_card(&text, &card_path)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let record = ModuleRecord::load(&weights_path).map_err(|e| ModelError::Weights {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::assemble(card, record, &weights_path, device)
+    }
+
+    fn assemble(
+        card: ModelCard,
+        record: ModuleRecord,
+        origin: &Path,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let network = Classifier::new(&card.architecture, device)
+            .try_load_record(record)
+            .map_err(|e| ModelError::Weights {
+                path: origin.to_owned(),
+                reason: e.to_string(),
+            })?
+            .valid();
+        Ok(Self { card, network })
+    }
+}
+
+fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
+    let card: ModelCard = serde_json::from_str(text).map_err(|e| ModelError::Card {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let bad = |reason: String| ModelError::Card {
+        path: path.to_owned(),
+        reason,
+    };
+    if card.format != CARD_FORMAT {
+        return Err(bad(format!(
+            "format {:?}, this build reads {CARD_FORMAT:?}",
+            card.format
+        )));
+    }
+    if card.classes.len() != 2 {
+        return Err(bad(format!(
+            "{} classes, the classifier has 2",
+            card.classes.len()
+        )));
+    }
+    if !(0.0..=1.0).contains(&card.threshold) {
+        return Err(bad(format!(
+            "threshold {} is outside 0..=1",
+            card.threshold
+        )));
+    }
+    if card.normalisation.std <= 0.0 {
+        return Err(bad("normalisation std must be positive".into()));
+    }
+    Ok(card)
+}
+
+/// Writes a model folder: the card, then the weights.
+///
+/// # Errors
+/// [`ModelError`] if a file cannot be written.
+pub fn save(dir: &Path, card: &ModelCard, network: Classifier) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let weights_path = dir.join(WEIGHTS_FILE);
+    network
+        .valid()
+        .save_file(&weights_path)
+        .map_err(|e| ModelError::Weights {
+            path: weights_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let card_path = dir.join(CARD_FILE);
+    let text = serde_json::to_string_pretty(card).map_err(|e| ModelError::Card {
+        path: card_path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&card_path, text + "\n").map_err(|source| ModelError::Io {
+        path: card_path,
+        source,
+    })
+}

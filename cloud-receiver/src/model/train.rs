@@ -1,0 +1,292 @@
+//! `medgate-receiver train`: fits the classifier on a MedMNIST file's train
+//! split and selects the weights and the decision threshold on its val split
+//! only (the test split, if the file has one, is never read).
+//!
+//! Regularisation, because the official test images come from another
+//! collection than train/val: augmentation (see [`augment`]), dropout,
+//! AdamW weight decay, label smoothing, class-weighted loss for the 3:1
+//! imbalance, and a cosine learning-rate decay. The kept epoch is the one
+//! with the best val ROC AUC; the threshold is the one that balances val
+//! sensitivity and specificity.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Device;
+use burn::tensor::activation::softmax;
+use indicatif::{ProgressBar, ProgressStyle};
+use medgate_shared::dataset::{self, SplitName};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use super::data::{augment, fingerprint, images_tensor, labels_tensor, normalisation_of};
+use super::metrics::{Confusion, balanced_threshold, roc_auc};
+use super::{Architecture, CARD_FORMAT, Classifier, ModelCard, Normalisation, TrainingRecord};
+use crate::model::backend::{BackendChoice, select};
+
+/// Settings of one training run.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The `.npz` file.
+    pub data: PathBuf,
+    /// Where to write `model.json` and `model.bpk`.
+    pub out: PathBuf,
+    /// Epochs.
+    pub epochs: usize,
+    /// Images per optimisation step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f32,
+    /// Random seed (weights, shuffling, augmentation).
+    pub seed: u64,
+    /// Network shape.
+    pub architecture: Architecture,
+    /// Backend to train on.
+    pub backend: BackendChoice,
+    /// Version string written into the model card.
+    pub version: String,
+    /// Draw a progress bar (off when not on a terminal).
+    pub progress: bool,
+}
+
+impl TrainOptions {
+    /// The settings the shipped model was trained with.
+    pub fn defaults(data: PathBuf, out: PathBuf) -> Self {
+        Self {
+            data,
+            out,
+            epochs: 30,
+            batch_size: 64,
+            learning_rate: 2e-3,
+            weight_decay: 1e-3,
+            seed: 7,
+            architecture: Architecture {
+                channels: [24, 48, 96],
+                dropout: 0.3,
+            },
+            backend: BackendChoice::Cpu,
+            version: "pneumonia-cnn-1".into(),
+            progress: true,
+        }
+    }
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Val ROC AUC.
+    pub val_auc: f64,
+    /// Val balanced accuracy at the val-balanced threshold.
+    pub val_balanced_accuracy: f64,
+    /// Seconds the epoch took.
+    pub seconds: f64,
+}
+
+/// Probabilities of the positive class for square 8-bit images, in batches.
+pub fn predict(
+    network: &Classifier,
+    images: &[u8],
+    side: usize,
+    norm: Normalisation,
+    device: &Device,
+    batch: usize,
+) -> Vec<f32> {
+    let per_image = side * side;
+    let mut scores = Vec::with_capacity(images.len() / per_image);
+    for chunk in images.chunks(per_image * batch.max(1)) {
+        let logits = network.forward(images_tensor(chunk, side, norm, device));
+        let probs = softmax(logits, 1);
+        let data = probs.into_data().convert::<f32>();
+        // `convert` fixes the element type, so this read cannot fail.
+        let values: Vec<f32> = data.try_to_vec().unwrap_or_default();
+        scores.extend(values.chunks_exact(2).map(|p| p[1]));
+    }
+    scores
+}
+
+/// Trains, selects on val, writes the model folder and returns the card
+/// and the per-epoch log.
+///
+/// # Errors
+/// If the data cannot be read, the backend cannot start, or the model
+/// cannot be written.
+pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>)> {
+    let train_set = dataset::read_split(&options.data, SplitName::Train)?;
+    let val_set = dataset::read_split(&options.data, SplitName::Val)?;
+    anyhow::ensure!(
+        train_set.width == train_set.height && val_set.width == train_set.width,
+        "{}: images must be square and of one size",
+        options.data.display()
+    );
+    let side = train_set.width;
+    let norm = normalisation_of(&train_set.images);
+    let selected = select(options.backend)?;
+    tracing::info!(backend = %selected, train = train_set.len, val = val_set.len, "training");
+    let device = selected.device.clone().autodiff();
+    device.seed(options.seed);
+
+    let positives = train_set.labels.iter().filter(|&&l| l == 1).count() as f32;
+    let n = train_set.len as f32;
+    let class_weights = vec![
+        n / (2.0 * (n - positives).max(1.0)),
+        n / (2.0 * positives.max(1.0)),
+    ];
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_weights(Some(class_weights))
+        .with_smoothing(Some(0.05))
+        .init(&device);
+    let mut network = Classifier::new(&options.architecture, &device);
+    let mut optimiser = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay)
+        .init();
+
+    let steps_per_epoch = train_set.len.div_ceil(options.batch_size);
+    let total_steps = (steps_per_epoch * options.epochs).max(1);
+    let bar = if options.progress {
+        let bar = ProgressBar::new(total_steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps, epoch {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed);
+    let mut order: Vec<usize> = (0..train_set.len).collect();
+    let per_image = side * side;
+    let mut batch_images = Vec::with_capacity(options.batch_size * per_image);
+    let mut batch_labels = Vec::with_capacity(options.batch_size);
+    let mut scratch = Vec::with_capacity(per_image);
+    let mut best: Option<(f64, f64, usize, Classifier, f32)> = None;
+    let mut log = Vec::with_capacity(options.epochs);
+    let mut step = 0usize;
+
+    for epoch in 1..=options.epochs {
+        let started = Instant::now();
+        order.shuffle(&mut rng);
+        let mut loss_sum = 0.0;
+        let mut batches = 0usize;
+        for chunk in order.chunks(options.batch_size) {
+            batch_images.clear();
+            batch_labels.clear();
+            for &i in chunk {
+                let image = train_set.image(i).unwrap_or(&[]);
+                augment(image, side, &mut rng, &mut scratch);
+                batch_images.extend_from_slice(&scratch);
+                batch_labels.push(train_set.labels[i]);
+            }
+            // Cosine decay with one epoch of linear warm-up.
+            let progress = step as f64 / total_steps as f64;
+            let warmup = (step as f64 + 1.0) / steps_per_epoch as f64;
+            let lr = options.learning_rate
+                * warmup.min(1.0)
+                * (0.02 + 0.98 * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()));
+            let logits = network.forward(images_tensor(&batch_images, side, norm, &device));
+            let loss = loss_fn.forward(logits, labels_tensor(&batch_labels, &device));
+            let loss_value = loss.clone().into_scalar::<f32>();
+            let grads = GradientsParams::from_grads(loss.backward(), &network);
+            network = optimiser.step(lr, network, grads);
+            loss_sum += f64::from(loss_value);
+            batches += 1;
+            step += 1;
+            bar.inc(1);
+        }
+
+        let valid = network.valid();
+        let scores = predict(
+            &valid,
+            &val_set.images,
+            side,
+            norm,
+            &valid_device(&device),
+            256,
+        );
+        let auc = roc_auc(&scores, &val_set.labels);
+        let threshold = balanced_threshold(&scores, &val_set.labels);
+        let balanced = Confusion::at(&scores, &val_set.labels, threshold).balanced_accuracy();
+        let entry = EpochLog {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            val_auc: auc,
+            val_balanced_accuracy: balanced,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        bar.set_message(format!(
+            "{epoch}: loss {:.4}, val AUC {auc:.4}, val bal. acc. {balanced:.4}",
+            entry.train_loss
+        ));
+        if !options.progress {
+            tracing::info!(
+                epoch,
+                loss = entry.train_loss,
+                val_auc = auc,
+                val_balanced_accuracy = balanced,
+                "epoch done"
+            );
+        }
+        log.push(entry);
+        let better = match &best {
+            None => true,
+            Some((best_auc, best_bal, ..)) => {
+                auc > *best_auc || (auc == *best_auc && balanced > *best_bal)
+            }
+        };
+        if better {
+            best = Some((auc, balanced, epoch, valid, threshold));
+        }
+    }
+    bar.finish();
+
+    let Some((val_auc, val_balanced_accuracy, best_epoch, network, threshold)) = best else {
+        anyhow::bail!("no epoch was run (epochs = 0)");
+    };
+    let card = ModelCard {
+        format: CARD_FORMAT.into(),
+        version: options.version.clone(),
+        input_size: [side, side],
+        normalisation: norm,
+        classes: vec!["normal".into(), "pneumonia".into()],
+        threshold,
+        architecture: options.architecture.clone(),
+        training: TrainingRecord {
+            data_sha256: fingerprint(&train_set),
+            train_images: train_set.len,
+            val_images: val_set.len,
+            best_epoch,
+            epochs: options.epochs,
+            seed: options.seed,
+            val_auc,
+            val_balanced_accuracy,
+        },
+    };
+    super::save(&options.out, &card, network)?;
+    Ok((card, log))
+}
+
+/// The plain device under an autodiff one, for validation passes.
+fn valid_device(device: &Device) -> Device {
+    device.clone().inner()
+}
+
+/// Writes the per-epoch log beside the model.
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn write_log(dir: &Path, log: &[EpochLog]) -> anyhow::Result<()> {
+    let path = dir.join("training-log.json");
+    std::fs::write(&path, serde_json::to_string_pretty(log)? + "\n")?;
+    Ok(())
+}
