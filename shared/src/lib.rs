@@ -12,9 +12,12 @@
 //! - [`seal`]: the gateway's rotating [`seal::Sealer`] and the receiver's
 //!   caching [`seal::Opener`].
 //! - [`topics`]: the MQTT topic tree.
+//! - [`messages`]: the JSON results, notifications and audit records.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
 //! - `dataset` (feature `dataset`): MedMNIST `.npz` reading.
 //! - `plotting` (feature `plot`): a font for plot labels.
+//! - `service` (feature `service`): MQTT/TLS options, config files, logging
+//!   and metrics shared by the daemons.
 //!
 //! `FORMAT.md` beside this crate describes the sealed image for a second
 //! implementation; `tests/vectors/` holds the test vectors that pin it.
@@ -24,6 +27,7 @@ pub mod henon;
 pub mod ids;
 pub mod kdf;
 pub mod keys;
+pub mod messages;
 pub mod pixels;
 pub mod quality;
 pub mod seal;
@@ -33,3 +37,5 @@ pub mod topics;
 pub mod dataset;
 #[cfg(feature = "plot")]
 pub mod plotting;
+#[cfg(feature = "service")]
+pub mod service;

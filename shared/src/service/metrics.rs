@@ -1,0 +1,110 @@
+//! A Prometheus text endpoint (`GET /metrics`) on a local address. Small on
+//! purpose: one request per connection, a bounded request head, no other
+//! routes; Prometheus scrapes it every few seconds at most.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest request head read before answering.
+const MAX_REQUEST: usize = 8 * 1024;
+
+/// Serves `registry` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let registry = registry.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, &registry).await {
+                            tracing::debug!(%peer, cause = %e, "metrics request failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(cause = %e, "metrics endpoint cannot accept"),
+            },
+        }
+    }
+}
+
+/// Binds the endpoint's address (port 0 picks a free one).
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let (status, body) = if line.starts_with(b"GET /metrics ") || line.starts_with(b"GET / ") {
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, registry) {
+            Ok(()) => ("200 OK", text),
+            Err(_) => (
+                "500 Internal Server Error",
+                String::from("encoding failed\n"),
+            ),
+        }
+    } else {
+        ("404 Not Found", String::from("try /metrics\n"))
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_the_registry_as_prometheus_text() {
+        let mut registry = Registry::default();
+        let counter: Counter = Counter::default();
+        registry.register("medgate_things", "Things seen", counter.clone());
+        counter.inc_by(3);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::new(registry), async {
+            let _ = stopped.await;
+        }));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.contains("medgate_things_total 3"), "{response}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

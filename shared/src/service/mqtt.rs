@@ -1,0 +1,227 @@
+//! The broker connection both daemons make: MQTT v5 over mutual TLS
+//! (rustls with the ring provider), QoS 1, explicit packet-size limits.
+//!
+//! MQTT v5 matters: a broker that refuses a publish (too large, not allowed
+//! by its ACL) says so in the PUBACK, where v3.1.1 acknowledges and drops.
+//! rumqttc's default incoming limit (10 KiB) is far below an image, so the
+//! limit is always set here and named in errors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::MqttOptions;
+use rumqttc::{TlsConfiguration, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use serde::{Deserialize, Serialize};
+
+use super::settings::SettingsError;
+
+/// Default TLS port of MQTT.
+pub const DEFAULT_PORT: u16 = 8883;
+/// Default packet limit: 16 MiB, room for a 2048×2048 16-bit image and its
+/// envelope. Brokers need at least the same (`max_packet_size` in mosquitto).
+pub const DEFAULT_MAX_PACKET_BYTES: u32 = 16 * 1024 * 1024;
+
+/// The `[mqtt]` section of a daemon's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Broker host name or IP address; also the name its certificate must
+    /// carry unless `server_name` says otherwise.
+    pub host: String,
+    /// Broker TLS port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// CA certificate(s) (PEM) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// This client's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// This client's private key (PEM).
+    pub key_file: PathBuf,
+    /// Name to expect in the broker certificate, if not `host`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// MQTT client id; defaults to the program's own name from its config.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Keep-alive interval in seconds.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u16,
+    /// Largest MQTT packet this client accepts, in bytes.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: u32,
+    /// Unacknowledged QoS 1 messages the broker may send at once.
+    #[serde(default = "default_receive_maximum")]
+    pub receive_maximum: u16,
+    /// How long the broker keeps this client's session (subscriptions and
+    /// unacknowledged messages) after a disconnect, in seconds.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_secs: u32,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_keep_alive() -> u16 {
+    30
+}
+fn default_max_packet() -> u32 {
+    DEFAULT_MAX_PACKET_BYTES
+}
+fn default_receive_maximum() -> u16 {
+    32
+}
+fn default_session_expiry() -> u32 {
+    3600
+}
+
+/// Why the TLS set-up failed. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the combination (e.g. key does not match certificate).
+    #[error("TLS set-up: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl BrokerSettings {
+    /// Checks the values that serde cannot: a usable port, sane limits and
+    /// TLS files that exist and parse. `section` is the config section's
+    /// name, for the error's key.
+    ///
+    /// # Errors
+    /// [`SettingsError`] naming `file` and the offending key.
+    pub fn check(&self, file: &Path, section: &str) -> Result<Arc<ClientConfig>, SettingsError> {
+        let key = |k: &str| format!("{section}.{k}");
+        if self.host.trim().is_empty() {
+            return Err(SettingsError::key(file, key("host"), "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(SettingsError::key(
+                file,
+                key("port"),
+                "0 is not a usable port",
+            ));
+        }
+        if self.max_packet_bytes < 64 * 1024 {
+            return Err(SettingsError::key(
+                file,
+                key("max_packet_bytes"),
+                format!(
+                    "{} bytes cannot carry an image; use at least 65536",
+                    self.max_packet_bytes
+                ),
+            ));
+        }
+        if self.receive_maximum == 0 {
+            return Err(SettingsError::key(
+                file,
+                key("receive_maximum"),
+                "must be at least 1",
+            ));
+        }
+        let roots =
+            read_roots(&self.ca_file).map_err(|e| SettingsError::key(file, key("ca_file"), e))?;
+        let chain = read_chain(&self.cert_file)
+            .map_err(|e| SettingsError::key(file, key("cert_file"), e))?;
+        let private =
+            read_key(&self.key_file).map_err(|e| SettingsError::key(file, key("key_file"), e))?;
+        client_config(roots, chain, private)
+            .map(Arc::new)
+            .map_err(|e| SettingsError::key(file, key("key_file"), e))
+    }
+
+    /// MQTT v5 options for this broker: TLS with `tls`, the limits above,
+    /// manual acknowledgement as asked.
+    pub fn options(&self, client_id: &str, tls: Arc<ClientConfig>) -> MqttOptions {
+        let id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| client_id.to_owned());
+        let host = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| self.host.clone());
+        // rumqttc takes the TLS server name from the host it dials; an
+        // explicit server name therefore replaces the host, and must resolve.
+        let mut options = MqttOptions::new(id, host, self.port);
+        options
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
+            .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs.max(5))))
+            .set_max_packet_size(Some(self.max_packet_bytes))
+            .set_receive_maximum(Some(self.receive_maximum))
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(self.session_expiry_secs));
+        options
+    }
+}
+
+/// A rustls client configuration with the ring provider and a client
+/// certificate.
+///
+/// # Errors
+/// If rustls refuses the key or the protocol set-up.
+pub fn client_config(
+    roots: RootCertStore,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
+/// CA certificates from a PEM file.
+///
+/// # Errors
+/// [`TlsError::File`] when the file is unreadable or holds no certificate.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_chain(path)? {
+        roots.add(cert).map_err(|e| file_error(path, e))?;
+    }
+    Ok(roots)
+}
+
+/// A certificate chain from a PEM file.
+///
+/// # Errors
+/// [`TlsError::File`] when the file is unreadable or holds no certificate.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if chain.is_empty() {
+        return Err(file_error(path, "holds no PEM certificate"));
+    }
+    Ok(chain)
+}
+
+/// A private key from a PEM file (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// [`TlsError::File`] when unreadable or without a key; the message never
+/// quotes the file's content.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
