@@ -1,0 +1,23 @@
+//! Test support shared by medgate's integration and end-to-end tests: real
+//! components, started the way a hospital would run them, on free ports of
+//! 127.0.0.1.
+//!
+//! # Layout
+//! - [`pki`]: a throwaway certificate authority with server and client
+//!   certificates (rcgen).
+//! - [`mosquitto`]: a real mosquitto broker with mutual TLS (and optional
+//!   ACLs), whose log lines tests wait on instead of sleeping.
+//! - [`client`]: an MQTT v5 client with a certificate identity that collects
+//!   what it receives, for assertions.
+pub mod client;
+pub mod mosquitto;
+pub mod pki;
+
+/// A port on 127.0.0.1 that was free a moment ago.
+///
+/// # Errors
+/// If no socket can be bound.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
