@@ -11,6 +11,7 @@ use medgate_shared::ids::Name;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
 use medgate_shared::pixels::MAX_DIMENSION;
 use medgate_shared::quality;
+use medgate_shared::service::logging;
 use medgate_sim::imageio::{self, Depth};
 use medgate_sim::tools::{self, OpenFileError, SealRequest};
 use medgate_sim::{bench, report};
@@ -136,13 +137,7 @@ fn parse_key(hex_key: &str) -> anyhow::Result<HenonKey> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init("info");
     match run(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
