@@ -4,11 +4,13 @@
 //! and clinician notifications. It also trains and evaluates the model.
 //!
 //! # Layout
+//! - [`config`]: the config file and its check into typed settings.
 //! - [`keys`]: the receiver's key pair (`medgate-receiver keygen`).
 //! - [`model`]: the classifier, its card, backends, data, metrics,
 //!   `train` and `evaluate`.
-//! - [`daemon`]: batching, de-duplication, replay protection, notification
-//!   rules; the MQTT service itself is still to come.
+//! - [`daemon`]: the MQTT service (`medgate-receiver run`): batching,
+//!   de-duplication, replay protection, notification rules, metrics.
+pub mod config;
 pub mod daemon;
 pub mod keys;
 pub mod model;

@@ -2,15 +2,18 @@
 //! the library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use medgate_receiver::config;
+use medgate_receiver::daemon::service;
 use medgate_receiver::model::backend::{self, BackendChoice};
 use medgate_receiver::model::train::{self, TrainOptions};
-use medgate_receiver::model::{Architecture, LoadedModel, evaluate};
+use medgate_receiver::model::{Architecture, LoadedModel, bench, evaluate};
 use medgate_shared::dataset::SplitName;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
+use medgate_shared::service::logging;
 
 #[derive(Parser)]
 #[command(name = "medgate-receiver", version, about = "medgate cloud receiver")]
@@ -21,6 +24,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the receiver service: consume sealed images, classify, publish results.
+    Run {
+        /// The configuration file (see `print-default-config`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exit 0, or 78 with the file, key and reason.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print the shipped, commented configuration to start from.
+    PrintDefaultConfig,
+    /// Measure inference speed (images/s) per backend and batch size, interleaved in one run.
+    BenchInference {
+        /// Backends to compare, e.g. cpu or cpu,wgpu.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
+        backend: Vec<BackendChoice>,
+        /// Batch sizes, e.g. 1,64,256.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        batch: Vec<usize>,
+        /// Seconds of measurement in total.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the receiver key pair: DIR/receiver.pem (0600) and DIR/receiver.pub.pem.
     Keygen {
         /// Folder for the two files (created if missing; existing keys are never overwritten).
@@ -77,16 +108,13 @@ enum Command {
     },
 }
 
+/// Exit status for a configuration error (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init("info");
     match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("medgate-receiver: error: {e:#}");
             ExitCode::FAILURE
@@ -94,8 +122,106 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+/// `run --config`: the service until SIGTERM or SIGINT.
+fn serve(file: &Path) -> ExitCode {
+    let settings = match config::load(file) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("medgate-receiver: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("medgate-receiver: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service::run(settings, termination(), None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medgate-receiver: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run { config } => return Ok(serve(&config)),
+        Command::CheckConfig { file } => {
+            return Ok(match config::load(&file) {
+                Ok(settings) => {
+                    println!(
+                        "{}: ok (receiver {}, group {}, broker {}:{})",
+                        file.display(),
+                        settings.name,
+                        settings.group,
+                        settings.mqtt.host,
+                        settings.mqtt.port
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("medgate-receiver: config error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            });
+        }
+        Command::PrintDefaultConfig => print!("{}", config::DEFAULT_CONFIG),
+        Command::BenchInference {
+            backend,
+            batch,
+            seconds,
+            json,
+        } => {
+            anyhow::ensure!(
+                batch.iter().all(|&b| (1..=4096).contains(&b)),
+                "--batch sizes must be 1..=4096"
+            );
+            let mut backends = Vec::new();
+            for choice in backend {
+                let selected = backend::select(choice)?;
+                let model = LoadedModel::shipped(&selected.device)?;
+                backends.push((selected, model));
+            }
+            let figures = bench::run(&backends, &batch, std::time::Duration::from_secs(seconds));
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                println!(
+                    "{:<28} {:>6} {:>12} {:>10} {:>7}",
+                    "backend", "batch", "images/s", "ms/call", "rounds"
+                );
+                for f in &figures {
+                    println!(
+                        "{:<28} {:>6} {:>12.0} {:>10.3} {:>7}",
+                        f.backend, f.batch, f.images_per_s, f.ms_per_call, f.rounds
+                    );
+                }
+            }
+        }
         Command::Keygen { out, bits } => {
             let (private, public) = medgate_receiver::keys::generate(&out, bits)?;
             println!(
@@ -171,5 +297,5 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,16 @@
-//! The receiver daemon's building blocks. The MQTT service that ties them
-//! together (`medgate-receiver run`) is the next step of the receiver issue.
+//! The receiver daemon (`medgate-receiver run`).
 //!
+//! - [`service`]: the MQTT service: event loop, intake, shutdown.
+//! - [`handler`]: one sealed image from receipt to acknowledgement.
 //! - [`batcher`]: dynamic batching on a dedicated inference thread.
 //! - [`dedupe`]: one classification per message id; repeats get the cached result.
 //! - [`replay`]: per-device sequence windows against replayed or forged messages.
 //! - [`rules`]: which results notify which ward.
+//! - [`metrics`]: the Prometheus metrics.
 pub mod batcher;
 pub mod dedupe;
+pub mod handler;
+pub mod metrics;
 pub mod replay;
 pub mod rules;
+pub mod service;

@@ -64,6 +64,11 @@ impl Window {
     }
 
     /// Moves the window forward by `by` positions.
+    fn clear(&mut self, age: u64) {
+        let (word, bit) = ((age / 64) as usize, age % 64);
+        self.seen[word] &= !(1 << bit);
+    }
+
     fn advance(&mut self, by: u64) {
         let size = self.seen.len() as u64 * 64;
         if by >= size {
@@ -148,6 +153,21 @@ impl ReplayGuard {
     }
 }
 
+impl ReplayGuard {
+    /// Forgets a sequence number recorded by [`check`](Self::check) whose
+    /// message was then not answered (shutdown, inference failure), so that
+    /// the gateway's re-publication of it is not taken for a replay.
+    pub fn forget(&mut self, device: &DeviceKey, sequence: u64) {
+        let size = self.window();
+        if let Some(window) = self.windows.get_mut(device)
+            && sequence <= window.newest
+            && window.newest - sequence < size
+        {
+            window.clear(window.newest - sequence);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +236,19 @@ mod tests {
                 newest = newest.max(s);
             }
         }
+    }
+
+    #[test]
+    fn a_forgotten_sequence_can_come_again() {
+        let mut guard = ReplayGuard::new(64, 4);
+        let d = key("d");
+        guard.check(&d, 10).unwrap();
+        guard.check(&d, 11).unwrap();
+        guard.forget(&d, 10);
+        assert_eq!(guard.check(&d, 10), Ok(()));
+        assert!(guard.check(&d, 11).is_err());
+        guard.forget(&d, 5_000);
+        guard.forget(&key("unknown"), 1);
     }
 
     #[test]

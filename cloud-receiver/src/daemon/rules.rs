@@ -3,19 +3,8 @@
 //! patient identity.
 
 use medgate_shared::ids::Name;
+pub use medgate_shared::messages::Priority;
 use serde::{Deserialize, Serialize};
-
-/// How urgent a notification is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    /// For the worklist.
-    Routine,
-    /// Look soon.
-    Urgent,
-    /// Look now.
-    Critical,
-}
 
 /// One rule: results with `label` at or above `min_probability` notify `ward`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 //! of the shipped model or one from a folder.
 //!
 //! - [`backend`]: choosing the device (wgpu or CPU) at start.
+//! - [`bench`]: inference speed per backend and batch size.
 //! - [`data`]: MedMNIST splits as tensors, normalisation, augmentation.
 //! - [`metrics`]: accuracy, sensitivity, specificity, ROC AUC, thresholds.
 //! - [`train`] and [`evaluate`]: the `train` and `evaluate` subcommands.
@@ -12,6 +13,7 @@
 //! the binary from `cloud-receiver/model/`.
 
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod evaluate;
 pub mod metrics;
@@ -249,6 +251,26 @@ impl LoadedModel {
             reason: e.to_string(),
         })?;
         Self::assemble(card, record, &weights_path, device)
+    }
+
+    /// Only the model card: of the folder `dir`, or of the shipped model.
+    /// Cheap (no weights, no backend); for config checks.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file that is missing or wrong.
+    pub fn card(dir: Option<&Path>) -> Result<ModelCard, ModelError> {
+        match dir {
+            None => parse_card(SHIPPED_CARD, Path::new("<shipped model>")),
+            Some(dir) => {
+                let card_path = dir.join(CARD_FILE);
+                let text =
+                    std::fs::read_to_string(&card_path).map_err(|source| ModelError::Io {
+                        path: card_path.clone(),
+                        source,
+                    })?;
+                parse_card(&text, &card_path)
+            }
+        }
     }
 
     fn assemble(

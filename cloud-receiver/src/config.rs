@@ -1,0 +1,356 @@
+//! The receiver's configuration: the TOML file (`configs/receiver.toml` is
+//! the shipped, commented example and what `print-default-config` prints),
+//! `MEDGATE_<SECTION>__<KEY>` overrides, and the check that turns it into
+//! typed [`Settings`] once, at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use medgate_shared::ids::Name;
+use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::service::mqtt::BrokerSettings;
+use medgate_shared::service::settings::{self, SettingsError};
+use rustls::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::batcher::BatchLimits;
+use crate::daemon::rules::{self, Rule, RuleError};
+use crate::model::LoadedModel;
+use crate::model::backend::BackendChoice;
+
+/// The shipped, commented configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/receiver.toml");
+
+/// The file's top-level sections.
+const SECTIONS: &[&str] = &["receiver", "mqtt", "model", "limits", "metrics"];
+
+/// The configuration file as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    /// Identity and keys.
+    pub receiver: ReceiverSection,
+    /// The broker.
+    pub mqtt: BrokerSettings,
+    /// The model and batching.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Memory bounds and shutdown.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Notification rules.
+    #[serde(default)]
+    pub notify: Vec<Rule>,
+}
+
+/// `[receiver]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverSection {
+    /// This receiver's name.
+    pub name: String,
+    /// The shared-subscription group.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// The RSA private key (PEM).
+    pub private_key: PathBuf,
+    /// Site for audit records of messages that name no valid site.
+    #[serde(default = "default_audit_site")]
+    pub audit_site: String,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A model folder; the built-in model when absent.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Where inference runs.
+    #[serde(default = "default_backend")]
+    pub backend: BackendChoice,
+    /// Images per inference call at most.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest wait of a batch's first image, ms.
+    #[serde(default = "default_max_wait_ms")]
+    pub max_wait_ms: u64,
+    /// Opened images waiting for inference.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            backend: default_backend(),
+            max_batch: default_max_batch(),
+            max_wait_ms: default_max_wait_ms(),
+            queue: default_queue(),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Replay window per device, in sequence numbers.
+    #[serde(default = "default_replay_window")]
+    pub replay_window: u64,
+    /// Devices with a replay window.
+    #[serde(default = "default_replay_devices")]
+    pub replay_devices: usize,
+    /// Results remembered by message id.
+    #[serde(default = "default_remember")]
+    pub remember_results: usize,
+    /// Cached session keys.
+    #[serde(default = "default_session_keys")]
+    pub session_keys: usize,
+    /// Shutdown grace, seconds.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            replay_window: default_replay_window(),
+            replay_devices: default_replay_devices(),
+            remember_results: default_remember(),
+            session_keys: default_session_keys(),
+            shutdown_grace_secs: default_grace(),
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve the endpoint at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address to listen on (port 0 picks a free one).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_group() -> String {
+    "receivers".into()
+}
+fn default_audit_site() -> String {
+    "medgate".into()
+}
+fn default_backend() -> BackendChoice {
+    BackendChoice::Auto
+}
+fn default_max_batch() -> usize {
+    32
+}
+fn default_max_wait_ms() -> u64 {
+    5
+}
+fn default_queue() -> usize {
+    256
+}
+fn default_replay_window() -> u64 {
+    4096
+}
+fn default_replay_devices() -> usize {
+    100_000
+}
+fn default_remember() -> usize {
+    100_000
+}
+fn default_session_keys() -> usize {
+    1024
+}
+fn default_grace() -> u64 {
+    20
+}
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+/// A checked configuration, ready to run.
+pub struct Settings {
+    /// Where it came from.
+    pub file: PathBuf,
+    /// This receiver's name.
+    pub name: Name,
+    /// Its shared-subscription group.
+    pub group: Name,
+    /// Site for unattributable audit records.
+    pub audit_site: Name,
+    /// Broker settings.
+    pub mqtt: BrokerSettings,
+    /// TLS client configuration built from them.
+    pub tls: Arc<ClientConfig>,
+    /// The private key.
+    pub private_key: ReceiverPrivateKey,
+    /// Model folder, or the built-in model.
+    pub model_dir: Option<PathBuf>,
+    /// Backend choice.
+    pub backend: BackendChoice,
+    /// Batching.
+    pub batch: BatchLimits,
+    /// Memory bounds.
+    pub limits: LimitsSection,
+    /// Metrics address, when enabled.
+    pub metrics: Option<SocketAddr>,
+    /// Notification rules, checked against the model's classes.
+    pub rules: Vec<Rule>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key and TLS state stay out of any log line.
+        f.debug_struct("Settings")
+            .field("file", &self.file)
+            .field("name", &self.name)
+            .field("group", &self.group)
+            .field("mqtt", &self.mqtt)
+            .field("model_dir", &self.model_dir)
+            .field("backend", &self.backend)
+            .field("batch", &self.batch)
+            .field("limits", &self.limits)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads and checks the file at `path` with the process environment.
+///
+/// # Errors
+/// The first problem found, naming the file, the key and the reason.
+pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+    let raw: ReceiverConfig = settings::load(path, SECTIONS)?;
+    check(raw, path)
+}
+
+/// Turns a parsed file into [`Settings`]: names, files, keys, the model
+/// card and the rules are all checked here, once.
+///
+/// # Errors
+/// [`SettingsError`] naming `file`, the key and the reason.
+pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError> {
+    let name_at = |key: &str, value: &str| {
+        value
+            .parse::<Name>()
+            .map_err(|e| SettingsError::key(file, key, e))
+    };
+    let name = name_at("receiver.name", &raw.receiver.name)?;
+    let group = name_at("receiver.group", &raw.receiver.group)?;
+    let audit_site = name_at("receiver.audit_site", &raw.receiver.audit_site)?;
+    let tls = raw.mqtt.check(file, "mqtt")?;
+    let private_key = ReceiverPrivateKey::read(&raw.receiver.private_key)
+        .map_err(|e| SettingsError::key(file, "receiver.private_key", e))?;
+    let card = LoadedModel::card(raw.model.dir.as_deref())
+        .map_err(|e| SettingsError::key(file, "model.dir", e))?;
+    rules::validate(&raw.notify, &card.classes).map_err(|e| {
+        let index = match &e {
+            RuleError::Probability { index, .. } | RuleError::UnknownLabel { index, .. } => *index,
+        };
+        SettingsError::key(file, format!("notify[{index}]"), e)
+    })?;
+    let model = &raw.model;
+    if model.max_batch == 0 || model.max_batch > 1024 {
+        return Err(SettingsError::key(
+            file,
+            "model.max_batch",
+            "must be 1..=1024",
+        ));
+    }
+    if model.max_wait_ms > 10_000 {
+        return Err(SettingsError::key(
+            file,
+            "model.max_wait_ms",
+            "must be at most 10000",
+        ));
+    }
+    if model.queue == 0 {
+        return Err(SettingsError::key(
+            file,
+            "model.queue",
+            "must be at least 1",
+        ));
+    }
+    let limits = &raw.limits;
+    if limits.replay_window == 0 || limits.replay_window > 1 << 20 {
+        return Err(SettingsError::key(
+            file,
+            "limits.replay_window",
+            "must be 1..=1048576",
+        ));
+    }
+    let metrics = if raw.metrics.enabled {
+        Some(raw.metrics.listen.parse::<SocketAddr>().map_err(|e| {
+            SettingsError::key(
+                file,
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464: {e}",
+                    raw.metrics.listen
+                ),
+            )
+        })?)
+    } else {
+        None
+    };
+    Ok(Settings {
+        file: file.to_path_buf(),
+        name,
+        group,
+        audit_site,
+        tls,
+        private_key,
+        model_dir: raw.model.dir.clone(),
+        backend: raw.model.backend,
+        batch: BatchLimits {
+            max_batch: model.max_batch,
+            max_wait: Duration::from_millis(model.max_wait_ms),
+            queue: model.queue,
+        },
+        limits: raw.limits.clone(),
+        metrics,
+        rules: raw.notify,
+        mqtt: raw.mqtt,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_and_names_its_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("receiver.toml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let raw: ReceiverConfig = settings::load_with_env(&path, SECTIONS, Vec::new()).unwrap();
+        assert_eq!(raw.notify.len(), 2);
+        assert_eq!(raw.model.backend, BackendChoice::Auto);
+        // The shipped paths do not exist here: the check says which key.
+        let e = check(raw, &path).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("mqtt.ca_file"), "{e}");
+    }
+}

@@ -1,0 +1,446 @@
+//! What happens to one sealed image, from receipt to acknowledgement.
+//!
+//! Order matters: the message is opened (authenticated, decrypted, checked)
+//! before anything in it is trusted; its header must match the topic it came
+//! on; a message id already answered gets that answer again; only then is
+//! the device's sequence number checked against replays, and the image
+//! classified. The broker gets its acknowledgement only after the result is
+//! published, so a receiver that dies mid-way leaves the image with the
+//! broker and the gateway, never lost. A refused message is acknowledged
+//! (it has been dealt with), counted and audited, never classified.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use medgate_shared::header::Header;
+use medgate_shared::ids::Name;
+use medgate_shared::messages::{AuditRecord, Notification, ResultMessage, Timings};
+use medgate_shared::seal::Opener;
+use medgate_shared::topics;
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::batcher::Batcher;
+use super::dedupe::{Begin, Dedupe};
+use super::metrics::Metrics;
+use super::replay::{DeviceKey, ReplayGuard};
+use super::rules::{self, Rule};
+use crate::model::ModelCard;
+use crate::model::data::preprocess;
+
+/// Everything a handler needs; one per service, shared.
+pub struct Context {
+    /// This receiver's name.
+    pub name: Name,
+    /// Site for audit records of unattributable messages.
+    pub audit_site: Name,
+    /// The broker client (publishes and acknowledgements).
+    pub client: AsyncClient,
+    /// Opens sealed images; its key cache needs exclusive access.
+    pub opener: Mutex<Opener>,
+    /// Answers by message id and replay windows.
+    pub memory: Mutex<Memory>,
+    /// The inference thread.
+    pub batcher: Batcher,
+    /// The model's card (classes, threshold, input size, version).
+    pub card: ModelCard,
+    /// Notification rules.
+    pub rules: Vec<Rule>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the service cannot go on (inference thread gone).
+    pub fatal: CancellationToken,
+}
+
+/// The receiver's memory of what it has seen.
+pub struct Memory {
+    /// Answers by message id.
+    pub dedupe: Dedupe<Arc<ResultMessage>, oneshot::Sender<Arc<ResultMessage>>>,
+    /// Per-device sequence windows.
+    pub replay: ReplayGuard,
+}
+
+impl Context {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        // A panic while holding the lock brings the process down anyway
+        // (panic = abort is not set, but the handler task's panic is
+        // reported); the data inside stays consistent per call.
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps the in-flight gauge honest on every exit path.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// An image that passed every check and waits for inference.
+struct Accepted {
+    header: Header,
+    sha512: [u8; 64],
+    input: Vec<u8>,
+}
+
+/// Handles one publish from the images subscription.
+pub async fn handle(ctx: Arc<Context>, publish: Publish) {
+    let _in_flight = InFlight::enter(&ctx.metrics);
+    let received = Instant::now();
+    ctx.metrics.received.inc();
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let Some(origin) = topics::parse_images(&topic) else {
+        let detail = "the topic does not name a valid site, gateway and device".to_owned();
+        reject(&ctx, &publish, &topic, None, "malformed", detail, None).await;
+        return;
+    };
+
+    let accepted = match open(&ctx, &publish).await {
+        Ok(accepted) => accepted,
+        Err((reason, detail)) => {
+            reject(
+                &ctx,
+                &publish,
+                &topic,
+                Some(&origin.0),
+                reason,
+                detail,
+                None,
+            )
+            .await;
+            return;
+        }
+    };
+    let opened_after = received.elapsed();
+    let meta = &accepted.header.meta;
+    if (&meta.site, &meta.gateway, &meta.device) != (&origin.0, &origin.1, &origin.2) {
+        let detail = format!(
+            "sealed by {}/{}/{} but published on {topic}",
+            meta.site, meta.gateway, meta.device
+        );
+        let header = Some(&accepted.header);
+        reject(
+            &ctx,
+            &publish,
+            &topic,
+            Some(&origin.0),
+            "topic_mismatch",
+            detail,
+            header,
+        )
+        .await;
+        return;
+    }
+
+    let id = meta.message_id;
+    let device: DeviceKey = origin;
+    let (waiter, answer) = oneshot::channel();
+    let begun = match begin(&ctx, &device, &accepted.header, waiter) {
+        Ok(begun) => begun,
+        Err(replay) => {
+            let header = Some(&accepted.header);
+            reject(
+                &ctx,
+                &publish,
+                &topic,
+                Some(&device.0),
+                "replay",
+                replay,
+                header,
+            )
+            .await;
+            return;
+        }
+    };
+    match begun {
+        Begin::Done(result) => {
+            ctx.metrics.duplicates.inc();
+            tracing::debug!(message = %id, "repeated message id: answering with the earlier result");
+            if publish_result(&ctx, &result).await {
+                acknowledge(&ctx, &publish).await;
+            }
+            return;
+        }
+        Begin::InFlight => {
+            ctx.metrics.duplicates.inc();
+            // Acknowledge once the first copy is answered; if it is
+            // abandoned, leave this copy with the broker for a retry.
+            if answer.await.is_ok() {
+                acknowledge(&ctx, &publish).await;
+            }
+            return;
+        }
+        Begin::New => {}
+    }
+
+    match classify(&ctx, &accepted, received, opened_after).await {
+        Some(result) => {
+            let result = Arc::new(result);
+            let published = publish_result(&ctx, &result).await;
+            if published {
+                notify(&ctx, &result).await;
+                ctx.metrics
+                    .results
+                    .get_or_create(&vec![("label", result.label.clone())])
+                    .inc();
+                ctx.metrics
+                    .processing_seconds
+                    .observe(received.elapsed().as_secs_f64());
+                let waiters = ctx.memory().dedupe.finish(id, result.clone());
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
+                }
+                acknowledge(&ctx, &publish).await;
+                return;
+            }
+            abandon(&ctx, &accepted, &device);
+        }
+        None => abandon(&ctx, &accepted, &device),
+    }
+}
+
+/// Registers the message id and, for a new one, checks the device's
+/// sequence number; a replay gives its description.
+fn begin(
+    ctx: &Context,
+    device: &DeviceKey,
+    header: &Header,
+    waiter: oneshot::Sender<Arc<ResultMessage>>,
+) -> Result<Begin<Arc<ResultMessage>>, String> {
+    let mut memory = ctx.memory();
+    let (begun, _) = memory.dedupe.begin(header.meta.message_id, waiter);
+    if begun == Begin::New
+        && let Err(e) = memory.replay.check(device, header.meta.sequence)
+    {
+        drop(memory.dedupe.abandon(header.meta.message_id));
+        return Err(e.to_string());
+    }
+    Ok(begun)
+}
+
+/// Forgets an image that was not answered, so that a copy sent again is
+/// classified then rather than refused as a replay; the broker keeps the
+/// unacknowledged original.
+fn abandon(ctx: &Context, accepted: &Accepted, device: &DeviceKey) {
+    let mut memory = ctx.memory();
+    memory.replay.forget(device, accepted.header.meta.sequence);
+    // Waiters dropped here learn that no answer is coming.
+    drop(memory.dedupe.abandon(accepted.header.meta.message_id));
+}
+
+/// Opens and preprocesses on a blocking thread (RSA, ChaCha20, Henon and
+/// SHA-512 are CPU work).
+async fn open(ctx: &Arc<Context>, publish: &Publish) -> Result<Accepted, (&'static str, String)> {
+    let payload = publish.payload.clone();
+    let worker = ctx.clone();
+    let side = ctx.card.input_size[0];
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = worker
+            .opener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open(&payload);
+        opened.map(|opened| Accepted {
+            input: preprocess(&opened.pixels, side),
+            header: opened.header,
+            sha512: opened.sha512,
+        })
+    })
+    .await;
+    match opened {
+        Ok(Ok(accepted)) => Ok(accepted),
+        Ok(Err(e)) => Err((e.reason(), e.to_string())),
+        Err(e) => Err(("malformed", format!("opening failed: {e}"))),
+    }
+}
+
+async fn classify(
+    ctx: &Context,
+    accepted: &Accepted,
+    received: Instant,
+    opened_after: std::time::Duration,
+) -> Option<ResultMessage> {
+    let answer = match ctx.batcher.infer(accepted.input.clone()).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::error!(cause = %e, "inference failed; stopping the service");
+            ctx.fatal.cancel();
+            return None;
+        }
+    };
+    let card = &ctx.card;
+    let positive = answer.probabilities.get(1).copied().unwrap_or(0.0);
+    let label_index = usize::from(positive >= card.threshold);
+    let label = card.classes.get(label_index).cloned().unwrap_or_default();
+    let probabilities: BTreeMap<String, f32> = card
+        .classes
+        .iter()
+        .cloned()
+        .zip(answer.probabilities.iter().copied())
+        .collect();
+    let meta = &accepted.header.meta;
+    Some(ResultMessage {
+        message_id: meta.message_id.to_string(),
+        site: meta.site.to_string(),
+        gateway: meta.gateway.to_string(),
+        device: meta.device.to_string(),
+        sequence: meta.sequence,
+        captured_at_ms: meta.captured_at_ms,
+        label,
+        probabilities,
+        threshold: card.threshold,
+        model_version: card.version.clone(),
+        sha512: hex::encode(accepted.sha512),
+        receiver: ctx.name.to_string(),
+        timings: Timings {
+            open_ms: millis(opened_after),
+            queue_ms: millis(answer.queued),
+            inference_ms: millis(answer.inference),
+            batch_size: answer.batch_size,
+            total_ms: millis(received.elapsed()),
+        },
+    })
+}
+
+async fn publish_result(ctx: &Context, result: &ResultMessage) -> bool {
+    let (Ok(site), Ok(gateway), Ok(device)) = (
+        result.site.parse::<Name>(),
+        result.gateway.parse::<Name>(),
+        result.device.parse::<Name>(),
+    ) else {
+        return false;
+    };
+    let topic = topics::results(&site, &gateway, &device);
+    let body = match serde_json::to_vec(result) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot encode a result");
+            return false;
+        }
+    };
+    match ctx
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, body)
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(
+                message = %result.message_id,
+                device = %result.device,
+                label = %result.label,
+                batch = result.timings.batch_size,
+                total_ms = result.timings.total_ms,
+                "result published"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(message = %result.message_id, cause = %e, "result not published; the image stays unacknowledged");
+            false
+        }
+    }
+}
+
+async fn notify(ctx: &Context, result: &ResultMessage) {
+    let Ok(site) = result.site.parse::<Name>() else {
+        return;
+    };
+    let hits = rules::matches(&ctx.rules, &site, |label| {
+        result.probabilities.get(label).copied()
+    });
+    for (ward, priority) in hits {
+        let note = Notification {
+            message_id: result.message_id.clone(),
+            site: result.site.clone(),
+            gateway: result.gateway.clone(),
+            device: result.device.clone(),
+            ward: ward.to_string(),
+            priority,
+            label: result.label.clone(),
+            probability: result
+                .probabilities
+                .get(&result.label)
+                .copied()
+                .unwrap_or(0.0),
+            model_version: result.model_version.clone(),
+            captured_at_ms: result.captured_at_ms,
+        };
+        let Ok(body) = serde_json::to_vec(&note) else {
+            continue;
+        };
+        let topic = topics::notify(&site, ward);
+        match ctx
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+        {
+            Ok(()) => {
+                ctx.metrics
+                    .notifications
+                    .get_or_create(&vec![("priority", format!("{priority:?}").to_lowercase())])
+                    .inc();
+            }
+            Err(e) => tracing::warn!(ward = %ward, cause = %e, "notification not published"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reject(
+    ctx: &Context,
+    publish: &Publish,
+    topic: &str,
+    site: Option<&Name>,
+    reason: &'static str,
+    detail: String,
+    header: Option<&Header>,
+) {
+    ctx.metrics.reject(reason);
+    tracing::warn!(topic, reason, detail = %detail, bytes = publish.payload.len(), "message refused");
+    let record = AuditRecord {
+        receiver: ctx.name.to_string(),
+        reason: reason.to_owned(),
+        detail,
+        topic: topic.to_owned(),
+        bytes: publish.payload.len(),
+        message_id: header.map(|h| h.meta.message_id.to_string()),
+        device: header.map(|h| h.meta.device.to_string()),
+        sequence: header.map(|h| h.meta.sequence),
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let audit_topic = topics::audit(site.unwrap_or(&ctx.audit_site), &ctx.name);
+    if let Ok(body) = serde_json::to_vec(&record)
+        && let Err(e) = ctx
+            .client
+            .publish(audit_topic, QoS::AtLeastOnce, false, body)
+            .await
+    {
+        tracing::warn!(cause = %e, "audit record not published");
+    }
+    acknowledge(ctx, publish).await;
+}
+
+async fn acknowledge(ctx: &Context, publish: &Publish) {
+    if let Err(e) = ctx.client.ack(publish).await {
+        tracing::warn!(cause = %e, "acknowledgement not sent; the broker will send the image again");
+    }
+}
+
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

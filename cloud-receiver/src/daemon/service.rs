@@ -1,0 +1,287 @@
+//! `medgate-receiver run`: the MQTT service that ties the building blocks
+//! together.
+//!
+//! One task owns the rumqttc event loop and only polls it: it subscribes
+//! when the broker has no session for us, hands each image to a handler
+//! task (the broker's receive maximum bounds how many there are), and
+//! reconnects with backoff by polling again after an error. Inference runs
+//! on the batcher's own thread. Shutdown stops intake, unsubscribes, lets
+//! in-flight images finish within the grace period, then disconnects;
+//! images not started stay unacknowledged in the broker session.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medgate_shared::seal::Opener;
+use medgate_shared::service::metrics as endpoint;
+use medgate_shared::topics;
+use prometheus_client::registry::Registry;
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::batcher::{self, BatchLimits};
+use super::dedupe::Dedupe;
+use super::handler::{self, Context, Memory};
+use super::metrics::Metrics;
+use super::replay::ReplayGuard;
+use crate::config::Settings;
+use crate::model::backend::{self, BackendError};
+use crate::model::train::predict;
+use crate::model::{LoadedModel, ModelError};
+
+/// Requests queued towards the event loop.
+const CLIENT_QUEUE: usize = 256;
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the service stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The inference backend could not start.
+    #[error("inference backend: {0}")]
+    Backend(#[from] BackendError),
+    /// The model could not be loaded.
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint {address}: {source}")]
+    Metrics {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The inference thread could not start or stopped.
+    #[error("inference thread: {0}")]
+    Inference(String),
+}
+
+/// A running service's addresses, for logs and tests.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Where the metrics endpoint listens, when enabled.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The backend in use.
+    pub backend: String,
+}
+
+/// Runs the receiver until `shutdown` completes, then drains and returns.
+/// `started` (if given) learns the metrics address once listening.
+///
+/// # Errors
+/// [`ServiceError`] when the backend, model, metrics endpoint or inference
+/// thread fail; connection trouble is retried, not returned.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> Result<(), ServiceError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+
+    let choice = settings.backend;
+    let model_dir = settings.model_dir.clone();
+    let (selected, model) = tokio::task::spawn_blocking(move || {
+        let selected = backend::select(choice)?;
+        let model = match &model_dir {
+            Some(dir) => LoadedModel::from_dir(dir, &selected.device)?,
+            None => LoadedModel::shipped(&selected.device)?,
+        };
+        Ok::<_, ServiceError>((selected, model))
+    })
+    .await
+    .map_err(|e| ServiceError::Inference(e.to_string()))??;
+    tracing::info!(backend = %selected, model = %model.card.version, "model loaded");
+    let card = model.card.clone();
+    let (batcher, inference_thread) =
+        spawn_inference(settings.batch, model, selected.device.clone(), &metrics)?;
+
+    let stop = CancellationToken::new();
+    let metrics_address = match settings.metrics {
+        Some(address) => {
+            let listener = endpoint::bind(address)
+                .await
+                .map_err(|source| ServiceError::Metrics { address, source })?;
+            let bound = listener.local_addr().ok();
+            let token = stop.clone();
+            tokio::spawn(endpoint::serve(listener, Arc::new(registry), async move {
+                token.cancelled().await;
+            }));
+            tracing::info!(address = ?bound, "metrics endpoint listening");
+            bound
+        }
+        None => None,
+    };
+
+    let mut options = settings
+        .mqtt
+        .options(settings.name.as_str(), settings.tls.clone());
+    options.set_manual_acks(true);
+    let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+    let limits = settings.limits.clone();
+    let ctx = Arc::new(Context {
+        name: settings.name.clone(),
+        audit_site: settings.audit_site.clone(),
+        client: client.clone(),
+        opener: Mutex::new(Opener::new(settings.private_key, limits.session_keys)),
+        memory: Mutex::new(Memory {
+            dedupe: Dedupe::new(limits.remember_results),
+            replay: ReplayGuard::new(limits.replay_window, limits.replay_devices),
+        }),
+        batcher,
+        card,
+        rules: settings.rules.clone(),
+        metrics: metrics.clone(),
+        fatal: CancellationToken::new(),
+    });
+    let filter = topics::images_shared_subscription(&settings.group);
+    let intake = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let driver = tokio::spawn(drive(
+        eventloop,
+        ctx.clone(),
+        filter.clone(),
+        intake.clone(),
+        tracker.clone(),
+        stop.clone(),
+        usize::from(settings.mqtt.receive_maximum) * 2,
+    ));
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            metrics: metrics_address,
+            backend: selected.to_string(),
+        });
+    }
+    tracing::info!(broker = %settings.mqtt.host, port = settings.mqtt.port, subscription = %filter, "receiver running");
+
+    let fatal = ctx.fatal.clone();
+    let failed = tokio::select! {
+        () = shutdown => false,
+        () = fatal.cancelled() => true,
+    };
+
+    tracing::info!("stopping: no new images; finishing those in flight");
+    intake.cancel();
+    let _ = client.try_unsubscribe(filter);
+    tracker.close();
+    let grace = Duration::from_secs(settings.limits.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            left = tracker.len(),
+            "grace period over; unfinished images stay unacknowledged with the broker"
+        );
+    }
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not confirm the disconnect in time");
+    }
+    stop.cancel();
+    drop(ctx);
+    let joined = tokio::task::spawn_blocking(move || inference_thread.join().is_ok()).await;
+    if failed || !matches!(joined, Ok(true)) {
+        return Err(ServiceError::Inference(
+            "the inference thread stopped".into(),
+        ));
+    }
+    tracing::info!("receiver stopped");
+    Ok(())
+}
+
+fn spawn_inference(
+    limits: BatchLimits,
+    model: LoadedModel,
+    device: burn::tensor::Device,
+    metrics: &Metrics,
+) -> Result<(batcher::Batcher, std::thread::JoinHandle<()>), ServiceError> {
+    let side = model.card.input_size[0];
+    let norm = model.card.normalisation;
+    let batch_size = metrics.batch_size.clone();
+    let inference_seconds = metrics.inference_seconds.clone();
+    batcher::spawn(limits, move |inputs: &[u8], count: usize| {
+        let started = std::time::Instant::now();
+        let positive = predict(&model.network, inputs, side, norm, &device, count);
+        inference_seconds.observe(started.elapsed().as_secs_f64());
+        batch_size.observe(count as f64);
+        positive.into_iter().map(|p| vec![1.0 - p, p]).collect()
+    })
+    .map_err(|e| ServiceError::Inference(e.to_string()))
+}
+
+/// Owns and polls the event loop until the disconnect goes out or `stop`.
+async fn drive(
+    mut eventloop: EventLoop,
+    ctx: Arc<Context>,
+    filter: String,
+    intake: CancellationToken,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    most_in_flight: usize,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            () = stop.cancelled() => return,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                ctx.metrics.connections.inc();
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to the broker"
+                );
+                if !ack.session_present && !intake.is_cancelled() {
+                    // Through a task: the request queue is drained by this
+                    // very loop, so waiting on it here could deadlock.
+                    let client = ctx.client.clone();
+                    let filter = filter.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                            tracing::error!(cause = %e, "cannot subscribe");
+                        }
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if intake.is_cancelled() {
+                    // Left unacknowledged: the broker keeps it.
+                    continue;
+                }
+                if tracker.len() >= most_in_flight {
+                    ctx.metrics.overloaded.inc();
+                    tracing::warn!(
+                        "more unacknowledged images than receive_maximum allows; leaving this one with the broker"
+                    );
+                    continue;
+                }
+                tracker.spawn(handler::handle(ctx.clone(), publish));
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(codes = ?ack.return_codes, "subscribed");
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(reason = ?d.reason_code, "the broker closed the session");
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                ctx.metrics.connection_errors.inc();
+                tracing::warn!(cause = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}

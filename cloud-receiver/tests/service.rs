@@ -1,0 +1,257 @@
+//! The receiver service against a real mosquitto with mutual TLS: sealed
+//! chest X-rays in, results and notifications out; duplicates answered from
+//! memory; tampered, forged, replayed and foreign messages refused, audited
+//! and counted while the stream goes on.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+use std::collections::HashMap;
+
+use medgate_receiver::model::LoadedModel;
+use medgate_receiver::model::backend::{BackendChoice, select};
+use medgate_receiver::model::data::preprocess;
+use medgate_receiver::model::train::predict;
+use medgate_shared::envelope;
+use medgate_shared::keys::{ReceiverPrivateKey, key_id_of};
+use medgate_shared::messages::{AuditRecord, Notification, ResultMessage};
+use medgate_shared::pixels::Pixels;
+use medgate_shared::seal::{RotationPolicy, Sealer};
+
+mod support;
+
+use support::{GATEWAY, Rig, RigOptions, SITE, counter, meta, xrays};
+
+/// What the shipped model says offline about each image, on the CPU.
+fn offline_probabilities(images: &[(Pixels, u8)]) -> Vec<f32> {
+    let cpu = select(BackendChoice::Cpu).unwrap();
+    let model = LoadedModel::shipped(&cpu.device).unwrap();
+    let inputs: Vec<u8> = images.iter().flat_map(|(p, _)| preprocess(p, 28)).collect();
+    predict(
+        &model.network,
+        &inputs,
+        28,
+        model.card.normalisation,
+        &cpu.device,
+        64,
+    )
+}
+
+/// Seals `images` over three devices, publishes them, and checks that each
+/// gets exactly one result at its own device, equal to offline inference.
+async fn stream_and_check(
+    rig: &mut Rig,
+    images: &[(Pixels, u8)],
+    first_sequence: u64,
+) -> HashMap<String, ResultMessage> {
+    let mut sealer = Sealer::new(rig.key.public().clone(), RotationPolicy::default());
+    let mut sent = HashMap::new();
+    for (i, (pixels, _)) in images.iter().enumerate() {
+        let device = format!("cam-{}", i % 3);
+        let meta = meta(&device, first_sequence + i as u64);
+        let sealed = sealer.seal(&meta, pixels).unwrap();
+        sent.insert(meta.message_id.to_string(), (i, device.clone()));
+        rig.publish(&device, sealed).await;
+    }
+    let expected = offline_probabilities(images);
+    let prefix = format!("medgate/v1/{SITE}/{GATEWAY}/results/");
+    let mut results = HashMap::new();
+    for (topic, body) in rig.expect(&prefix, images.len()).await {
+        let result: ResultMessage = serde_json::from_slice(&body).unwrap();
+        let (i, device) = sent
+            .get(&result.message_id)
+            .expect("a result for a sent image")
+            .clone();
+        assert_eq!(
+            topic,
+            format!("{prefix}{device}"),
+            "routed to its own device"
+        );
+        assert_eq!(result.device, device);
+        assert_eq!(result.sequence, first_sequence + i as u64);
+        assert_eq!(result.sha512.len(), 128);
+        let p = result.probabilities["pneumonia"];
+        assert!(
+            (p - expected[i]).abs() < 1e-3,
+            "image {i}: service {p}, offline {}",
+            expected[i]
+        );
+        assert!((p + result.probabilities["normal"] - 1.0).abs() < 1e-4);
+        let label = if p >= result.threshold {
+            "pneumonia"
+        } else {
+            "normal"
+        };
+        assert_eq!(result.label, label);
+        assert!(result.timings.batch_size >= 1);
+        assert!(
+            results.insert(result.message_id.clone(), result).is_none(),
+            "exactly one result per image"
+        );
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
+    let mut rig = Rig::start(RigOptions::default()).await;
+    let images = xrays(12);
+    let results = stream_and_check(&mut rig, &images, 100).await;
+
+    // The labels are right for nearly all of these val images (0.98 on val).
+    let correct = results
+        .values()
+        .filter(|r| {
+            let i = (r.sequence - 100) as usize;
+            (r.label == "pneumonia") == (images[i].1 == 1)
+        })
+        .count();
+    assert!(correct >= 10, "{correct} of 12 right");
+
+    // One notification per result at or above 0.5, without pixels.
+    let urgent: Vec<&ResultMessage> = results
+        .values()
+        .filter(|r| r.probabilities["pneumonia"] >= 0.5)
+        .collect();
+    assert!(!urgent.is_empty());
+    let notes = rig
+        .expect(&format!("medgate/v1/{SITE}/notify/radiology"), urgent.len())
+        .await;
+    for (_, body) in &notes {
+        let note: Notification = serde_json::from_slice(body).unwrap();
+        assert!(results.contains_key(&note.message_id));
+        assert_eq!(note.label, "pneumonia");
+        assert_eq!(note.ward, "radiology");
+        let keys: Vec<String> =
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        assert!(
+            !keys
+                .iter()
+                .any(|k| k.contains("pixel") || k.contains("patient")),
+            "{keys:?}"
+        );
+        assert!(body.len() < 1024, "a notification carries no image");
+    }
+
+    // The same message again: the same answer, not a second classification.
+    let mut sealer = Sealer::new(rig.key.public().clone(), RotationPolicy::default());
+    let first_meta = meta("cam-9", 7);
+    let first = sealer.seal(&first_meta, &images[0].0).unwrap();
+    rig.publish("cam-9", first.clone()).await;
+    let prefix = format!("medgate/v1/{SITE}/{GATEWAY}/results/cam-9");
+    let original: ResultMessage =
+        serde_json::from_slice(&rig.expect(&prefix, 1).await[0].1).unwrap();
+    rig.publish("cam-9", first.clone()).await;
+    let repeated: ResultMessage =
+        serde_json::from_slice(&rig.expect(&prefix, 1).await[0].1).unwrap();
+    assert_eq!(original, repeated, "the cached answer, timings included");
+
+    // Refused: each audited with its reason, none classified.
+    let parsed = envelope::parse(&first).unwrap();
+    let body_at = parsed.associated_data.len();
+    let key_at = body_at - parsed.wrapped_key.len();
+    let mut tampered = sealer.seal(&meta("cam-9", 8), &images[1].0).unwrap();
+    let end = tampered.len();
+    tampered[end - 40] ^= 0x01;
+    let mut unknown_key = sealer.seal(&meta("cam-9", 9), &images[1].0).unwrap();
+    unknown_key[key_at..body_at].fill(0x5a);
+    let forged_id = key_id_of(&unknown_key[key_at..body_at]);
+    let id_at = unknown_key[..key_at]
+        .windows(16)
+        .position(|w| w == parsed.header.key_id.as_bytes())
+        .unwrap();
+    unknown_key[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
+    let other = ReceiverPrivateKey::generate(3072).unwrap();
+    let foreign = Sealer::new(other.public().clone(), RotationPolicy::default())
+        .seal(&meta("cam-9", 10), &images[1].0)
+        .unwrap();
+    // A new message id with an answered device sequence number.
+    let replayed = sealer.seal(&meta("cam-9", 7), &images[1].0).unwrap();
+    let misplaced = sealer.seal(&meta("cam-9", 11), &images[1].0).unwrap();
+    rig.publish("cam-9", tampered).await;
+    rig.publish("cam-9", unknown_key).await;
+    rig.publish("cam-9", foreign).await;
+    rig.publish("cam-9", replayed).await;
+    rig.publish("cam-9", b"not a sealed image".to_vec()).await;
+    rig.publish("cam-8", misplaced).await;
+    let audits = rig
+        .expect(&format!("medgate/v1/{SITE}/audit/receiver-1"), 6)
+        .await;
+    let mut reasons: Vec<String> = audits
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<AuditRecord>(body).unwrap().reason)
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "aead",
+            "malformed",
+            "replay",
+            "topic_mismatch",
+            "unknown_key",
+            "unknown_recipient"
+        ]
+    );
+
+    // The stream goes on.
+    let after = stream_and_check(&mut rig, &images[..3], 200).await;
+    assert_eq!(after.len(), 3);
+
+    let metrics = rig.metrics_text().await;
+    for reason in [
+        "aead",
+        "malformed",
+        "replay",
+        "topic_mismatch",
+        "unknown_key",
+        "unknown_recipient",
+    ] {
+        let line = format!("medgate_receiver_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(counter(&metrics, &line), 1.0, "{reason}\n{metrics}");
+    }
+    assert_eq!(
+        counter(&metrics, "medgate_receiver_duplicates_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(&metrics, "medgate_receiver_received_total"),
+        12.0 + 2.0 + 6.0 + 3.0
+    );
+    let classified: f64 = ["normal", "pneumonia"]
+        .iter()
+        .map(|l| {
+            counter(
+                &metrics,
+                &format!("medgate_receiver_results_total{{label=\"{l}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(
+        classified,
+        12.0 + 1.0 + 3.0,
+        "duplicates and refusals are not classified"
+    );
+    assert!(counter(&metrics, "medgate_receiver_batch_size_count") >= 1.0);
+    // No result ever went anywhere but this gateway's results topics.
+    assert!(rig.broker.log_text().contains("receiver-1"));
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wgpu_backend_serves_the_same_answers() {
+    // On a machine without a GPU this is Mesa's software Vulkan (lavapipe),
+    // which scripts/test installs.
+    let mut rig = Rig::start(RigOptions {
+        backend: "wgpu",
+        ..RigOptions::default()
+    })
+    .await;
+    let images = xrays(6);
+    let results = stream_and_check(&mut rig, &images, 100).await;
+    assert_eq!(results.len(), 6);
+    rig.shutdown().await;
+}

@@ -1,0 +1,252 @@
+//! A receiver under test: a real mosquitto with mutual TLS, the receiver
+//! service running in this process from a real config file, and a test
+//! client with a gateway's identity. Shared by the service tests and the
+//! `throughput` example (which includes this file by path).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each user takes what it needs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use medgate_receiver::config;
+use medgate_receiver::daemon::service::{self, ServiceError, Started};
+use medgate_shared::dataset::{SplitName, read_split};
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_testkit::client::{self, TestClient};
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_testkit::pki::Pki;
+use tokio::sync::oneshot;
+
+/// Deadline of every wait (a failure bound, not a synchronisation).
+pub const WAIT: Duration = Duration::from_secs(120);
+/// The test site.
+pub const SITE: &str = "site-a";
+/// The test gateway.
+pub const GATEWAY: &str = "gw-1";
+
+/// Receiver options a test may set.
+pub struct RigOptions {
+    /// `model.backend`.
+    pub backend: &'static str,
+    /// `model.max_batch`.
+    pub max_batch: usize,
+    /// `model.max_wait_ms`.
+    pub max_wait_ms: u64,
+    /// `mqtt.receive_maximum`.
+    pub receive_maximum: u16,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        Self {
+            backend: "cpu",
+            max_batch: 16,
+            max_wait_ms: 20,
+            receive_maximum: 32,
+        }
+    }
+}
+
+/// A broker, a running receiver and a gateway-identity client.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub pki: Pki,
+    pub key: ReceiverPrivateKey,
+    pub metrics: std::net::SocketAddr,
+    pub client: TestClient,
+    stop: Option<oneshot::Sender<()>>,
+    service: tokio::task::JoinHandle<Result<(), ServiceError>>,
+}
+
+impl Rig {
+    /// Starts everything; returns once the receiver is subscribed and the
+    /// client listens to this site's results, notifications and audits.
+    pub async fn start(options: RigOptions) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "medgate test CA").unwrap();
+        let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
+        let key = ReceiverPrivateKey::generate(3072).unwrap();
+        let key_path = dir.path().join("receiver.pem");
+        std::fs::write(&key_path, key.to_pem().unwrap().as_bytes()).unwrap();
+        let tls = pki.client("receiver-1").unwrap();
+        let config_path = dir.path().join("receiver.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"
+[receiver]
+name = "receiver-1"
+private_key = "{key}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{tls_key}"
+receive_maximum = {receive_maximum}
+
+[model]
+backend = "{backend}"
+max_batch = {max_batch}
+max_wait_ms = {max_wait_ms}
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[notify]]
+label = "pneumonia"
+min_probability = 0.5
+ward = "radiology"
+priority = "urgent"
+"#,
+                key = key_path.display(),
+                port = broker.port(),
+                ca = pki.ca_file().display(),
+                cert = tls.cert.display(),
+                tls_key = tls.key.display(),
+                receive_maximum = options.receive_maximum,
+                backend = options.backend,
+                max_batch = options.max_batch,
+                max_wait_ms = options.max_wait_ms,
+            ),
+        )
+        .unwrap();
+        let settings = config::load(&config_path).unwrap();
+        let mark = broker.log_len();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (started_tx, started) = oneshot::channel::<Started>();
+        let service = tokio::spawn(service::run(
+            settings,
+            async {
+                let _ = stopped.await;
+            },
+            Some(started_tx),
+        ));
+        let started = tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
+        // The shared subscription is in place once mosquitto says so.
+        broker
+            .wait_for_log("$share/receivers/medgate/v1/+/+/images/+", mark, WAIT)
+            .unwrap();
+        let filters = [
+            format!("medgate/v1/{SITE}/{GATEWAY}/results/+"),
+            format!("medgate/v1/{SITE}/notify/+"),
+            format!("medgate/v1/{SITE}/audit/+"),
+        ];
+        let settings = client::settings(&pki, &broker, GATEWAY).unwrap();
+        let client = TestClient::connect(&settings, GATEWAY, &filters, WAIT)
+            .await
+            .unwrap();
+        Rig {
+            dir,
+            broker,
+            pki,
+            key,
+            metrics: started.metrics.unwrap(),
+            client,
+            stop: Some(stop),
+            service,
+        }
+    }
+
+    /// Publishes a sealed image on `device`'s images topic of this gateway.
+    pub async fn publish(&self, device: &str, sealed: Vec<u8>) {
+        self.client
+            .publish(
+                format!("medgate/v1/{SITE}/{GATEWAY}/images/{device}"),
+                sealed,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits for `count` messages under `prefix`.
+    pub async fn expect(&mut self, prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+        self.client
+            .expect(prefix, count, WAIT)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.topic, m.payload))
+            .collect()
+    }
+
+    /// The metrics endpoint's text.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    /// Stops the service and waits for it to return cleanly.
+    pub async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(WAIT, self.service)
+            .await
+            .expect("the service stops within the grace period")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A name.
+pub fn n(s: &str) -> Name {
+    s.parse().unwrap()
+}
+
+/// The real PneumoniaMNIST file.
+pub fn data_file() -> PathBuf {
+    let dir = std::env::var_os("MEDGATE_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    dir.join("pneumoniamnist.npz")
+}
+
+/// Real chest X-rays from the val split (28×28, 8-bit) with their labels.
+pub fn xrays(count: usize) -> Vec<(Pixels, u8)> {
+    let val = read_split(&data_file(), SplitName::Val).unwrap();
+    let size = 28 * 28;
+    (0..count)
+        .map(|i| {
+            let i = i % val.labels.len();
+            let data = val.images[i * size..(i + 1) * size].to_vec();
+            (
+                Pixels::new(28, 28, PixelFormat::Gray8, data).unwrap(),
+                val.labels[i],
+            )
+        })
+        .collect()
+}
+
+/// Header metadata of an image from `device` of the test gateway.
+pub fn meta(device: &str, sequence: u64) -> ImageMeta {
+    ImageMeta {
+        message_id: MessageId::random(),
+        site: n(SITE),
+        gateway: n(GATEWAY),
+        device: n(device),
+        sequence,
+        captured_at_ms: 1_790_000_000_000 + sequence,
+        modality: Modality::Dx,
+        model_hint: None,
+    }
+}
+
+/// The value of the first metrics line starting with `line_start`.
+pub fn counter(metrics: &str, line_start: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
