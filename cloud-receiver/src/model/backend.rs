@@ -22,9 +22,6 @@ pub enum BackendChoice {
     Wgpu,
     /// The pure-Rust CPU backend (Flex).
     Cpu,
-    /// The deprecated NdArray CPU backend, kept only to compare with Flex.
-    #[value(hide = true)]
-    Ndarray,
 }
 
 /// The backend actually used.
@@ -32,7 +29,7 @@ pub enum BackendChoice {
 pub struct Selected {
     /// The device tensors are created on.
     pub device: Device,
-    /// `"wgpu"` or `"cpu"` (or `"ndarray"`), as reported in results.
+    /// `"wgpu"` or `"cpu"`, as reported in results.
     pub name: &'static str,
     /// The wgpu adapter, when known: name and type.
     pub adapter: Option<String>,
@@ -91,12 +88,6 @@ fn adapters() -> Vec<Adapter> {
 pub fn select(choice: BackendChoice) -> Result<Selected, BackendError> {
     let selected = match choice {
         BackendChoice::Cpu => cpu(),
-        #[allow(deprecated)] // measured against Flex on purpose
-        BackendChoice::Ndarray => Selected {
-            device: Device::ndarray(),
-            name: "ndarray",
-            adapter: None,
-        },
         BackendChoice::Wgpu => {
             let found = adapters();
             let best = found.iter().find(|a| a.hardware).or(found.first());

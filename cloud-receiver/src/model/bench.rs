@@ -14,7 +14,7 @@ use super::train::predict;
 /// One backend at one batch size.
 #[derive(Debug, Clone, Serialize)]
 pub struct InferenceFigure {
-    /// Backend name (`cpu`, `wgpu`, `ndarray`) and adapter.
+    /// Backend name (`cpu`, `wgpu`) and adapter.
     pub backend: String,
     /// Images per inference call.
     pub batch: usize,
