@@ -56,6 +56,11 @@ pub struct BrokerSettings {
     /// Unacknowledged QoS 1 messages the broker may send at once.
     #[serde(default = "default_receive_maximum")]
     pub receive_maximum: u16,
+    /// Our QoS 1 publications the broker has not acknowledged yet, at most.
+    /// Also bounds memory: rumqttc keeps a slot per allowed publication,
+    /// and a broker may allow 65535.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
     /// How long the broker keeps this client's session (subscriptions and
     /// unacknowledged messages) after a disconnect, in seconds.
     #[serde(default = "default_session_expiry")]
@@ -72,6 +77,9 @@ fn default_max_packet() -> u32 {
     DEFAULT_MAX_PACKET_BYTES
 }
 fn default_receive_maximum() -> u16 {
+    32
+}
+fn default_max_inflight() -> u16 {
     32
 }
 fn default_session_expiry() -> u32 {
@@ -160,6 +168,7 @@ impl BrokerSettings {
             .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs.max(5))))
             .set_max_packet_size(Some(self.max_packet_bytes))
             .set_receive_maximum(Some(self.receive_maximum))
+            .set_outgoing_inflight_upper_limit(self.max_inflight)
             .set_clean_start(false)
             .set_session_expiry_interval(Some(self.session_expiry_secs));
         options

@@ -74,6 +74,7 @@ pub fn settings(pki: &Pki, broker: &Mosquitto, name: &str) -> Result<BrokerSetti
         keep_alive_secs: 30,
         max_packet_bytes: 16 * 1024 * 1024,
         receive_maximum: 512,
+        max_inflight: 256,
         session_expiry_secs: 0,
     })
 }
