@@ -3,14 +3,24 @@
 //! them over MQTT/TLS, then routes results back to the capturing device.
 //!
 //! # Layout
+//! - [`config`]: the config file and its check into typed settings.
+//! - [`capture`]: decoding and preparing captured images.
+//! - [`sources`]: image sources behind one trait (hot folder so far).
+//! - [`intake`]: captures become sealed, spooled images, or are refused.
+//! - [`sequence`]: per-device sequence numbers that survive restarts.
 //! - [`spool`]: the durable, bounded spool of sealed images.
-//!
-//! The rest of the daemon (sources, publisher, results router, systemd
-//! integration, metrics) is the gateway issue's work in progress. What it
-//! relies on lives in `medgate-shared`: the sealed image format,
-//! [`medgate_shared::seal::Sealer`] and the topic tree.
-
+//! - [`publisher`]: publication, acknowledgement, re-publication, results.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`service`]: `run`, which ties them together, with systemd notifications.
+pub mod capture;
+pub mod config;
+pub mod intake;
+pub mod metrics;
+pub mod publisher;
+pub mod sequence;
+pub mod service;
+pub mod sources;
 pub mod spool;
 
-/// The version reported by `medgate-gateway --version`.
+/// The version reported by `medgate-gateway --version` and in its status.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,21 +1,113 @@
-//! `medgate-gateway`: command-line entry point. The daemon's subcommands
-//! (`run`, `check-config`, `print-default-config`) arrive with the gateway
-//! issue; until then this binary only identifies itself.
+//! `medgate-gateway`: parses the command line, sets up logging, loads the
+//! config and calls the library.
 
-use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use medgate_gateway::{config, service};
+use medgate_shared::service::logging;
+
+/// Exit status for a configuration error (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(
-    name = "medgate-gateway",
-    version = medgate_gateway::VERSION,
-    about = "medgate edge gateway (skeleton: the daemon is not built yet)"
-)]
-struct Cli {}
+#[command(name = "medgate-gateway", version = medgate_gateway::VERSION, about = "medgate edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let Cli {} = Cli::parse();
-    println!(
-        "medgate-gateway {}: the daemon is not part of this build yet",
-        medgate_gateway::VERSION
-    );
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: capture, seal, spool, publish, route results.
+    Run {
+        /// The configuration file (see `print-default-config`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration file: exit 0, or 78 with the file, key and reason.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print the shipped, commented configuration to start from.
+    PrintDefaultConfig,
+}
+
+fn main() -> ExitCode {
+    logging::init("info");
+    match Cli::parse().command {
+        Command::Run { config } => serve(&config),
+        Command::CheckConfig { file } => match config::load(&file) {
+            Ok(settings) => {
+                println!(
+                    "{}: ok (gateway {}/{}, broker {}:{}, {} hot folder(s))",
+                    file.display(),
+                    settings.site,
+                    settings.name,
+                    settings.mqtt.host,
+                    settings.mqtt.port,
+                    settings.hot_folders.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("medgate-gateway: config error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::PrintDefaultConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(file: &Path) -> ExitCode {
+    let settings = match config::load(file) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("medgate-gateway: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Two worker threads and a small blocking pool (sealing, fsync, file
+    // reads): enough for a Pi-class box, and each thread costs memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("medgate-gateway: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service::run(settings, termination(), None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("medgate-gateway: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

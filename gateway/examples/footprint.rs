@@ -1,0 +1,159 @@
+//! The gateway's footprint at a steady image rate: RSS and CPU of the real
+//! `medgate-gateway` process while a hot folder receives `--rate` images
+//! per second of `--size`² pixels, a real mosquitto (mutual TLS) carries
+//! them, and a stand-in receiver opens and answers each one.
+//!
+//! Built by `cargo test --workspace --all-targets` (a short run doubles as a
+//! smoke test); measure with e.g.
+//! `$CARGO_TARGET_DIR/debug/examples/footprint --rate 10 --size 512 --seconds 60`.
+//! The gateway binary is the one beside this example's folder.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: fail loudly.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use support::{World, answer};
+
+#[derive(Parser)]
+struct Args {
+    /// Images per second.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Side of the square images, pixels.
+    #[arg(long, default_value_t = 512)]
+    size: u32,
+    /// Seconds of measurement (after a 2 s warm-up).
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(measure(args));
+}
+
+async fn measure(args: Args) {
+    let binary: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|examples| examples.parent())
+        .unwrap()
+        .join("medgate-gateway");
+    let world = World::new(1 << 30, 60);
+    let mut receiver = world.receiver().await;
+    let mut opener = world.opener();
+    let mut gateway = world.start_process(&binary);
+    let pid = gateway.id();
+
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = answered.clone();
+    let answering = tokio::spawn(async move {
+        loop {
+            let Ok(images) = receiver
+                .expect("medgate/v1/site-a/gw-1/images/", 1, Duration::from_secs(30))
+                .await
+            else {
+                return;
+            };
+            for image in images {
+                answer(&receiver, &mut opener, &image.payload).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+
+    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
+    let mut tick = tokio::time::interval(period);
+    let warm_up = Duration::from_secs(2);
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let mut window: Option<(Instant, u64)> = None;
+    let mut rss_samples = Vec::new();
+    let end = warm_up + Duration::from_secs(args.seconds);
+    while started.elapsed() < end {
+        tick.tick().await;
+        world.drop_image(
+            &format!("f-{sent:06}.png"),
+            (sent % 251) as u8 + 1,
+            args.size,
+        );
+        sent += 1;
+        if started.elapsed() >= warm_up {
+            if window.is_none() {
+                window = Some((Instant::now(), cpu_ticks(pid)));
+            }
+            rss_samples.push(status_kb(pid, "VmRSS:"));
+        }
+    }
+    let (from, ticks_then) = window.unwrap();
+    let wall = from.elapsed().as_secs_f64();
+    let cpu_seconds = (cpu_ticks(pid) - ticks_then) as f64 / clock_ticks();
+    let peak_kb = status_kb(pid, "VmHWM:");
+    rss_samples.sort();
+    let median_kb = rss_samples[rss_samples.len() / 2];
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    answering.abort();
+    let report = serde_json::json!({
+        "rate": args.rate,
+        "size": args.size,
+        "seconds": wall,
+        "images_dropped": sent,
+        "results_answered": answered.load(std::sync::atomic::Ordering::Relaxed),
+        "rss_median_kb": median_kb,
+        "rss_peak_kb": peak_kb,
+        "cpu_percent_of_one_core": 100.0 * cpu_seconds / wall,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of the process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    field(11) + field(12)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}

@@ -1,0 +1,407 @@
+//! The gateway's configuration: the TOML file (`configs/gateway.toml` is
+//! the shipped, commented example and what `print-default-config` prints),
+//! `MEDGATE_<SECTION>__<KEY>` overrides, and the check that turns it into
+//! typed [`Settings`] once, at start, with errors that name the file, the
+//! key and the reason.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use medgate_shared::header::Modality;
+use medgate_shared::ids::Name;
+use medgate_shared::keys::ReceiverPublicKey;
+use medgate_shared::pixels::PixelFormat;
+use medgate_shared::seal::RotationPolicy;
+use medgate_shared::service::mqtt::BrokerSettings;
+use medgate_shared::service::settings::{self, SettingsError};
+use rustls::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+/// The shipped, commented configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/gateway.toml");
+
+const SECTIONS: &[&str] = &["gateway", "mqtt", "spool", "preprocess", "metrics"];
+
+/// The file as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Identity and keys.
+    pub gateway: GatewaySection,
+    /// The broker.
+    pub mqtt: BrokerSettings,
+    /// The spool.
+    pub spool: SpoolSection,
+    /// Image preparation.
+    #[serde(default)]
+    pub preprocess: PreprocessSection,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// Hot folders.
+    #[serde(default)]
+    pub hot_folder: Vec<HotFolderSection>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Site name.
+    pub site: String,
+    /// This gateway's name.
+    pub name: String,
+    /// The receivers' public key (PEM).
+    pub receiver_public_key: PathBuf,
+    /// Session key rotation by count.
+    #[serde(default = "default_rotate_images")]
+    pub rotate_after_images: u64,
+    /// Session key rotation by age, seconds.
+    #[serde(default = "default_rotate_secs")]
+    pub rotate_after_secs: u64,
+    /// Folder for per-device sequence numbers.
+    pub state_dir: PathBuf,
+}
+
+/// `[spool]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// The spool folder.
+    pub dir: PathBuf,
+    /// Bound in bytes.
+    #[serde(default = "default_spool_bytes")]
+    pub max_bytes: u64,
+    /// Re-publication after this many seconds without a result.
+    #[serde(default = "default_result_timeout")]
+    pub result_timeout_secs: u64,
+}
+
+/// `[preprocess]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSection {
+    /// 8 or 16.
+    #[serde(default = "default_bit_depth")]
+    pub bit_depth: u8,
+    /// Optional `[width, height]`.
+    #[serde(default)]
+    pub resize: Option<[u32; 2]>,
+}
+
+impl Default for PreprocessSection {
+    fn default() -> Self {
+        Self {
+            bit_depth: default_bit_depth(),
+            resize: None,
+        }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Serve the endpoint at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address (port 0 picks a free one).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_listen(),
+        }
+    }
+}
+
+/// One `[[hot_folder]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotFolderSection {
+    /// The device name its images carry.
+    pub device: String,
+    /// The watched folder.
+    pub path: PathBuf,
+    /// DICOM modality code.
+    #[serde(default = "default_modality")]
+    pub modality: String,
+    /// How often the folder is scanned, ms.
+    #[serde(default = "default_scan_ms")]
+    pub scan_interval_ms: u64,
+    /// How long a file must stay unchanged before it is taken, ms.
+    #[serde(default = "default_settle_ms")]
+    pub settle_ms: u64,
+}
+
+fn default_rotate_images() -> u64 {
+    10_000
+}
+fn default_rotate_secs() -> u64 {
+    3600
+}
+fn default_spool_bytes() -> u64 {
+    1 << 30
+}
+fn default_result_timeout() -> u64 {
+    60
+}
+fn default_bit_depth() -> u8 {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:9465".into()
+}
+fn default_modality() -> String {
+    "SC".into()
+}
+fn default_scan_ms() -> u64 {
+    500
+}
+fn default_settle_ms() -> u64 {
+    1000
+}
+
+/// A hot folder, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotFolder {
+    /// Device name.
+    pub device: Name,
+    /// Folder.
+    pub path: PathBuf,
+    /// Modality.
+    pub modality: Modality,
+    /// Scan period.
+    pub scan_interval: Duration,
+    /// Settle time.
+    pub settle: Duration,
+}
+
+/// A checked configuration.
+pub struct Settings {
+    /// Where it came from.
+    pub file: PathBuf,
+    /// Site.
+    pub site: Name,
+    /// Gateway name.
+    pub name: Name,
+    /// Receivers' public key.
+    pub receiver_key: ReceiverPublicKey,
+    /// Session key rotation.
+    pub rotation: RotationPolicy,
+    /// Sequence state folder.
+    pub state_dir: PathBuf,
+    /// Broker.
+    pub mqtt: BrokerSettings,
+    /// TLS.
+    pub tls: Arc<ClientConfig>,
+    /// Spool folder.
+    pub spool_dir: PathBuf,
+    /// Spool bound.
+    pub spool_bytes: u64,
+    /// Result timeout.
+    pub result_timeout: Duration,
+    /// Sealed pixel format.
+    pub pixel_format: PixelFormat,
+    /// Optional resize.
+    pub resize: Option<(u32, u32)>,
+    /// Metrics address.
+    pub metrics: Option<SocketAddr>,
+    /// Hot folders.
+    pub hot_folders: Vec<HotFolder>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("file", &self.file)
+            .field("site", &self.site)
+            .field("name", &self.name)
+            .field("mqtt", &self.mqtt)
+            .field("spool_dir", &self.spool_dir)
+            .field("hot_folders", &self.hot_folders)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads and checks the file at `path` with the process environment.
+///
+/// # Errors
+/// The first problem, naming the file, the key and the reason.
+pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+    let raw: GatewayConfig = settings::load(path, SECTIONS)?;
+    check(raw, path)
+}
+
+/// Turns a parsed file into [`Settings`].
+///
+/// # Errors
+/// [`SettingsError`] naming `file`, the key and the reason.
+pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError> {
+    let name_at = |key: &str, value: &str| {
+        value
+            .parse::<Name>()
+            .map_err(|e| SettingsError::key(file, key, e))
+    };
+    let site = name_at("gateway.site", &raw.gateway.site)?;
+    let name = name_at("gateway.name", &raw.gateway.name)?;
+    let receiver_key = ReceiverPublicKey::read(&raw.gateway.receiver_public_key)
+        .map_err(|e| SettingsError::key(file, "gateway.receiver_public_key", e))?;
+    if raw.gateway.rotate_after_images == 0 || raw.gateway.rotate_after_secs == 0 {
+        return Err(SettingsError::key(
+            file,
+            "gateway.rotate_after_images",
+            "rotation limits must be at least 1",
+        ));
+    }
+    let tls = raw.mqtt.check(file, "mqtt")?;
+    if raw.spool.max_bytes < 1 << 20 {
+        return Err(SettingsError::key(
+            file,
+            "spool.max_bytes",
+            format!(
+                "{} bytes cannot hold an image; use at least 1048576",
+                raw.spool.max_bytes
+            ),
+        ));
+    }
+    if raw.spool.result_timeout_secs == 0 {
+        return Err(SettingsError::key(
+            file,
+            "spool.result_timeout_secs",
+            "must be at least 1",
+        ));
+    }
+    let pixel_format = match raw.preprocess.bit_depth {
+        8 => PixelFormat::Gray8,
+        16 => PixelFormat::Gray16,
+        other => {
+            return Err(SettingsError::key(
+                file,
+                "preprocess.bit_depth",
+                format!("{other} is not 8 or 16"),
+            ));
+        }
+    };
+    let resize = match raw.preprocess.resize {
+        Some([w, h]) if w == 0 || h == 0 || w > 16_384 || h > 16_384 => {
+            return Err(SettingsError::key(
+                file,
+                "preprocess.resize",
+                "width and height must be 1..=16384",
+            ));
+        }
+        Some([w, h]) => Some((w, h)),
+        None => None,
+    };
+    let metrics = if raw.metrics.enabled {
+        Some(raw.metrics.listen.parse::<SocketAddr>().map_err(|e| {
+            SettingsError::key(
+                file,
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9465: {e}",
+                    raw.metrics.listen
+                ),
+            )
+        })?)
+    } else {
+        None
+    };
+    let mut devices = HashSet::new();
+    let mut hot_folders = Vec::new();
+    for (i, folder) in raw.hot_folder.iter().enumerate() {
+        let key = |k: &str| format!("hot_folder[{i}].{k}");
+        let device = name_at(&key("device"), &folder.device)?;
+        if !devices.insert(device.clone()) {
+            return Err(SettingsError::key(
+                file,
+                key("device"),
+                format!("device {device} is configured twice"),
+            ));
+        }
+        let modality = Modality::from_code(&folder.modality).ok_or_else(|| {
+            SettingsError::key(
+                file,
+                key("modality"),
+                format!(
+                    "{:?} is not a DICOM modality code such as DX, CR, SC",
+                    folder.modality
+                ),
+            )
+        })?;
+        if !folder.path.is_dir() {
+            return Err(SettingsError::key(
+                file,
+                key("path"),
+                format!("{} is not a folder", folder.path.display()),
+            ));
+        }
+        if folder.scan_interval_ms == 0 {
+            return Err(SettingsError::key(
+                file,
+                key("scan_interval_ms"),
+                "must be at least 1",
+            ));
+        }
+        hot_folders.push(HotFolder {
+            device,
+            path: folder.path.clone(),
+            modality,
+            scan_interval: Duration::from_millis(folder.scan_interval_ms),
+            settle: Duration::from_millis(folder.settle_ms),
+        });
+    }
+    if hot_folders.is_empty() {
+        return Err(SettingsError::file(
+            file,
+            "no image source: add at least one [[hot_folder]]",
+        ));
+    }
+    Ok(Settings {
+        file: file.to_path_buf(),
+        site,
+        name,
+        receiver_key,
+        rotation: RotationPolicy {
+            max_messages: raw.gateway.rotate_after_images,
+            max_age: Duration::from_secs(raw.gateway.rotate_after_secs),
+        },
+        state_dir: raw.gateway.state_dir.clone(),
+        tls,
+        spool_dir: raw.spool.dir.clone(),
+        spool_bytes: raw.spool.max_bytes,
+        result_timeout: Duration::from_secs(raw.spool.result_timeout_secs),
+        pixel_format,
+        resize,
+        metrics,
+        hot_folders,
+        mqtt: raw.mqtt,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses_and_names_its_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, DEFAULT_CONFIG).unwrap();
+        let raw: GatewayConfig = settings::load_with_env(&path, SECTIONS, Vec::new()).unwrap();
+        assert_eq!(raw.hot_folder.len(), 1);
+        let e = check(raw, &path).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("gateway.receiver_public_key"), "{e}");
+    }
+}

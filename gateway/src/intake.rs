@@ -1,0 +1,224 @@
+//! Intake: turns captures into spooled, sealed images, one at a time, and
+//! tells the source whether its image is safe (so that a hot-folder file is
+//! moved away only then) or refused (spool full: the source keeps it).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use medgate_shared::header::ImageMeta;
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::seal::Sealer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::capture::Capture;
+use crate::metrics::Metrics;
+use crate::publisher::Event;
+use crate::sequence::Sequences;
+use crate::spool::{Spool, SpoolError};
+
+/// Why a capture was not accepted. The source keeps the image.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The spool is full.
+    #[error(transparent)]
+    Full(SpoolError),
+    /// Sealing, the disk or the sequence store failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The gateway is shutting down.
+    #[error("the gateway is stopping")]
+    Stopping,
+}
+
+struct Submission {
+    capture: Capture,
+    reply: oneshot::Sender<Result<MessageId, Refusal>>,
+}
+
+/// The sources' handle to intake.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl Intake {
+    /// Submits a capture and waits until it is durably spooled or refused.
+    ///
+    /// # Errors
+    /// [`Refusal`]; the caller keeps its image.
+    pub async fn submit(&self, capture: Capture) -> Result<MessageId, Refusal> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Submission { capture, reply })
+            .await
+            .map_err(|_| Refusal::Stopping)?;
+        answer.await.map_err(|_| Refusal::Stopping)?
+    }
+}
+
+/// What the intake actor owns.
+pub struct IntakeActor {
+    rx: mpsc::Receiver<Submission>,
+    site: Name,
+    gateway: Name,
+    sealer: Option<Sealer>,
+    sequences: Option<Sequences>,
+    spool: Arc<Mutex<Spool>>,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+}
+
+/// Creates the intake actor and its handle; the channel holds `queue`
+/// submissions before sources wait.
+#[allow(clippy::too_many_arguments)]
+pub fn intake(
+    queue: usize,
+    site: Name,
+    gateway: Name,
+    sealer: Sealer,
+    sequences: Sequences,
+    spool: Arc<Mutex<Spool>>,
+    events: mpsc::Sender<Event>,
+    metrics: Metrics,
+) -> (Intake, IntakeActor) {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let actor = IntakeActor {
+        rx,
+        site,
+        gateway,
+        sealer: Some(sealer),
+        sequences: Some(sequences),
+        spool,
+        events,
+        metrics,
+    };
+    (Intake { tx }, actor)
+}
+
+impl IntakeActor {
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        while let Some(Submission { capture, reply }) = self.rx.recv().await {
+            self.metrics.captured.inc();
+            let outcome = self.accept(capture).await;
+            let _ = reply.send(outcome);
+        }
+    }
+
+    async fn accept(&mut self, capture: Capture) -> Result<MessageId, Refusal> {
+        let (Some(mut sealer), Some(mut sequences)) = (self.sealer.take(), self.sequences.take())
+        else {
+            return Err(Refusal::Failed("intake lost its sealer".into()));
+        };
+        let spool = self.spool.clone();
+        let (site, gateway) = (self.site.clone(), self.gateway.clone());
+        // Sealing a large image and fsync are blocking work.
+        let joined = tokio::task::spawn_blocking(move || {
+            let outcome =
+                seal_and_spool(&mut sealer, &mut sequences, &spool, site, gateway, &capture);
+            (sealer, sequences, outcome)
+        })
+        .await;
+        let (sealer, sequences, outcome) = match joined {
+            Ok(parts) => parts,
+            Err(e) => return Err(Refusal::Failed(format!("sealing task failed: {e}"))),
+        };
+        self.sealer = Some(sealer);
+        self.sequences = Some(sequences);
+        match outcome {
+            Ok(spooled) => {
+                self.metrics.sealed.inc();
+                self.update_gauges();
+                let id = spooled.id;
+                // The publisher gone means shutdown; the image is safe in
+                // the spool and will be published on the next start.
+                let _ = self.events.send(Event::Spooled(spooled)).await;
+                Ok(id)
+            }
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::Full(e) => {
+                        self.metrics.refused_full.inc();
+                        tracing::warn!(cause = %e, "capture refused: spool full");
+                    }
+                    other => {
+                        self.metrics.error("intake");
+                        tracing::error!(cause = %other, "capture refused");
+                    }
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_entries
+            .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// A spooled image, as intake reports it to the publisher.
+pub struct Spooled {
+    /// Its id.
+    pub id: MessageId,
+    /// Its device.
+    pub device: Name,
+    /// Capture time.
+    pub captured_at_ms: u64,
+}
+
+fn seal_and_spool(
+    sealer: &mut Sealer,
+    sequences: &mut Sequences,
+    spool: &Mutex<Spool>,
+    site: Name,
+    gateway: Name,
+    capture: &Capture,
+) -> Result<Spooled, Refusal> {
+    // Check room first, so that a full spool costs no sequence number or
+    // sealing work.
+    {
+        let spool = spool.lock().unwrap_or_else(PoisonError::into_inner);
+        let estimate = capture.pixels.data().len() as u64 + 2048;
+        if spool.used_bytes() + estimate > spool.limit_bytes() {
+            return Err(Refusal::Full(SpoolError::Full {
+                used: spool.used_bytes(),
+                limit: spool.limit_bytes(),
+                wanted: estimate,
+            }));
+        }
+    }
+    let sequence = sequences
+        .next(&capture.device)
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let meta = ImageMeta {
+        message_id: MessageId::random(),
+        site,
+        gateway,
+        device: capture.device.clone(),
+        sequence,
+        captured_at_ms: capture.captured_at_ms,
+        modality: capture.modality,
+        model_hint: None,
+    };
+    let sealed = sealer
+        .seal(&meta, &capture.pixels)
+        .map_err(|e| Refusal::Failed(format!("sealing: {e}")))?;
+    spool
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .put(meta.message_id, &meta.device, &sealed)
+        .map_err(|e| match e {
+            full @ SpoolError::Full { .. } => Refusal::Full(full),
+            other => Refusal::Failed(other.to_string()),
+        })?;
+    Ok(Spooled {
+        id: meta.message_id,
+        device: meta.device,
+        captured_at_ms: meta.captured_at_ms,
+    })
+}

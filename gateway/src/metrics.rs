@@ -1,0 +1,116 @@
+//! The gateway's Prometheus metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label set: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the gateway exports; clones share values.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Images taken from a source.
+    pub captured: Counter,
+    /// Images sealed and durably spooled.
+    pub sealed: Counter,
+    /// Captures refused because the spool was full.
+    pub refused_full: Counter,
+    /// Files refused as unreadable (moved to `rejected/`).
+    pub rejected_files: Counter,
+    /// Bytes in the spool.
+    pub spool_bytes: Gauge,
+    /// Entries in the spool.
+    pub spool_entries: Gauge,
+    /// Publications of images (first and repeated).
+    pub published: Counter,
+    /// Publications repeated after a result timeout or reconnect.
+    pub republished: Counter,
+    /// PUBACKs received for images.
+    pub acknowledged: Counter,
+    /// Results received for spooled images.
+    pub results: Counter,
+    /// Capture to result, seconds.
+    pub result_latency_seconds: Histogram,
+    /// Errors by kind.
+    pub errors: Family<Labels, Counter>,
+    /// Whether the broker connection is up (1) or not (0).
+    pub connected: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            captured: Counter::default(),
+            sealed: Counter::default(),
+            refused_full: Counter::default(),
+            rejected_files: Counter::default(),
+            spool_bytes: Gauge::default(),
+            spool_entries: Gauge::default(),
+            published: Counter::default(),
+            republished: Counter::default(),
+            acknowledged: Counter::default(),
+            results: Counter::default(),
+            result_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            errors: Family::default(),
+            connected: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("medgate_gateway");
+        r.register("captured", "Images taken from a source", m.captured.clone());
+        r.register(
+            "sealed",
+            "Images sealed and durably spooled",
+            m.sealed.clone(),
+        );
+        r.register(
+            "refused_full",
+            "Captures refused because the spool was full",
+            m.refused_full.clone(),
+        );
+        r.register(
+            "rejected_files",
+            "Unreadable files moved to rejected/",
+            m.rejected_files.clone(),
+        );
+        r.register("spool_bytes", "Bytes in the spool", m.spool_bytes.clone());
+        r.register(
+            "spool_entries",
+            "Images in the spool",
+            m.spool_entries.clone(),
+        );
+        r.register("published", "Image publications", m.published.clone());
+        r.register(
+            "republished",
+            "Image publications repeated after a timeout or reconnect",
+            m.republished.clone(),
+        );
+        r.register(
+            "acknowledged",
+            "Broker acknowledgements of images",
+            m.acknowledged.clone(),
+        );
+        r.register(
+            "results",
+            "Results received for spooled images",
+            m.results.clone(),
+        );
+        r.register(
+            "result_latency_seconds",
+            "Capture to result",
+            m.result_latency_seconds.clone(),
+        );
+        r.register("errors", "Errors by kind", m.errors.clone());
+        r.register("connected", "Broker connection up", m.connected.clone());
+        m
+    }
+
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+}

@@ -1,0 +1,247 @@
+//! `medgate-gateway run`: wires the spool, intake, publisher and sources
+//! together, tells systemd when it is ready (and keeps its watchdog fed),
+//! and shuts down cleanly: sources stop first, intake finishes what it
+//! holds, the publisher says "offline", then the connection closes. Every
+//! accepted image is in the spool by then and is published on the next start.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use medgate_shared::seal::Sealer;
+use medgate_shared::service::metrics as endpoint;
+use medgate_shared::topics;
+use prometheus_client::registry::Registry;
+use rumqttc::v5::AsyncClient;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::LastWill;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capture::Preparation;
+use crate::config::Settings;
+use crate::intake;
+use crate::metrics::Metrics;
+use crate::publisher::{self, Core, CoreConfig};
+use crate::sequence::{SequenceError, Sequences};
+use crate::sources::Source;
+use crate::sources::hot_folder::HotFolderSource;
+use crate::spool::{Spool, SpoolError};
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The sequence store could not be opened.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    /// The metrics endpoint could not listen.
+    #[error("metrics endpoint {address}: {source}")]
+    Metrics {
+        /// Address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What a started gateway reports (tests use it).
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Where metrics listen.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Images recovered from the spool at start.
+    pub recovered: usize,
+}
+
+/// Runs the gateway until `shutdown` completes.
+///
+/// # Errors
+/// [`ServiceError`] when the spool, state or metrics endpoint cannot start;
+/// broker trouble is retried, never returned.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> Result<(), ServiceError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+
+    let (spool, recovery) = Spool::open(&settings.spool_dir, settings.spool_bytes)?;
+    if recovery.entries + recovery.discarded_partial + recovery.quarantined > 0 {
+        tracing::info!(
+            recovered = recovery.entries,
+            discarded_partial = recovery.discarded_partial,
+            quarantined = recovery.quarantined,
+            "spool recovered; every image in it will be published again"
+        );
+    }
+    metrics
+        .spool_bytes
+        .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+    metrics
+        .spool_entries
+        .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+    let spool = Arc::new(Mutex::new(spool));
+    let sequences = Sequences::open(&settings.state_dir)?;
+
+    let stop = CancellationToken::new();
+    let metrics_address = match settings.metrics {
+        Some(address) => {
+            let listener = endpoint::bind(address)
+                .await
+                .map_err(|source| ServiceError::Metrics { address, source })?;
+            let bound = listener.local_addr().ok();
+            let token = stop.clone();
+            tokio::spawn(endpoint::serve(listener, Arc::new(registry), async move {
+                token.cancelled().await;
+            }));
+            tracing::info!(address = ?bound, "metrics endpoint listening");
+            bound
+        }
+        None => None,
+    };
+
+    let mut options = settings
+        .mqtt
+        .options(settings.name.as_str(), settings.tls.clone());
+    let status_topic = topics::status(&settings.site, &settings.name);
+    options.set_last_will(LastWill::new(
+        status_topic.clone(),
+        publisher::status_payload(&settings.name, "offline"),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let (client, eventloop) = AsyncClient::new(options, 64);
+    let (events_tx, events_rx) = mpsc::channel(256);
+
+    let mut routes = HashMap::new();
+    let mut sources: Vec<(Box<dyn Source>, mpsc::Receiver<_>)> = Vec::new();
+    let preparation = Preparation {
+        format: settings.pixel_format,
+        resize: settings.resize,
+    };
+    for folder in &settings.hot_folders {
+        let source: Box<dyn Source> = Box::new(HotFolderSource::new(
+            folder.clone(),
+            preparation,
+            metrics.clone(),
+        ));
+        let (tx, rx) = mpsc::channel(64);
+        routes.insert(source.device().clone(), tx);
+        sources.push((source, rx));
+    }
+
+    let link_stop = CancellationToken::new();
+    let link = tokio::spawn(publisher::link(
+        eventloop,
+        events_tx.clone(),
+        link_stop.clone(),
+        metrics.clone(),
+    ));
+    let core_stop = CancellationToken::new();
+    let core = tokio::spawn(
+        Core::new(
+            CoreConfig {
+                site: settings.site.clone(),
+                gateway: settings.name.clone(),
+                result_timeout: settings.result_timeout,
+                max_packet_bytes: settings.mqtt.max_packet_bytes,
+            },
+            client.clone(),
+            events_rx,
+            spool.clone(),
+            routes,
+            metrics.clone(),
+        )
+        .run(core_stop.clone()),
+    );
+    let (intake, intake_actor) = intake::intake(
+        16,
+        settings.site.clone(),
+        settings.name.clone(),
+        Sealer::new(settings.receiver_key.clone(), settings.rotation),
+        sequences,
+        spool.clone(),
+        events_tx,
+        metrics.clone(),
+    );
+    let intake_task = tokio::spawn(intake_actor.run());
+    let sources_stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    for (source, results) in sources {
+        tracker.spawn(source.run(intake.clone(), results, sources_stop.clone()));
+    }
+    drop(intake);
+    tracker.close();
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(feed_watchdog(stop.clone()));
+    if let Some(started) = started {
+        let _ = started.send(Started {
+            metrics: metrics_address,
+            recovered: recovery.entries,
+        });
+    }
+    tracing::info!(
+        site = %settings.site,
+        gateway = %settings.name,
+        broker = %settings.mqtt.host,
+        port = settings.mqtt.port,
+        sources = settings.hot_folders.len(),
+        "gateway running"
+    );
+
+    shutdown.await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping: sources first, then intake, then the broker connection");
+    sources_stop.cancel();
+    tracker.wait().await;
+    // Every intake handle is gone now: the actor finishes and ends.
+    let _ = intake_task.await;
+    core_stop.cancel();
+    let _ = core.await;
+    let _ = client
+        .publish(
+            status_topic,
+            QoS::AtLeastOnce,
+            true,
+            publisher::status_payload(&settings.name, "offline"),
+        )
+        .await;
+    let _ = client.disconnect().await;
+    if tokio::time::timeout(Duration::from_secs(5), link)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not confirm the disconnect in time");
+        link_stop.cancel();
+    }
+    stop.cancel();
+    let _ = watchdog.await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Sends WATCHDOG=1 at half the interval systemd asked for, while the
+/// runtime is alive (a wedged runtime stops the pings and systemd restarts
+/// the service).
+async fn feed_watchdog(stop: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+}

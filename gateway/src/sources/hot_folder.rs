@@ -1,0 +1,260 @@
+//! The hot folder: image files (PNG, JPEG, TIFF) written into a folder are
+//! captured for one device.
+//!
+//! A file is taken once it has not changed for the settle time (or at once
+//! when written elsewhere and renamed in, the safe way to drop files).
+//! Names starting with `.` or ending in `.tmp`, `.part` or `.partial` are
+//! left alone. After intake confirms the image is durably spooled the file
+//! moves to `done/{message_id}-{name}`; its result is written beside it as
+//! `done/{message_id}-{stem}.result.json`. A file that is not a readable
+//! image moves to `rejected/` with a `.reason.txt`; nothing vanishes
+//! silently. When the spool is full the file stays where it is and is
+//! tried again on a later scan.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::messages::ResultMessage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Source, SourceTask};
+use crate::capture::{self, Capture, Preparation};
+use crate::config::HotFolder;
+use crate::intake::{Intake, Refusal};
+use crate::metrics::Metrics;
+
+/// A hot-folder source.
+pub struct HotFolderSource {
+    folder: HotFolder,
+    preparation: Preparation,
+    metrics: Metrics,
+    done: HashMap<MessageId, PathBuf>,
+}
+
+impl HotFolderSource {
+    /// A source for `folder`.
+    pub fn new(folder: HotFolder, preparation: Preparation, metrics: Metrics) -> Self {
+        Self {
+            folder,
+            preparation,
+            metrics,
+            done: HashMap::new(),
+        }
+    }
+
+    async fn serve(
+        mut self,
+        intake: Intake,
+        mut results: mpsc::Receiver<ResultMessage>,
+        stop: CancellationToken,
+    ) {
+        for sub in ["done", "rejected"] {
+            let dir = self.folder.path.join(sub);
+            if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+                tracing::error!(folder = %dir.display(), cause = %e, "cannot create hot-folder subfolder");
+            }
+        }
+        let mut tick = tokio::time::interval(self.folder.scan_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(result) = results.recv() => self.write_result(&result).await,
+                _ = tick.tick() => {
+                    if !self.scan(&intake, &stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One scan; false when intake has stopped.
+    async fn scan(&mut self, intake: &Intake, stop: &CancellationToken) -> bool {
+        let dir = self.folder.path.clone();
+        let settle = self.folder.settle;
+        let listed = tokio::task::spawn_blocking(move || ready_files(&dir, settle)).await;
+        let files = match listed {
+            Ok(Ok(files)) => files,
+            Ok(Err(e)) => {
+                self.metrics.error("hot_folder");
+                tracing::warn!(folder = %self.folder.path.display(), cause = %e, "cannot list the hot folder");
+                return true;
+            }
+            Err(_) => return true,
+        };
+        for path in files {
+            if stop.is_cancelled() {
+                return true;
+            }
+            let bytes = match tokio::fs::read(&path).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), cause = %e, "cannot read a hot-folder file; will retry");
+                    continue;
+                }
+            };
+            let preparation = self.preparation;
+            let decoded =
+                tokio::task::spawn_blocking(move || capture::decode(&bytes, preparation)).await;
+            let pixels = match decoded {
+                Ok(Ok(pixels)) => pixels,
+                Ok(Err(e)) => {
+                    self.reject(&path, &e.to_string()).await;
+                    continue;
+                }
+                Err(e) => {
+                    self.reject(&path, &format!("decoder failed: {e}")).await;
+                    continue;
+                }
+            };
+            let capture = Capture {
+                device: self.folder.device.clone(),
+                modality: self.folder.modality,
+                captured_at_ms: capture::now_ms(),
+                pixels,
+            };
+            match intake.submit(capture).await {
+                Ok(id) => self.mark_done(&path, id).await,
+                // Counted and logged by intake; the file waits for room.
+                Err(Refusal::Full(_)) => return true,
+                Err(Refusal::Stopping) => return false,
+                Err(Refusal::Failed(reason)) => {
+                    tracing::error!(file = %path.display(), %reason, "capture failed; the file stays for a retry");
+                }
+            }
+        }
+        true
+    }
+
+    async fn mark_done(&mut self, path: &Path, id: MessageId) {
+        let name = file_name(path);
+        let target = self.folder.path.join("done").join(format!("{id}-{name}"));
+        match tokio::fs::rename(path, &target).await {
+            Ok(()) => {
+                self.done.insert(id, target);
+            }
+            Err(e) => {
+                // The image is spooled; a second capture of this file would
+                // only be a duplicate, so say so loudly.
+                self.metrics.error("hot_folder_move");
+                tracing::error!(file = %path.display(), cause = %e, "image spooled but the file could not be moved to done/");
+            }
+        }
+    }
+
+    async fn reject(&self, path: &Path, reason: &str) {
+        self.metrics.rejected_files.inc();
+        let name = file_name(path);
+        let target = self.folder.path.join("rejected").join(&name);
+        tracing::warn!(file = %path.display(), reason, "not an image; moved to rejected/");
+        if let Err(e) = tokio::fs::rename(path, &target).await {
+            tracing::error!(file = %path.display(), cause = %e, "cannot move a rejected file");
+            return;
+        }
+        let note = self
+            .folder
+            .path
+            .join("rejected")
+            .join(format!("{name}.reason.txt"));
+        if let Err(e) = tokio::fs::write(&note, format!("{reason}\n")).await {
+            tracing::error!(file = %note.display(), cause = %e, "cannot write the rejection reason");
+        }
+    }
+
+    async fn write_result(&mut self, result: &ResultMessage) {
+        let Ok(id) = result.message_id.parse::<MessageId>() else {
+            return;
+        };
+        let done = self.folder.path.join("done");
+        let image = match self.done.remove(&id) {
+            Some(path) => Some(path),
+            None => find_done(&done, &id).await,
+        };
+        let stem = image
+            .as_deref()
+            .and_then(|p| p.file_stem())
+            .map_or_else(|| id.to_string(), |s| s.to_string_lossy().into_owned());
+        let sidecar = done.join(format!("{stem}.result.json"));
+        let tmp = done.join(format!(".{stem}.result.json.tmp"));
+        let body = serde_json::to_vec_pretty(result).unwrap_or_default();
+        let written = async {
+            tokio::fs::write(&tmp, &body).await?;
+            tokio::fs::rename(&tmp, &sidecar).await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                tracing::info!(device = %self.folder.device, file = %sidecar.display(), label = %result.label, "result written")
+            }
+            Err(e) => {
+                self.metrics.error("hot_folder_result");
+                tracing::error!(file = %sidecar.display(), cause = %e, "cannot write a result file");
+            }
+        }
+    }
+}
+
+impl Source for HotFolderSource {
+    fn device(&self) -> &Name {
+        &self.folder.device
+    }
+
+    fn run(
+        self: Box<Self>,
+        intake: Intake,
+        results: mpsc::Receiver<ResultMessage>,
+        stop: CancellationToken,
+    ) -> SourceTask {
+        Box::pin(self.serve(intake, results, stop))
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// Files in `dir` that are ready: regular, not hidden or partial, unchanged
+/// for `settle`; oldest first.
+fn ready_files(dir: &Path, settle: Duration) -> std::io::Result<Vec<PathBuf>> {
+    let now = SystemTime::now();
+    let mut ready = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            || [".tmp", ".part", ".partial"]
+                .iter()
+                .any(|s| name.ends_with(s))
+        {
+            continue;
+        }
+        let meta = item.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(now);
+        if now.duration_since(modified).unwrap_or_default() < settle {
+            continue;
+        }
+        ready.push((modified, item.path()));
+    }
+    ready.sort();
+    Ok(ready.into_iter().map(|(_, p)| p).collect())
+}
+
+async fn find_done(done: &Path, id: &MessageId) -> Option<PathBuf> {
+    let prefix = format!("{id}-");
+    let mut entries = tokio::fs::read_dir(done).await.ok()?;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && !name.ends_with(".result.json") {
+            return Some(entry.path());
+        }
+    }
+    None
+}

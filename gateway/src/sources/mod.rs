@@ -1,0 +1,35 @@
+//! Image sources behind one trait. Each source runs as its own task: it
+//! submits captures to intake (waiting for the verdict before it lets go of
+//! an image) and receives the results for its device.
+//!
+//! - [`hot_folder`]: image files dropped into a folder.
+
+pub mod hot_folder;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use medgate_shared::ids::Name;
+use medgate_shared::messages::ResultMessage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::Intake;
+
+/// A boxed source task.
+pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Something that captures images for one device.
+pub trait Source: Send {
+    /// The device its images carry.
+    fn device(&self) -> &Name;
+
+    /// The source's task: capture until `stop`, submitting to `intake`;
+    /// deliver each result from `results` to the device.
+    fn run(
+        self: Box<Self>,
+        intake: Intake,
+        results: mpsc::Receiver<ResultMessage>,
+        stop: CancellationToken,
+    ) -> SourceTask;
+}

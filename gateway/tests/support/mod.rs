@@ -1,0 +1,283 @@
+//! A gateway under test: a real mosquitto with mutual TLS, a receiver key
+//! pair, a hot folder, the gateway (in this process or as a process) from a
+//! real config file, and a client with the receiver's identity that opens
+//! and answers images. Shared by the service tests and the `footprint`
+//! example (which includes this file by path).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each user takes what it needs.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use medgate_gateway::config;
+use medgate_gateway::service::{self, ServiceError, Started};
+use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::messages::{ResultMessage, Timings};
+use medgate_shared::seal::Opener;
+use medgate_testkit::client::{self, TestClient};
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_testkit::pki::Pki;
+use tokio::sync::oneshot;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub pki: Pki,
+    pub key: ReceiverPrivateKey,
+    pub inbox: PathBuf,
+    pub config: PathBuf,
+}
+
+impl World {
+    pub fn new(spool_bytes: u64, result_timeout_secs: u64) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path(), "medgate test CA").unwrap();
+        let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
+        let key = ReceiverPrivateKey::generate(3072).unwrap();
+        let public = dir.path().join("receiver.pub.pem");
+        std::fs::write(&public, key.public().to_pem().unwrap()).unwrap();
+        let tls = pki.client("gw-1").unwrap();
+        let inbox = dir.path().join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[gateway]
+site = "site-a"
+name = "gw-1"
+receiver_public_key = "{public}"
+state_dir = "{state}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{tls_key}"
+
+[spool]
+dir = "{spool}"
+max_bytes = {spool_bytes}
+result_timeout_secs = {result_timeout_secs}
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[hot_folder]]
+device = "scanner-1"
+path = "{inbox}"
+modality = "DX"
+scan_interval_ms = 20
+settle_ms = 0
+"#,
+                public = public.display(),
+                state = dir.path().join("state").display(),
+                port = broker.port(),
+                ca = pki.ca_file().display(),
+                cert = tls.cert.display(),
+                tls_key = tls.key.display(),
+                spool = dir.path().join("spool").display(),
+                inbox = inbox.display(),
+            ),
+        )
+        .unwrap();
+        World {
+            dir,
+            broker,
+            pki,
+            key,
+            inbox,
+            config,
+        }
+    }
+
+    /// A client with the receiver's identity, listening to every image.
+    pub async fn receiver(&self) -> TestClient {
+        let settings = client::settings(&self.pki, &self.broker, "receiver-1").unwrap();
+        TestClient::connect(
+            &settings,
+            "receiver-1",
+            &["medgate/v1/+/+/images/+".to_owned()],
+            WAIT,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Drops an image file into the hot folder the safe way (rename).
+    pub fn drop_image(&self, name: &str, seed: u8, side: u32) -> Vec<u8> {
+        let image = image::GrayImage::from_fn(side, side, |x, y| {
+            image::Luma([(x as u8).wrapping_mul(seed).wrapping_add(y as u8)])
+        });
+        let mut png = Vec::new();
+        image
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let tmp = self.inbox.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, &png).unwrap();
+        std::fs::rename(&tmp, self.inbox.join(name)).unwrap();
+        image.into_raw()
+    }
+
+    pub fn start_in_process(&self) -> Running {
+        let settings = config::load(&self.config).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (started_tx, started) = oneshot::channel();
+        let task = tokio::spawn(service::run(
+            settings,
+            async {
+                let _ = stopped.await;
+            },
+            Some(started_tx),
+        ));
+        Running {
+            stop: Some(stop),
+            task,
+            started: Some(started),
+        }
+    }
+
+    /// Starts the `medgate-gateway` binary at `binary`.
+    pub fn start_process(&self, binary: &Path) -> Child {
+        Command::new(binary)
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// An opener with the receiver's private key.
+    pub fn opener(&self) -> Opener {
+        let pem = self.key.to_pem().unwrap();
+        Opener::new(ReceiverPrivateKey::from_pem(&pem, "test key").unwrap(), 8)
+    }
+
+    pub fn done(&self) -> PathBuf {
+        self.inbox.join("done")
+    }
+}
+
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+    started: Option<oneshot::Receiver<Started>>,
+}
+
+impl Running {
+    pub async fn started(&mut self) -> Started {
+        tokio::time::timeout(WAIT, self.started.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Opens an image as the receiver would, answers it, and returns
+/// (message id, device, pixels).
+pub async fn answer(
+    receiver: &TestClient,
+    opener: &mut Opener,
+    sealed: &[u8],
+) -> (String, String, Vec<u8>) {
+    let opened = opener
+        .open(sealed)
+        .expect("a sealed image the receiver can open");
+    let meta = &opened.header.meta;
+    let result = ResultMessage {
+        message_id: meta.message_id.to_string(),
+        site: meta.site.to_string(),
+        gateway: meta.gateway.to_string(),
+        device: meta.device.to_string(),
+        sequence: meta.sequence,
+        captured_at_ms: meta.captured_at_ms,
+        label: "normal".into(),
+        probabilities: [("normal".to_owned(), 0.9), ("pneumonia".to_owned(), 0.1)].into(),
+        threshold: 0.5,
+        model_version: "test".into(),
+        sha512: hex::encode(opened.sha512),
+        receiver: "receiver-1".into(),
+        timings: Timings {
+            open_ms: 0.0,
+            queue_ms: 0.0,
+            inference_ms: 0.0,
+            batch_size: 1,
+            total_ms: 0.0,
+        },
+    };
+    receiver
+        .publish(
+            format!(
+                "medgate/v1/{}/{}/results/{}",
+                meta.site, meta.gateway, meta.device
+            ),
+            serde_json::to_vec(&result).unwrap(),
+        )
+        .await
+        .unwrap();
+    (
+        meta.message_id.to_string(),
+        meta.device.to_string(),
+        opened.pixels.into_data(),
+    )
+}
+
+/// Waits until `check` holds, looking every 20 ms, failing after `WAIT`.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn files_in(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix) && !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub async fn metrics_text(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
+}
+
+pub fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
