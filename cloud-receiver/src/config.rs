@@ -253,11 +253,7 @@ pub fn load(path: &Path) -> Result<Settings, SettingsError> {
 /// # Errors
 /// [`SettingsError`] naming `file`, the key and the reason.
 pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError> {
-    let name_at = |key: &str, value: &str| {
-        value
-            .parse::<Name>()
-            .map_err(|e| SettingsError::key(file, key, e))
-    };
+    let name_at = |key: &str, value: &str| settings::name(file, key, value);
     let name = name_at("receiver.name", &raw.receiver.name)?;
     let group = name_at("receiver.group", &raw.receiver.group)?;
     let audit_site = name_at("receiver.audit_site", &raw.receiver.audit_site)?;
@@ -303,16 +299,11 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         ));
     }
     let metrics = if raw.metrics.enabled {
-        Some(raw.metrics.listen.parse::<SocketAddr>().map_err(|e| {
-            SettingsError::key(
-                file,
-                "metrics.listen",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:9464: {e}",
-                    raw.metrics.listen
-                ),
-            )
-        })?)
+        Some(settings::socket_address(
+            file,
+            "metrics.listen",
+            &raw.metrics.listen,
+        )?)
     } else {
         None
     };

@@ -13,7 +13,7 @@ use medgate_receiver::model::train::{self, TrainOptions};
 use medgate_receiver::model::{Architecture, LoadedModel, bench, evaluate};
 use medgate_shared::dataset::SplitName;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
-use medgate_shared::service::logging;
+use medgate_shared::service::{logging, signals};
 
 #[derive(Parser)]
 #[command(name = "medgate-receiver", version, about = "medgate cloud receiver")]
@@ -141,28 +141,11 @@ fn serve(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(service::run(settings, termination(), None)) {
+    match runtime.block_on(service::run(settings, signals::terminated(), None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("medgate-receiver: error: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(cause = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

@@ -248,11 +248,7 @@ pub fn load(path: &Path) -> Result<Settings, SettingsError> {
 /// # Errors
 /// [`SettingsError`] naming `file`, the key and the reason.
 pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError> {
-    let name_at = |key: &str, value: &str| {
-        value
-            .parse::<Name>()
-            .map_err(|e| SettingsError::key(file, key, e))
-    };
+    let name_at = |key: &str, value: &str| settings::name(file, key, value);
     let site = name_at("gateway.site", &raw.gateway.site)?;
     let name = name_at("gateway.name", &raw.gateway.name)?;
     let receiver_key = ReceiverPublicKey::read(&raw.gateway.receiver_public_key)
@@ -305,16 +301,11 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         None => None,
     };
     let metrics = if raw.metrics.enabled {
-        Some(raw.metrics.listen.parse::<SocketAddr>().map_err(|e| {
-            SettingsError::key(
-                file,
-                "metrics.listen",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:9465: {e}",
-                    raw.metrics.listen
-                ),
-            )
-        })?)
+        Some(settings::socket_address(
+            file,
+            "metrics.listen",
+            &raw.metrics.listen,
+        )?)
     } else {
         None
     };

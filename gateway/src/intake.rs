@@ -151,13 +151,8 @@ impl IntakeActor {
     }
 
     fn update_gauges(&self) {
-        let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
         self.metrics
-            .spool_bytes
-            .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
-        self.metrics
-            .spool_entries
-            .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+            .spool(&self.spool.lock().unwrap_or_else(PoisonError::into_inner));
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use medgate_gateway::{config, service};
-use medgate_shared::service::logging;
+use medgate_shared::service::{logging, signals};
 
 /// Exit status for a configuration error (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -86,28 +86,11 @@ fn serve(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(service::run(settings, termination(), None)) {
+    match runtime.block_on(service::run(settings, signals::terminated(), None)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("medgate-gateway: error: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(cause = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

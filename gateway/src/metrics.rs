@@ -107,6 +107,14 @@ impl Metrics {
         m
     }
 
+    /// Sets the spool gauges from `spool`.
+    pub fn spool(&self, spool: &crate::spool::Spool) {
+        self.spool_bytes
+            .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
+        self.spool_entries
+            .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+    }
+
     /// Counts an error of `kind`.
     pub fn error(&self, kind: &str) {
         self.errors

@@ -80,28 +80,20 @@ pub async fn run(
             "spool recovered; every image in it will be published again"
         );
     }
-    metrics
-        .spool_bytes
-        .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
-    metrics
-        .spool_entries
-        .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+    metrics.spool(&spool);
     let spool = Arc::new(Mutex::new(spool));
     let sequences = Sequences::open(&settings.state_dir)?;
 
     let stop = CancellationToken::new();
     let metrics_address = match settings.metrics {
         Some(address) => {
-            let listener = endpoint::bind(address)
-                .await
-                .map_err(|source| ServiceError::Metrics { address, source })?;
-            let bound = listener.local_addr().ok();
             let token = stop.clone();
-            tokio::spawn(endpoint::serve(listener, Arc::new(registry), async move {
-                token.cancelled().await;
-            }));
-            tracing::info!(address = ?bound, "metrics endpoint listening");
-            bound
+            let shutdown = async move { token.cancelled().await };
+            Some(
+                endpoint::spawn(address, registry, shutdown)
+                    .await
+                    .map_err(|source| ServiceError::Metrics { address, source })?,
+            )
         }
         None => None,
     };

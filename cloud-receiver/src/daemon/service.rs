@@ -104,16 +104,13 @@ pub async fn run(
     let stop = CancellationToken::new();
     let metrics_address = match settings.metrics {
         Some(address) => {
-            let listener = endpoint::bind(address)
-                .await
-                .map_err(|source| ServiceError::Metrics { address, source })?;
-            let bound = listener.local_addr().ok();
             let token = stop.clone();
-            tokio::spawn(endpoint::serve(listener, Arc::new(registry), async move {
-                token.cancelled().await;
-            }));
-            tracing::info!(address = ?bound, "metrics endpoint listening");
-            bound
+            let shutdown = async move { token.cancelled().await };
+            Some(
+                endpoint::spawn(address, registry, shutdown)
+                    .await
+                    .map_err(|source| ServiceError::Metrics { address, source })?,
+            )
         }
         None => None,
     };

@@ -46,6 +46,23 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
+/// Binds `address` and serves `registry` there in a new task until
+/// `shutdown` completes; returns the bound address (useful with port 0).
+///
+/// # Errors
+/// If the address cannot be bound.
+pub async fn spawn(
+    address: SocketAddr,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, Arc::new(registry), shutdown));
+    tracing::info!(address = %bound, "metrics endpoint listening");
+    Ok(bound)
+}
+
 async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];

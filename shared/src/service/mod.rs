@@ -8,7 +8,9 @@
 //!   with explicit packet-size limits.
 //! - [`metrics`]: a Prometheus text endpoint.
 //! - [`logging`]: the `tracing` subscriber every binary installs.
+//! - [`signals`]: the shutdown signal of a daemon (SIGTERM or Ctrl-C).
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod settings;
+pub mod signals;

@@ -107,6 +107,32 @@ pub fn load_with_env<T: DeserializeOwned>(
     })
 }
 
+/// Parses a name (site, gateway, device, ward …) at `key`.
+///
+/// # Errors
+/// [`SettingsError`] naming `file` and `key`.
+pub fn name(file: &Path, key: &str, value: &str) -> Result<crate::ids::Name, SettingsError> {
+    value.parse().map_err(|e| SettingsError::key(file, key, e))
+}
+
+/// Parses a socket address such as `127.0.0.1:9464` at `key`.
+///
+/// # Errors
+/// [`SettingsError`] naming `file` and `key`.
+pub fn socket_address(
+    file: &Path,
+    key: &str,
+    value: &str,
+) -> Result<std::net::SocketAddr, SettingsError> {
+    value.parse().map_err(|e| {
+        SettingsError::key(
+            file,
+            key,
+            format!("{value:?} is not an address such as 127.0.0.1:9464: {e}"),
+        )
+    })
+}
+
 /// The lower-case section an override variable names, if it is one.
 fn override_section(name: &str) -> Option<String> {
     let rest = name.strip_prefix(ENV_PREFIX)?.strip_prefix('_')?;
