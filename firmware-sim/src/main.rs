@@ -14,7 +14,7 @@ use medgate_shared::quality;
 use medgate_shared::service::logging;
 use medgate_sim::imageio::{self, Depth};
 use medgate_sim::tools::{self, OpenFileError, SealRequest};
-use medgate_sim::{bench, report};
+use medgate_sim::{bench, report, sensor};
 
 /// Exit status for a sealed image that was rejected (EX_DATAERR).
 const EXIT_REJECTED: u8 = 65;
@@ -121,6 +121,24 @@ enum Command {
         /// Where to write the PNG.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run simulated SPI image sensors serving real chest X-rays; print the results written back.
+    Sensor {
+        /// Socket of a sensor, for the gateway's `bus = "unix:PATH"`; repeat for more sensors.
+        #[arg(long, required = true)]
+        socket: Vec<PathBuf>,
+        /// The .npz file (default: $MEDGATE_DATA_DIR/pneumoniamnist.npz; generated images without it).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Frames per second per sensor (a frame waits until the gateway has it).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+        size: u32,
+        /// Exit after this many results in total.
+        #[arg(long)]
+        results: Option<usize>,
     },
 }
 
@@ -244,6 +262,66 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 split.as_str()
             );
         }
+        Command::Sensor {
+            socket,
+            data,
+            rate,
+            size,
+            results,
+        } => run_sensors(&socket, data, rate, size, results)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_sensors(
+    sockets: &[PathBuf],
+    data: Option<PathBuf>,
+    rate: f64,
+    size: u32,
+    stop_after: Option<usize>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0.0 && rate <= 1000.0, "--rate must be in (0, 1000]");
+    let feed = match tools::dataset_path(data) {
+        Ok(path) if path.exists() => sensor::Feed::from_npz(&path, SplitName::Train, size, 256)?,
+        _ => {
+            eprintln!(
+                "no PneumoniaMNIST file found (set MEDGATE_DATA_DIR or --data): serving generated test images"
+            );
+            sensor::Feed::generated(size, 16)
+        }
+    };
+    let period = std::time::Duration::from_secs_f64(1.0 / rate);
+    let mut sensors = Vec::new();
+    for (i, path) in sockets.iter().enumerate() {
+        let name = path.file_stem().map_or_else(
+            || format!("sensor-{i}"),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let started = sensor::Sensor::start(&name, path, feed.clone(), period)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        eprintln!("sensor {name} on {}", path.display());
+        sensors.push((started, 0usize));
+    }
+    let mut total = 0usize;
+    loop {
+        for (sensor, printed) in &mut sensors {
+            let log = sensor.log();
+            for result in &log.results[*printed..] {
+                println!(
+                    "{} frame {}: {} ({:.4})",
+                    sensor.name(),
+                    result.frame,
+                    sensor::class_name(result.class),
+                    f64::from(result.confidence) / 10_000.0
+                );
+                total += 1;
+            }
+            *printed = log.results.len();
+        }
+        if stop_after.is_some_and(|n| total >= n) {
+            return Ok(());
+        }
+        // The CLI only reports; a tenth of a second is quick enough to read.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -20,6 +20,8 @@ use medgate_shared::service::settings::{self, SettingsError};
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::sources::spi::{SensorBus, SpiSensorConfig};
+
 /// The shipped, commented configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/gateway.toml");
 
@@ -44,6 +46,25 @@ pub struct GatewayConfig {
     /// Hot folders.
     #[serde(default)]
     pub hot_folder: Vec<HotFolderSection>,
+    /// SPI image sensors.
+    #[serde(default)]
+    pub spi_sensor: Vec<SpiSensorSection>,
+}
+
+/// One `[[spi_sensor]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiSensorSection {
+    /// The device name its images carry.
+    pub device: String,
+    /// DICOM modality code.
+    #[serde(default = "default_sensor_modality")]
+    pub modality: String,
+    /// `unix:/path` for firmware-sim's simulated sensor.
+    pub bus: String,
+    /// Data-ready polling period, ms.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
 }
 
 /// `[gateway]`.
@@ -165,6 +186,12 @@ fn default_listen() -> String {
 fn default_modality() -> String {
     "SC".into()
 }
+fn default_sensor_modality() -> String {
+    "DX".into()
+}
+fn default_poll_ms() -> u64 {
+    5
+}
 fn default_scan_ms() -> u64 {
     500
 }
@@ -219,6 +246,8 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Hot folders.
     pub hot_folders: Vec<HotFolder>,
+    /// SPI sensors.
+    pub spi_sensors: Vec<SpiSensorConfig>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -230,6 +259,7 @@ impl std::fmt::Debug for Settings {
             .field("mqtt", &self.mqtt)
             .field("spool_dir", &self.spool_dir)
             .field("hot_folders", &self.hot_folders)
+            .field("spi_sensors", &self.spi_sensors)
             .finish_non_exhaustive()
     }
 }
@@ -353,10 +383,56 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
             settle: Duration::from_millis(folder.settle_ms),
         });
     }
-    if hot_folders.is_empty() {
+    let mut spi_sensors = Vec::new();
+    for (i, sensor) in raw.spi_sensor.iter().enumerate() {
+        let key = |k: &str| format!("spi_sensor[{i}].{k}");
+        let device = name_at(&key("device"), &sensor.device)?;
+        if !devices.insert(device.clone()) {
+            return Err(SettingsError::key(
+                file,
+                key("device"),
+                format!("device {device} is configured twice"),
+            ));
+        }
+        let modality = modality_at(file, &key("modality"), &sensor.modality)?;
+        let bus = match sensor.bus.split_once(':') {
+            Some(("unix", path)) if !path.is_empty() => SensorBus::Virtual(PathBuf::from(path)),
+            Some(("spidev", _)) => {
+                return Err(SettingsError::key(
+                    file,
+                    key("bus"),
+                    "spidev needs a build with the `linux-spi` feature, which this one lacks",
+                ));
+            }
+            _ => {
+                return Err(SettingsError::key(
+                    file,
+                    key("bus"),
+                    format!(
+                        "{:?} is not `unix:/path/to/sensor.sock` (a simulated sensor)",
+                        sensor.bus
+                    ),
+                ));
+            }
+        };
+        if sensor.poll_ms == 0 || sensor.poll_ms > 10_000 {
+            return Err(SettingsError::key(
+                file,
+                key("poll_ms"),
+                "must be 1..=10000",
+            ));
+        }
+        spi_sensors.push(SpiSensorConfig {
+            device,
+            modality,
+            bus,
+            poll: Duration::from_millis(sensor.poll_ms),
+        });
+    }
+    if hot_folders.is_empty() && spi_sensors.is_empty() {
         return Err(SettingsError::file(
             file,
-            "no image source: add at least one [[hot_folder]]",
+            "no image source: add at least one [[hot_folder]] or [[spi_sensor]]",
         ));
     }
     Ok(Settings {
@@ -377,7 +453,18 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         resize,
         metrics,
         hot_folders,
+        spi_sensors,
         mqtt: raw.mqtt,
+    })
+}
+
+fn modality_at(file: &Path, key: &str, code: &str) -> Result<Modality, SettingsError> {
+    Modality::from_code(code).ok_or_else(|| {
+        SettingsError::key(
+            file,
+            key,
+            format!("{code:?} is not a DICOM modality code such as DX, CR, SC"),
+        )
     })
 }
 

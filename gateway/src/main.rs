@@ -42,13 +42,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match config::load(&file) {
             Ok(settings) => {
                 println!(
-                    "{}: ok (gateway {}/{}, broker {}:{}, {} hot folder(s))",
+                    "{}: ok (gateway {}/{}, broker {}:{}, {} hot folder(s), {} SPI sensor(s))",
                     file.display(),
                     settings.site,
                     settings.name,
                     settings.mqtt.host,
                     settings.mqtt.port,
-                    settings.hot_folders.len()
+                    settings.hot_folders.len(),
+                    settings.spi_sensors.len()
                 );
                 ExitCode::SUCCESS
             }

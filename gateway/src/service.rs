@@ -28,6 +28,7 @@ use crate::publisher::{self, Core, CoreConfig};
 use crate::sequence::{SequenceError, Sequences};
 use crate::sources::Source;
 use crate::sources::hot_folder::HotFolderSource;
+use crate::sources::spi::SpiSensorSource;
 use crate::spool::{Spool, SpoolError};
 
 /// Why the gateway could not run.
@@ -118,6 +119,13 @@ pub async fn run(
         format: settings.pixel_format,
         resize: settings.resize,
     };
+    for sensor in &settings.spi_sensors {
+        let source: Box<dyn Source> =
+            Box::new(SpiSensorSource::new(sensor.clone(), metrics.clone()));
+        let (tx, rx) = mpsc::channel(64);
+        routes.insert(source.device().clone(), tx);
+        sources.push((source, rx));
+    }
     for folder in &settings.hot_folders {
         let source: Box<dyn Source> = Box::new(HotFolderSource::new(
             folder.clone(),
@@ -185,7 +193,8 @@ pub async fn run(
         gateway = %settings.name,
         broker = %settings.mqtt.host,
         port = settings.mqtt.port,
-        sources = settings.hot_folders.len(),
+        hot_folders = settings.hot_folders.len(),
+        spi_sensors = settings.spi_sensors.len(),
         "gateway running"
     );
 

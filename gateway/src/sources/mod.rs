@@ -3,8 +3,10 @@
 //! an image) and receives the results for its device.
 //!
 //! - [`hot_folder`]: image files dropped into a folder.
+//! - [`spi`]: an SPI image sensor through embedded-hal.
 
 pub mod hot_folder;
+pub mod spi;
 
 use std::future::Future;
 use std::pin::Pin;

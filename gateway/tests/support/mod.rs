@@ -33,6 +33,11 @@ pub struct World {
 
 impl World {
     pub fn new(spool_bytes: u64, result_timeout_secs: u64) -> World {
+        Self::with_extra(spool_bytes, result_timeout_secs, "")
+    }
+
+    /// As [`World::new`], with `extra` appended to the config (more sources).
+    pub fn with_extra(spool_bytes: u64, result_timeout_secs: u64, extra: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "medgate test CA").unwrap();
         let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
@@ -74,6 +79,7 @@ path = "{inbox}"
 modality = "DX"
 scan_interval_ms = 20
 settle_ms = 0
+{extra}
 "#,
                 public = public.display(),
                 state = dir.path().join("state").display(),

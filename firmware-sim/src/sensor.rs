@@ -1,0 +1,313 @@
+//! Simulated firmware of medgate's SPI image sensor (register map in
+//! `SENSOR.md` beside this crate, constants in the gateway's
+//! `sources::spi::registers`): it produces frames at a set rate from a feed
+//! of real chest X-rays (or any images), raises data-ready while a frame
+//! waits, holds each frame until the gateway writes FRAME_DONE, and records
+//! the results the gateway writes into its RESULT register. It is reached
+//! over the gateway's virtual SPI bus (a Unix socket).
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use image::imageops::FilterType;
+use medgate_gateway::sources::spi::registers::{self as reg, FrameInfo, ResultRecord};
+use medgate_gateway::sources::spi::virtual_bus::{self, SpiTarget};
+use medgate_shared::dataset::{self, SplitName};
+use medgate_shared::pixels::{PixelFormat, Pixels};
+
+/// Where a sensor's images come from.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    images: Vec<Pixels>,
+    next: usize,
+}
+
+impl Feed {
+    /// Images of a MedMNIST `.npz` split, upscaled to `size` (Lanczos).
+    ///
+    /// # Errors
+    /// If the file cannot be read.
+    pub fn from_npz(
+        path: &Path,
+        split: SplitName,
+        size: u32,
+        limit: usize,
+    ) -> anyhow::Result<Self> {
+        let data = dataset::read_split(path, split)?;
+        let side = data.width as u32;
+        let images = (0..data.labels.len().min(limit.max(1)))
+            .filter_map(|i| data.image(i))
+            .map(|raw| scale(raw, side, size))
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::ensure!(!images.is_empty(), "{}: no images", path.display());
+        Ok(Self { images, next: 0 })
+    }
+
+    /// Generated test images (gradients and discs), for a machine without data.
+    pub fn generated(size: u32, count: usize) -> Self {
+        let images = (0..count.max(1))
+            .map(|k| {
+                let data = (0..size * size)
+                    .map(|i| {
+                        let (x, y) = (i % size, i / size);
+                        let (dx, dy) = (x as i64 - size as i64 / 2, y as i64 - size as i64 / 2);
+                        let disc = dx * dx + dy * dy < (size as i64 / (3 + k as i64 % 3)).pow(2);
+                        ((x + y + k as u32 * 17) % 200) as u8 + if disc { 55 } else { 0 }
+                    })
+                    .collect();
+                Pixels::new(size, size, PixelFormat::Gray8, data)
+            })
+            .filter_map(Result::ok)
+            .collect();
+        Self { images, next: 0 }
+    }
+
+    fn take(&mut self) -> Pixels {
+        let image = self.images[self.next % self.images.len()].clone();
+        self.next += 1;
+        image
+    }
+}
+
+fn scale(raw: &[u8], side: u32, size: u32) -> anyhow::Result<Pixels> {
+    let small = image::GrayImage::from_raw(side, side, raw.to_vec())
+        .ok_or_else(|| anyhow::anyhow!("image buffer of the wrong size"))?;
+    let big = if size == side {
+        small
+    } else {
+        image::imageops::resize(&small, size, size, FilterType::Lanczos3)
+    };
+    Ok(Pixels::new(size, size, PixelFormat::Gray8, big.into_raw())?)
+}
+
+/// What the sensor has seen, for callers and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SensorLog {
+    /// Frames produced.
+    pub produced: u32,
+    /// Frames released by FRAME_DONE.
+    pub released: u32,
+    /// Results written by the gateway, in order.
+    pub results: Vec<ResultRecord>,
+}
+
+struct Frame {
+    info: FrameInfo,
+    data: Vec<u8>,
+}
+
+/// The register machine.
+struct Machine {
+    frame: Option<Frame>,
+    offset: usize,
+    command: Option<u8>,
+    written: Vec<u8>,
+    log: SensorLog,
+}
+
+impl SpiTarget for Machine {
+    fn select(&mut self) {
+        self.command = None;
+        self.written.clear();
+    }
+
+    fn clock(&mut self, mosi: u8) -> u8 {
+        let Some(command) = self.command else {
+            self.command = Some(mosi);
+            if mosi == reg::READ | reg::FRAME_INFO {
+                self.offset = 0;
+            }
+            return 0;
+        };
+        if command & reg::READ == 0 {
+            self.written.push(mosi);
+            return 0;
+        }
+        // Reads: the register's bytes, counted from the command.
+        let at = self.written.len();
+        self.written.push(mosi);
+        match command & !reg::READ {
+            reg::ID => reg::IDENTITY.get(at).copied().unwrap_or(0),
+            reg::STATUS if self.frame.is_some() => reg::STATUS_FRAME_READY,
+            reg::FRAME_INFO => self
+                .frame
+                .as_ref()
+                .map_or(0, |f| f.info.to_bytes().get(at).copied().unwrap_or(0)),
+            reg::FRAME_DATA => {
+                let byte = self
+                    .frame
+                    .as_ref()
+                    .and_then(|f| f.data.get(self.offset).copied())
+                    .unwrap_or(0);
+                self.offset += 1;
+                byte
+            }
+            _ => 0,
+        }
+    }
+
+    fn deselect(&mut self) {
+        match self.command {
+            Some(reg::CONTROL) if self.written.first() == Some(&reg::CONTROL_FRAME_DONE) => {
+                if self.frame.take().is_some() {
+                    self.log.released += 1;
+                }
+                self.offset = 0;
+            }
+            Some(reg::CONTROL) if self.written.first() == Some(&reg::CONTROL_RESET) => {
+                self.offset = 0
+            }
+            Some(reg::RESULT) if self.written.len() == reg::RESULT_LEN => {
+                let mut bytes = [0u8; reg::RESULT_LEN];
+                bytes.copy_from_slice(&self.written);
+                self.log.results.push(ResultRecord::from_bytes(&bytes));
+            }
+            _ => {}
+        }
+        self.command = None;
+    }
+
+    fn data_ready(&self) -> bool {
+        self.frame.is_some()
+    }
+}
+
+/// A running simulated sensor.
+#[derive(Clone)]
+pub struct Sensor {
+    name: String,
+    socket: PathBuf,
+    state: Arc<(Mutex<Machine>, Condvar)>,
+}
+
+impl Sensor {
+    /// Starts a sensor named `name` listening on `socket` (replacing a stale
+    /// socket file), producing a frame from `feed` every `period` while no
+    /// frame is waiting.
+    ///
+    /// # Errors
+    /// If the socket cannot be bound.
+    pub fn start(
+        name: &str,
+        socket: &Path,
+        mut feed: Feed,
+        period: Duration,
+    ) -> std::io::Result<Self> {
+        if socket.exists() {
+            std::fs::remove_file(socket)?;
+        }
+        let listener = UnixListener::bind(socket)?;
+        let sensor = Self {
+            name: name.to_owned(),
+            socket: socket.to_path_buf(),
+            state: Arc::new((
+                Mutex::new(Machine {
+                    frame: None,
+                    offset: 0,
+                    command: None,
+                    written: Vec::new(),
+                    log: SensorLog::default(),
+                }),
+                Condvar::new(),
+            )),
+        };
+        let state = sensor.state.clone();
+        std::thread::Builder::new()
+            .name(format!("sensor-{name}-frames"))
+            .spawn(move || {
+                loop {
+                    {
+                        let (lock, _) = &*state;
+                        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                        if machine.frame.is_none() {
+                            let pixels = feed.take();
+                            machine.log.produced += 1;
+                            let info = FrameInfo {
+                                frame: machine.log.produced,
+                                width: pixels.width() as u16,
+                                height: pixels.height() as u16,
+                                bits: if pixels.format() == PixelFormat::Gray16 {
+                                    16
+                                } else {
+                                    8
+                                },
+                                length: pixels.data().len() as u32,
+                            };
+                            machine.frame = Some(Frame {
+                                info,
+                                data: pixels.into_data(),
+                            });
+                        }
+                    }
+                    // The frame clock of the simulated device.
+                    std::thread::sleep(period);
+                }
+            })?;
+        let state = sensor.state.clone();
+        std::thread::Builder::new()
+            .name(format!("sensor-{name}-bus"))
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let state = state.clone();
+                    std::thread::spawn(move || {
+                        let _ = virtual_bus::serve(stream, |f| {
+                            let (lock, changed) = &*state;
+                            let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                            f(&mut *machine);
+                            changed.notify_all();
+                        });
+                    });
+                }
+            })?;
+        Ok(sensor)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// A copy of what it has seen.
+    pub fn log(&self) -> SensorLog {
+        let (lock, _) = &*self.state;
+        lock.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .log
+            .clone()
+    }
+
+    /// Waits until `count` results have been written or `timeout` passes;
+    /// returns the results so far.
+    pub fn wait_for_results(&self, count: usize, timeout: Duration) -> Vec<ResultRecord> {
+        let (lock, changed) = &*self.state;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while machine.log.results.len() < count {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            machine = changed
+                .wait_timeout(machine, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        machine.log.results.clone()
+    }
+}
+
+/// The class names of the result register's class index.
+pub fn class_name(class: u8) -> &'static str {
+    match class {
+        0 => "normal",
+        1 => "pneumonia",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,81 @@
+//! Simulated SPI sensors → gateway (embedded-hal driver over the virtual
+//! bus) → a real mosquitto with mutual TLS → a stand-in receiver, and the
+//! results back into each sensor's RESULT register.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+#[path = "../../gateway/tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use medgate_shared::envelope;
+use medgate_sim::sensor::{Feed, Sensor};
+use support::{WAIT, World, answer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_images_reach_the_broker_sealed_and_results_reach_the_right_sensor() {
+    let sockets = tempfile::tempdir().unwrap();
+    let period = Duration::from_millis(20);
+    let mut sensors = HashMap::new();
+    let mut extra = String::new();
+    for name in ["xr-1", "xr-2"] {
+        let socket = sockets.path().join(format!("{name}.sock"));
+        let sensor = Sensor::start(name, &socket, Feed::generated(64, 4), period).unwrap();
+        extra.push_str(&format!(
+            "\n[[spi_sensor]]\ndevice = \"{name}\"\nbus = \"unix:{}\"\npoll_ms = 2\n",
+            socket.display()
+        ));
+        sensors.insert(name.to_owned(), sensor);
+    }
+    let world = World::with_extra(64 << 20, 60, &extra);
+    let mut receiver = world.receiver().await;
+    let mut opener = world.opener();
+    let mut gateway = world.start_in_process();
+    gateway.started().await;
+
+    // Answer the first three images of each sensor.
+    let mut answered: HashMap<String, BTreeSet<u64>> = HashMap::new();
+    while answered.values().map(BTreeSet::len).sum::<usize>() < 6 {
+        let images = receiver
+            .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+            .await
+            .unwrap();
+        let image = &images[0];
+        assert_eq!(&image.payload[..4], b"MGSI", "sealed on the wire");
+        let header = envelope::parse(&image.payload).unwrap().header;
+        let device = header.meta.device.to_string();
+        assert!(
+            image.topic.ends_with(&device),
+            "published under its own device"
+        );
+        assert_eq!((header.width, header.height), (64, 64));
+        let taken = answered.entry(device.clone()).or_default();
+        if taken.len() < 3 {
+            answer(&receiver, &mut opener, &image.payload).await;
+            taken.insert(header.meta.sequence);
+        }
+    }
+
+    for (name, sequences) in &answered {
+        let sensor = sensors[name].clone();
+        let results = tokio::task::spawn_blocking(move || sensor.wait_for_results(3, WAIT))
+            .await
+            .unwrap();
+        assert_eq!(results.len(), 3, "{name}: {results:?}");
+        // The gateway numbers a device's images from 0 in frame order, and
+        // the sensor's frames count from 1: each result names its frame.
+        let frames: BTreeSet<u32> = results.iter().map(|r| r.frame).collect();
+        let expected: BTreeSet<u32> = sequences.iter().map(|s| *s as u32 + 1).collect();
+        assert_eq!(frames, expected, "{name}");
+        for r in &results {
+            assert_eq!(
+                (r.class, r.confidence),
+                (0, 9000),
+                "normal at 0.9, as answered"
+            );
+        }
+        assert!(sensors[name].log().released >= 3);
+    }
+    gateway.stop().await;
+}

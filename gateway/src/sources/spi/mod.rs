@@ -1,0 +1,241 @@
+//! An SPI image sensor as a source: the embedded-hal driver runs on its own
+//! thread (it is blocking, as embedded-hal 1.0 drivers are), polls the
+//! data-ready line, reads each frame, waits until intake has it durably in
+//! the spool and only then tells the sensor `FRAME_DONE`; when the spool is
+//! full the sensor keeps its frame. Results go back into the sensor's
+//! RESULT register.
+//!
+//! - [`registers`]: the sensor's register map.
+//! - [`driver`]: the driver, generic over `SpiDevice` + `InputPin`.
+//! - [`virtual_bus`]: the same traits over a Unix socket, to firmware-sim.
+
+pub mod driver;
+pub mod registers;
+pub mod virtual_bus;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use embedded_hal::digital::InputPin;
+use embedded_hal::spi::SpiDevice;
+use medgate_shared::header::Modality;
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::messages::ResultMessage;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::driver::{SensorError, SpiSensor};
+use self::registers::ResultRecord;
+use self::virtual_bus::VirtualBus;
+use super::{Source, SourceTask};
+use crate::capture::{self, Capture};
+use crate::intake::{Intake, Refusal};
+use crate::metrics::Metrics;
+
+/// How an SPI sensor is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorBus {
+    /// firmware-sim's simulated sensor on a Unix socket.
+    Virtual(PathBuf),
+}
+
+/// A configured SPI sensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiSensorConfig {
+    /// Device name.
+    pub device: Name,
+    /// Modality.
+    pub modality: Modality,
+    /// How to reach it.
+    pub bus: SensorBus,
+    /// Data-ready polling period.
+    pub poll: Duration,
+}
+
+/// The source.
+pub struct SpiSensorSource {
+    config: SpiSensorConfig,
+    metrics: Metrics,
+}
+
+impl SpiSensorSource {
+    /// A source for `config`.
+    pub fn new(config: SpiSensorConfig, metrics: Metrics) -> Self {
+        Self { config, metrics }
+    }
+}
+
+impl Source for SpiSensorSource {
+    fn device(&self) -> &Name {
+        &self.config.device
+    }
+
+    fn run(
+        self: Box<Self>,
+        intake: Intake,
+        results: mpsc::Receiver<ResultMessage>,
+        stop: CancellationToken,
+    ) -> SourceTask {
+        let runtime = tokio::runtime::Handle::current();
+        Box::pin(async move {
+            let device = self.config.device.clone();
+            let worker = tokio::task::spawn_blocking(move || {
+                drive(
+                    &self.config,
+                    &self.metrics,
+                    &runtime,
+                    &intake,
+                    results,
+                    &stop,
+                );
+            });
+            if let Err(e) = worker.await {
+                tracing::error!(device = %device, cause = %e, "sensor thread failed");
+            }
+        })
+    }
+}
+
+/// Connects (again and again, with backoff) and runs the sensor until `stop`.
+fn drive(
+    config: &SpiSensorConfig,
+    metrics: &Metrics,
+    runtime: &tokio::runtime::Handle,
+    intake: &Intake,
+    mut results: mpsc::Receiver<ResultMessage>,
+    stop: &CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut frames: HashMap<MessageId, u32> = HashMap::new();
+    while !stop.is_cancelled() {
+        let connected = match &config.bus {
+            SensorBus::Virtual(path) => VirtualBus::connect(path)
+                .and_then(|bus| Ok((bus, VirtualBus::pin(path)?)))
+                .map_err(|e| SensorError::Bus(e.to_string()))
+                .and_then(|(bus, pin)| SpiSensor::new(bus, pin)),
+        };
+        match connected {
+            Ok(mut sensor) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(device = %config.device, bus = ?config.bus, "sensor connected");
+                let ended = serve(
+                    &mut sensor,
+                    config,
+                    metrics,
+                    runtime,
+                    intake,
+                    &mut results,
+                    &mut frames,
+                    stop,
+                );
+                match ended {
+                    Ok(()) => return,
+                    Err(e) => {
+                        metrics.error("sensor");
+                        tracing::warn!(device = %config.device, cause = %e, "sensor link failed; reconnecting");
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.error("sensor");
+                tracing::warn!(device = %config.device, cause = %e, retry_in_ms = backoff.as_millis() as u64, "sensor not reachable");
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connected session; `Ok` when stopped, `Err` when the link failed.
+#[allow(clippy::too_many_arguments)]
+fn serve<S: SpiDevice, P: InputPin>(
+    sensor: &mut SpiSensor<S, P>,
+    config: &SpiSensorConfig,
+    metrics: &Metrics,
+    runtime: &tokio::runtime::Handle,
+    intake: &Intake,
+    results: &mut mpsc::Receiver<ResultMessage>,
+    frames: &mut HashMap<MessageId, u32>,
+    stop: &CancellationToken,
+) -> Result<(), SensorError> {
+    while !stop.is_cancelled() {
+        while let Ok(result) = results.try_recv() {
+            write_back(sensor, config, frames, &result)?;
+        }
+        if !sensor.frame_ready()? {
+            std::thread::sleep(config.poll);
+            continue;
+        }
+        let frame = match sensor.read_frame() {
+            Ok(frame) => frame,
+            Err(e @ SensorError::BadFrame { .. }) => {
+                // Nothing sensible to keep: say so, release it, go on.
+                metrics.error("sensor_frame");
+                tracing::error!(device = %config.device, cause = %e, "bad frame released");
+                sensor.frame_done()?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let capture = Capture {
+            device: config.device.clone(),
+            modality: config.modality,
+            captured_at_ms: capture::now_ms(),
+            pixels: frame.pixels,
+        };
+        match runtime.block_on(intake.submit(capture)) {
+            Ok(id) => {
+                frames.insert(id, frame.frame);
+                sensor.frame_done()?;
+            }
+            Err(Refusal::Full(_)) => {
+                // The sensor keeps the frame; try again shortly.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(Refusal::Stopping) => return Ok(()),
+            Err(Refusal::Failed(reason)) => {
+                tracing::error!(device = %config.device, %reason, "frame not accepted; the sensor keeps it");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_back<S: SpiDevice, P: InputPin>(
+    sensor: &mut SpiSensor<S, P>,
+    config: &SpiSensorConfig,
+    frames: &mut HashMap<MessageId, u32>,
+    result: &ResultMessage,
+) -> Result<(), SensorError> {
+    let Some(frame) = result
+        .message_id
+        .parse::<MessageId>()
+        .ok()
+        .and_then(|id| frames.remove(&id))
+    else {
+        tracing::info!(device = %config.device, message = %result.message_id, label = %result.label, "result for a frame of an earlier run: logged only");
+        return Ok(());
+    };
+    let class = result
+        .probabilities
+        .keys()
+        .position(|k| *k == result.label)
+        .and_then(|i| u8::try_from(i).ok())
+        .unwrap_or(0xFF);
+    let probability = result
+        .probabilities
+        .get(&result.label)
+        .copied()
+        .unwrap_or(0.0);
+    let record = ResultRecord {
+        frame,
+        class,
+        confidence: (probability.clamp(0.0, 1.0) * 10_000.0).round() as u16,
+        flags: 0,
+    };
+    sensor.write_result(record)?;
+    tracing::info!(device = %config.device, frame, label = %result.label, "result written to the sensor");
+    Ok(())
+}
