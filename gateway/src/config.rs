@@ -60,8 +60,15 @@ pub struct SpiSensorSection {
     /// DICOM modality code.
     #[serde(default = "default_sensor_modality")]
     pub modality: String,
-    /// `unix:/path` for firmware-sim's simulated sensor.
+    /// `unix:/path` for firmware-sim's simulated sensor, or
+    /// `spidev:/dev/spidevB.C` for a real one (with `data_ready`).
     pub bus: String,
+    /// Data-ready line of a real sensor: `/dev/gpiochipN:LINE`.
+    #[serde(default)]
+    pub data_ready: Option<String>,
+    /// SPI clock of a real sensor, Hz.
+    #[serde(default = "default_speed_hz")]
+    pub speed_hz: u32,
     /// Data-ready polling period, ms.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
@@ -188,6 +195,9 @@ fn default_modality() -> String {
 }
 fn default_sensor_modality() -> String {
     "DX".into()
+}
+fn default_speed_hz() -> u32 {
+    8_000_000
 }
 fn default_poll_ms() -> u64 {
     5
@@ -397,19 +407,39 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         let modality = modality_at(file, &key("modality"), &sensor.modality)?;
         let bus = match sensor.bus.split_once(':') {
             Some(("unix", path)) if !path.is_empty() => SensorBus::Virtual(PathBuf::from(path)),
-            Some(("spidev", _)) => {
-                return Err(SettingsError::key(
-                    file,
-                    key("bus"),
-                    "spidev needs a build with the `linux-spi` feature, which this one lacks",
-                ));
+            Some(("spidev", path)) if !path.is_empty() => {
+                if !cfg!(feature = "linux-spi") {
+                    return Err(SettingsError::key(
+                        file,
+                        key("bus"),
+                        "spidev needs a build with the `linux-spi` feature, which this one lacks",
+                    ));
+                }
+                let Some((chip, line)) = sensor
+                    .data_ready
+                    .as_deref()
+                    .and_then(|d| d.rsplit_once(':'))
+                    .and_then(|(chip, line)| Some((chip, line.parse::<u32>().ok()?)))
+                else {
+                    return Err(SettingsError::key(
+                        file,
+                        key("data_ready"),
+                        "a spidev sensor needs data_ready = \"/dev/gpiochipN:LINE\"",
+                    ));
+                };
+                SensorBus::Spidev {
+                    device: PathBuf::from(path),
+                    chip: PathBuf::from(chip),
+                    line,
+                    speed_hz: sensor.speed_hz,
+                }
             }
             _ => {
                 return Err(SettingsError::key(
                     file,
                     key("bus"),
                     format!(
-                        "{:?} is not `unix:/path/to/sensor.sock` (a simulated sensor)",
+                        "{:?} is neither `unix:/path/to/sensor.sock` (a simulated sensor) nor `spidev:/dev/spidevB.C`",
                         sensor.bus
                     ),
                 ));

@@ -38,6 +38,18 @@ use crate::metrics::Metrics;
 pub enum SensorBus {
     /// firmware-sim's simulated sensor on a Unix socket.
     Virtual(PathBuf),
+    /// A real sensor: Linux spidev and a GPIO character-device line for
+    /// data-ready (feature `linux-spi`, e.g. on a Raspberry Pi).
+    Spidev {
+        /// The spidev node, e.g. `/dev/spidev0.0`.
+        device: PathBuf,
+        /// The GPIO chip, e.g. `/dev/gpiochip0`.
+        chip: PathBuf,
+        /// The data-ready line offset on that chip.
+        line: u32,
+        /// SPI clock.
+        speed_hz: u32,
+    },
 }
 
 /// A configured SPI sensor.
@@ -109,17 +121,31 @@ fn drive(
     let mut backoff = Duration::from_millis(100);
     let mut frames: HashMap<MessageId, u32> = HashMap::new();
     while !stop.is_cancelled() {
-        let connected = match &config.bus {
+        let session = match &config.bus {
             SensorBus::Virtual(path) => VirtualBus::connect(path)
                 .and_then(|bus| Ok((bus, VirtualBus::pin(path)?)))
                 .map_err(|e| SensorError::Bus(e.to_string()))
-                .and_then(|(bus, pin)| SpiSensor::new(bus, pin)),
-        };
-        match connected {
-            Ok(mut sensor) => {
-                backoff = Duration::from_millis(100);
-                tracing::info!(device = %config.device, bus = ?config.bus, "sensor connected");
-                let ended = serve(
+                .and_then(|(bus, pin)| SpiSensor::new(bus, pin))
+                .map(|mut sensor| {
+                    session(
+                        &mut sensor,
+                        config,
+                        metrics,
+                        runtime,
+                        intake,
+                        &mut results,
+                        &mut frames,
+                        stop,
+                    )
+                }),
+            #[cfg(feature = "linux-spi")]
+            SensorBus::Spidev {
+                device,
+                chip,
+                line,
+                speed_hz,
+            } => linux::open(device, chip, *line, *speed_hz).map(|mut sensor| {
+                session(
                     &mut sensor,
                     config,
                     metrics,
@@ -128,14 +154,18 @@ fn drive(
                     &mut results,
                     &mut frames,
                     stop,
-                );
-                match ended {
-                    Ok(()) => return,
-                    Err(e) => {
-                        metrics.error("sensor");
-                        tracing::warn!(device = %config.device, cause = %e, "sensor link failed; reconnecting");
-                    }
-                }
+                )
+            }),
+            #[cfg(not(feature = "linux-spi"))]
+            SensorBus::Spidev { .. } => Err(SensorError::Bus(
+                "spidev needs a build with the `linux-spi` feature".into(),
+            )),
+        };
+        match session {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => {
+                metrics.error("sensor");
+                tracing::warn!(device = %config.device, cause = %e, "sensor link failed; reconnecting");
             }
             Err(e) => {
                 metrics.error("sensor");
@@ -149,7 +179,7 @@ fn drive(
 
 /// One connected session; `Ok` when stopped, `Err` when the link failed.
 #[allow(clippy::too_many_arguments)]
-fn serve<S: SpiDevice, P: InputPin>(
+fn session<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
     config: &SpiSensorConfig,
     metrics: &Metrics,
@@ -238,4 +268,42 @@ fn write_back<S: SpiDevice, P: InputPin>(
     sensor.write_result(record)?;
     tracing::info!(device = %config.device, frame, label = %result.label, "result written to the sensor");
     Ok(())
+}
+
+/// Real hardware: spidev and a GPIO line (Raspberry Pi and alike).
+#[cfg(feature = "linux-spi")]
+mod linux {
+    use std::path::Path;
+
+    use linux_embedded_hal::gpio_cdev::{Chip, LineRequestFlags};
+    use linux_embedded_hal::spidev::{SpiModeFlags, SpidevOptions};
+    use linux_embedded_hal::{CdevPin, SpidevDevice};
+
+    use super::driver::{SensorError, SpiSensor};
+
+    /// Opens the sensor on `device` with data-ready on `chip`:`line`.
+    pub fn open(
+        device: &Path,
+        chip: &Path,
+        line: u32,
+        speed_hz: u32,
+    ) -> Result<SpiSensor<SpidevDevice, CdevPin>, SensorError> {
+        let bus = |e: String| SensorError::Bus(format!("{}: {e}", device.display()));
+        let pin = |e: String| SensorError::Pin(format!("{}:{line}: {e}", chip.display()));
+        let mut spi = SpidevDevice::open(device).map_err(|e| bus(format!("{e:?}")))?;
+        spi.configure(
+            &SpidevOptions::new()
+                .bits_per_word(8)
+                .max_speed_hz(speed_hz)
+                .mode(SpiModeFlags::SPI_MODE_0)
+                .build(),
+        )
+        .map_err(|e| bus(e.to_string()))?;
+        let handle = Chip::new(chip)
+            .and_then(|mut c| c.get_line(line))
+            .and_then(|l| l.request(LineRequestFlags::INPUT, 0, "medgate-gateway"))
+            .map_err(|e| pin(e.to_string()))?;
+        let ready = CdevPin::new(handle).map_err(|e| pin(e.to_string()))?;
+        SpiSensor::new(spi, ready)
+    }
 }
