@@ -124,6 +124,16 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             good.replace("[spool]\n", "[spool_]\n"),
             "spool",
         ),
+        (
+            "bad sensor bus",
+            format!("{good}\n[[spi_sensor]]\ndevice = \"xr-1\"\nbus = \"i2c:/dev/i2c-1\"\n"),
+            "spi_sensor[0].bus",
+        ),
+        (
+            "sensor device twice",
+            format!("{good}\n[[spi_sensor]]\ndevice = \"scanner-1\"\nbus = \"unix:/tmp/x.sock\"\n"),
+            "spi_sensor[0].device",
+        ),
     ];
     for (what, text, key) in cases {
         std::fs::write(&path, text).unwrap();
