@@ -128,8 +128,11 @@ enum Command {
         #[arg(long, required = true)]
         socket: Vec<PathBuf>,
         /// The .npz file (default: $MEDGATE_DATA_DIR/pneumoniamnist.npz; generated images without it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "images")]
         data: Option<PathBuf>,
+        /// A folder of image files (PNG, JPEG, TIFF) to serve instead.
+        #[arg(long)]
+        images: Option<PathBuf>,
         /// Frames per second per sensor (a frame waits until the gateway has it).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
@@ -265,31 +268,38 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sensor {
             socket,
             data,
+            images,
             rate,
             size,
             results,
-        } => run_sensors(&socket, data, rate, size, results)?,
+        } => {
+            let feed = match images {
+                Some(dir) => sensor::Feed::from_folder(&dir, size)?,
+                None => match tools::dataset_path(data) {
+                    Ok(path) if path.exists() => {
+                        sensor::Feed::from_npz(&path, SplitName::Train, size, 256)?
+                    }
+                    _ => {
+                        eprintln!(
+                            "no PneumoniaMNIST file found (set MEDGATE_DATA_DIR or --data): serving generated test images"
+                        );
+                        sensor::Feed::generated(size, 16)
+                    }
+                },
+            };
+            run_sensors(&socket, feed, rate, results)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_sensors(
     sockets: &[PathBuf],
-    data: Option<PathBuf>,
+    feed: sensor::Feed,
     rate: f64,
-    size: u32,
     stop_after: Option<usize>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(rate > 0.0 && rate <= 1000.0, "--rate must be in (0, 1000]");
-    let feed = match tools::dataset_path(data) {
-        Ok(path) if path.exists() => sensor::Feed::from_npz(&path, SplitName::Train, size, 256)?,
-        _ => {
-            eprintln!(
-                "no PneumoniaMNIST file found (set MEDGATE_DATA_DIR or --data): serving generated test images"
-            );
-            sensor::Feed::generated(size, 16)
-        }
-    };
     let period = std::time::Duration::from_secs_f64(1.0 / rate);
     let mut sensors = Vec::new();
     for (i, path) in sockets.iter().enumerate() {

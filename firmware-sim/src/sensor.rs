@@ -45,6 +45,40 @@ impl Feed {
         Ok(Self { images, next: 0 })
     }
 
+    /// Every readable image file (PNG, JPEG, TIFF) in `dir`, as 8-bit
+    /// grayscale resized to `size`², in name order.
+    ///
+    /// # Errors
+    /// If the folder cannot be read or holds no readable image.
+    pub fn from_folder(dir: &Path, size: u32) -> anyhow::Result<Self> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        let mut images = Vec::new();
+        for path in paths {
+            match crate::imageio::read_gray(&path, crate::imageio::Depth::Gray8) {
+                Ok(pixels) => {
+                    let raw = image::GrayImage::from_raw(
+                        pixels.width(),
+                        pixels.height(),
+                        pixels.into_data(),
+                    )
+                    .ok_or_else(|| anyhow::anyhow!("{}: bad buffer", path.display()))?;
+                    let big = image::imageops::resize(&raw, size, size, FilterType::Triangle);
+                    images.push(Pixels::new(size, size, PixelFormat::Gray8, big.into_raw())?);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), cause = %e, "skipped: not a readable image")
+                }
+            }
+        }
+        anyhow::ensure!(!images.is_empty(), "{}: no readable image", dir.display());
+        Ok(Self { images, next: 0 })
+    }
+
     /// Generated test images (gradients and discs), for a machine without data.
     pub fn generated(size: u32, count: usize) -> Self {
         let images = (0..count.max(1))
