@@ -1,0 +1,198 @@
+//! Access control with the shipped ACL (`configs/mosquitto/medgate.acl`) on
+//! a real mosquitto with mutual TLS: a gateway cannot publish into another
+//! gateway's topics nor read its results; a client without a certificate,
+//! or with one from another CA, cannot connect. Every check waits on an
+//! event (a later message that must arrive after the refused one would
+//! have), never on a pause.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use medgate_shared::service::mqtt;
+use medgate_testkit::client::{self, TestClient};
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_testkit::pki::Pki;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn shipped_acl() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mosquitto/medgate.acl"),
+    )
+    .unwrap()
+}
+
+async fn connect(pki: &Pki, broker: &Mosquitto, name: &str, filters: &[&str]) -> TestClient {
+    let settings = client::settings(pki, broker, name).unwrap();
+    let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+    TestClient::connect(&settings, name, &filters, WAIT)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_can_neither_publish_into_nor_read_another_gateways_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "site CA").unwrap();
+    let options = BrokerOptions {
+        acl: Some(shipped_acl()),
+        ..BrokerOptions::default()
+    };
+    let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();
+
+    // The receiver's shared subscription is allowed by the ACL.
+    let mut receiver = connect(
+        &pki,
+        &broker,
+        "receiver-1",
+        &["$share/receivers/medgate/v1/+/+/images/+"],
+    )
+    .await;
+    let gw1 = connect(&pki, &broker, "gw-1", &["medgate/v1/site-a/gw-1/results/+"]).await;
+    // gw-2 also asks for gw-1's results: the broker must refuse that filter.
+    let mut gw2 = connect(
+        &pki,
+        &broker,
+        "gw-2",
+        &[
+            "medgate/v1/site-a/gw-1/results/+",
+            "medgate/v1/site-a/gw-2/results/+",
+        ],
+    )
+    .await;
+
+    // gw-2 forges an image into gw-1's subtree, then publishes its own.
+    gw2.publish("medgate/v1/site-a/gw-1/images/cam-1", b"forged".to_vec())
+        .await
+        .unwrap();
+    gw2.publish("medgate/v1/site-a/gw-2/images/cam-1", b"own".to_vec())
+        .await
+        .unwrap();
+    // gw-1's own publication goes through as well.
+    gw1.publish("medgate/v1/site-a/gw-1/images/cam-1", b"gw-1 own".to_vec())
+        .await
+        .unwrap();
+    let mut got = receiver
+        .expect("medgate/v1/site-a/", 2, WAIT)
+        .await
+        .unwrap();
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!(got[0].topic, "medgate/v1/site-a/gw-1/images/cam-1");
+    assert_eq!(
+        got[0].payload, b"gw-1 own",
+        "the forged image never arrived"
+    );
+    assert_eq!(got[1].payload, b"own");
+
+    // A result for gw-1, then one for gw-2: gw-2 gets only its own.
+    receiver
+        .publish("medgate/v1/site-a/gw-1/results/cam-1", b"for gw-1".to_vec())
+        .await
+        .unwrap();
+    receiver
+        .publish("medgate/v1/site-a/gw-2/results/cam-1", b"for gw-2".to_vec())
+        .await
+        .unwrap();
+    let mine = gw2.expect("medgate/v1/site-a/", 1, WAIT).await.unwrap();
+    assert_eq!(mine[0].topic, "medgate/v1/site-a/gw-2/results/cam-1");
+    assert!(
+        gw2.drain("medgate/v1/site-a/gw-1/").is_empty(),
+        "gw-1's result was not readable"
+    );
+
+    // gw-2 cannot pose as a receiver either: results it writes for gw-1
+    // never reach gw-1, whose next message is the receiver's.
+    let mut gw1 = gw1;
+    gw2.publish(
+        "medgate/v1/site-a/gw-1/results/cam-1",
+        b"forged result".to_vec(),
+    )
+    .await
+    .unwrap();
+    receiver
+        .publish("medgate/v1/site-a/gw-1/results/cam-2", b"genuine".to_vec())
+        .await
+        .unwrap();
+    let first = gw1
+        .expect("medgate/v1/site-a/gw-1/results/", 2, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(first[0].payload, b"for gw-1");
+    assert_eq!(
+        first[1].payload, b"genuine",
+        "the forged result never arrived"
+    );
+}
+
+/// Whether the broker accepts a client: its CONNACK says success, or the
+/// TLS handshake or connection fails.
+async fn connects(options: MqttOptions) -> bool {
+    let (_client, mut eventloop) = AsyncClient::new(options, 8);
+    loop {
+        match tokio::time::timeout(WAIT, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                return ack.code == ConnectReturnCode::Success;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => panic!("no answer from the broker within {WAIT:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_certificate_of_the_site_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "site CA").unwrap();
+    let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
+    let roots = mqtt::read_roots(&pki.ca_file()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+
+    // No client certificate at all.
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let mut options = MqttOptions::new("anonymous", "127.0.0.1", broker.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(anonymous),
+    )));
+    assert!(
+        !connects(options).await,
+        "a client without a certificate connected"
+    );
+
+    // A certificate from another CA.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = Pki::new(&other_dir, "some other CA").unwrap();
+    let files = other.client("gw-1").unwrap();
+    let foreign = mqtt::client_config(
+        roots,
+        mqtt::read_chain(&files.cert).unwrap(),
+        mqtt::read_key(&files.key).unwrap(),
+    )
+    .unwrap();
+    let mut options = MqttOptions::new("gw-1", "127.0.0.1", broker.port());
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(foreign),
+    )));
+    assert!(
+        !connects(options).await,
+        "a client with a foreign certificate connected"
+    );
+
+    // A certificate of the site CA connects (the control case).
+    let settings = client::settings(&pki, &broker, "gw-1").unwrap();
+    let tls = settings.check(Path::new("<test>"), "mqtt").unwrap();
+    assert!(
+        connects(settings.options("gw-1", tls)).await,
+        "the site's own certificate works"
+    );
+}
