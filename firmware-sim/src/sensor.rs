@@ -223,11 +223,20 @@ impl Sensor {
     ///
     /// # Errors
     /// If the socket cannot be bound.
-    pub fn start(
+    pub fn start(name: &str, socket: &Path, feed: Feed, period: Duration) -> std::io::Result<Self> {
+        Self::start_limited(name, socket, feed, period, None)
+    }
+
+    /// As [`start`](Self::start), producing at most `limit` frames.
+    ///
+    /// # Errors
+    /// If the socket cannot be bound.
+    pub fn start_limited(
         name: &str,
         socket: &Path,
         mut feed: Feed,
         period: Duration,
+        limit: Option<u32>,
     ) -> std::io::Result<Self> {
         if socket.exists() {
             std::fs::remove_file(socket)?;
@@ -255,7 +264,8 @@ impl Sensor {
                     {
                         let (lock, _) = &*state;
                         let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                        if machine.frame.is_none() {
+                        let more = limit.is_none_or(|l| machine.log.produced < l);
+                        if machine.frame.is_none() && more {
                             let pixels = feed.take();
                             machine.log.produced += 1;
                             let info = FrameInfo {

@@ -4,3 +4,5 @@
 //!
 //! # Layout
 //! - `tests/security.rs`: who may publish and read what, and who may connect.
+//! - `tests/system.rs`: sensors → gateway → mosquitto → two receivers → sensors and
+//!   clinicians, with a receiver killed mid-stream.
