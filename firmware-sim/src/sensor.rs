@@ -123,8 +123,11 @@ pub struct SensorLog {
     pub produced: u32,
     /// Frames released by FRAME_DONE.
     pub released: u32,
-    /// Results written by the gateway, in order.
+    /// Results written by the gateway, in order, one per frame.
     pub results: Vec<ResultRecord>,
+    /// RESULT writes for a frame that already had one (ignored, as the
+    /// register map says: the host delivers at least once).
+    pub repeated: u32,
 }
 
 struct Frame {
@@ -196,7 +199,12 @@ impl SpiTarget for Machine {
             Some(reg::RESULT) if self.written.len() == reg::RESULT_LEN => {
                 let mut bytes = [0u8; reg::RESULT_LEN];
                 bytes.copy_from_slice(&self.written);
-                self.log.results.push(ResultRecord::from_bytes(&bytes));
+                let record = ResultRecord::from_bytes(&bytes);
+                if self.log.results.iter().any(|r| r.frame == record.frame) {
+                    self.log.repeated += 1;
+                } else {
+                    self.log.results.push(record);
+                }
             }
             _ => {}
         }

@@ -452,7 +452,9 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
                 "must be 1..=10000",
             ));
         }
+        let frames_dir = raw.gateway.state_dir.join("frames").join(device.as_str());
         spi_sensors.push(SpiSensorConfig {
+            frames_dir,
             device,
             modality,
             bus,

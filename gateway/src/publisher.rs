@@ -6,14 +6,14 @@
 //! state: it publishes each spooled image (QoS 1), marks it acknowledged on
 //! PUBACK, publishes it again with the same message id when no result came
 //! within the timeout or the connection was re-established, and deletes it
-//! from the spool only when its result arrives, after handing the result to
-//! the source that captured the image.
+//! from the spool only when the source that captured the image confirms
+//! its device has the result.
 //!
 //! The core never waits on the client's request queue (it uses
 //! `try_publish`; what does not fit is published on a later tick), so the
 //! link can always hand it events: no cycle can block both.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,13 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event as MqttEvent, EventLoop};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::now_ms;
 use crate::intake::Spooled;
 use crate::metrics::Metrics;
+use crate::sources::Delivery;
 use crate::spool::Spool;
 
 /// How often the core looks for images to (re)publish.
@@ -57,6 +58,13 @@ pub enum Event {
         pkid: u16,
         /// The broker's verdict.
         reason: PubAckReason,
+    },
+    /// A result reached its device (`true`) or could not be delivered.
+    Delivered {
+        /// The image.
+        id: MessageId,
+        /// Whether the device has it (and the spool let go of the image).
+        delivered: bool,
     },
     /// A message on our results topics.
     Result {
@@ -165,7 +173,11 @@ pub struct Core {
     client: AsyncClient,
     events: mpsc::Receiver<Event>,
     spool: Arc<Mutex<Spool>>,
-    routes: HashMap<Name, mpsc::Sender<ResultMessage>>,
+    routes: HashMap<Name, mpsc::Sender<Delivery>>,
+    /// The core's own event channel, for delivery confirmations.
+    feedback: mpsc::Sender<Event>,
+    /// Images whose result is on its way to the device.
+    delivering: HashSet<MessageId>,
     metrics: Metrics,
     connected: bool,
     publications: HashMap<MessageId, Publication>,
@@ -177,12 +189,14 @@ pub struct Core {
 
 impl Core {
     /// A core for `spool`, answering results to `routes` (device → source).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: CoreConfig,
         client: AsyncClient,
         events: mpsc::Receiver<Event>,
+        feedback: mpsc::Sender<Event>,
         spool: Arc<Mutex<Spool>>,
-        routes: HashMap<Name, mpsc::Sender<ResultMessage>>,
+        routes: HashMap<Name, mpsc::Sender<Delivery>>,
         metrics: Metrics,
     ) -> Self {
         Self {
@@ -191,6 +205,8 @@ impl Core {
             events,
             spool,
             routes,
+            feedback,
+            delivering: HashSet::new(),
             metrics,
             connected: false,
             publications: HashMap::new(),
@@ -288,6 +304,13 @@ impl Core {
                 }
             }
             Event::Result { topic, payload } => self.result(&topic, &payload).await,
+            Event::Delivered { id, delivered } => {
+                self.delivering.remove(&id);
+                if delivered {
+                    self.publications.remove(&id);
+                    self.refresh_gauges();
+                }
+            }
         }
     }
 
@@ -300,6 +323,7 @@ impl Core {
             let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
             spool
                 .entries()
+                .filter(|e| !self.delivering.contains(&e.id))
                 .filter(|e| {
                     self.publications.get(&e.id).is_none_or(|p| {
                         p.published_at
@@ -382,46 +406,71 @@ impl Core {
             tracing::warn!(topic, "result with an unreadable message id");
             return;
         };
-        let spool = self.spool.clone();
-        let removed = tokio::task::spawn_blocking(move || {
+        if self.delivering.contains(&id) {
+            tracing::debug!(message = %id, "a result for this image is already on its way");
+            return;
+        }
+        let device = {
+            let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
             spool
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id)
-        })
-        .await;
-        let entry = match removed {
-            Ok(Ok(Some(entry))) => entry,
-            Ok(Ok(None)) => {
-                tracing::debug!(message = %id, "result for an image no longer spooled (answered before)");
-                return;
-            }
-            Ok(Err(e)) => {
-                self.metrics.error("spool_remove");
-                tracing::error!(message = %id, cause = %e, "cannot delete an answered image");
-                return;
-            }
-            Err(_) => return,
+                .entries()
+                .find(|e| e.id == id)
+                .map(|e| e.device.clone())
         };
-        self.publications.remove(&id);
+        let Some(device) = device else {
+            tracing::debug!(message = %id, "result for an image no longer spooled (answered before)");
+            return;
+        };
         self.metrics.results.inc();
         let latency_ms = now_ms().saturating_sub(result.captured_at_ms);
         self.metrics
             .result_latency_seconds
             .observe(latency_ms as f64 / 1000.0);
-        self.refresh_gauges();
         tracing::info!(
             message = %id,
-            device = %entry.device,
+            device = %device,
             label = %result.label,
             latency_ms,
             "result received"
         );
-        if let Some(route) = self.routes.get(&entry.device)
-            && route.send(result).await.is_err()
-        {
-            tracing::warn!(device = %entry.device, "the source of this image is gone; result logged only");
+        let (done, delivered) = oneshot::channel();
+        let routed = match self.routes.get(&device) {
+            Some(route) => route.send(Delivery { result, done }).await.is_ok(),
+            None => {
+                // No source for this device any more (config changed): the
+                // log is all the device gets.
+                let _ = done.send(());
+                true
+            }
+        };
+        if !routed {
+            tracing::warn!(device = %device, "the source of this image is gone; it stays spooled");
+            return;
         }
+        // The spool lets go of the image only once the device has its
+        // result: a crash in between means publishing it again, not
+        // losing the result.
+        self.delivering.insert(id);
+        let spool = self.spool.clone();
+        let feedback = self.feedback.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let delivered = delivered.await.is_ok();
+            if delivered {
+                let removed = tokio::task::spawn_blocking(move || {
+                    spool
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id)
+                })
+                .await;
+                if !matches!(removed, Ok(Ok(_))) {
+                    metrics.error("spool_remove");
+                    tracing::error!(message = %id, "cannot delete an answered image; it will be answered again");
+                }
+            }
+            let _ = feedback.send(Event::Delivered { id, delivered }).await;
+        });
     }
 
     fn refresh_gauges(&self) {

@@ -155,6 +155,7 @@ pub async fn run(
             },
             client.clone(),
             events_rx,
+            events_tx.clone(),
             spool.clone(),
             routes,
             metrics.clone(),

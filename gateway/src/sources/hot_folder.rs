@@ -20,7 +20,7 @@ use medgate_shared::messages::ResultMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Source, SourceTask};
+use super::{Delivery, Source, SourceTask};
 use crate::capture::{self, Capture, Preparation};
 use crate::config::HotFolder;
 use crate::intake::{Intake, Refusal};
@@ -48,7 +48,7 @@ impl HotFolderSource {
     async fn serve(
         mut self,
         intake: Intake,
-        mut results: mpsc::Receiver<ResultMessage>,
+        mut results: mpsc::Receiver<Delivery>,
         stop: CancellationToken,
     ) {
         for sub in ["done", "rejected"] {
@@ -62,7 +62,11 @@ impl HotFolderSource {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                Some(result) = results.recv() => self.write_result(&result).await,
+                Some(delivery) = results.recv() => {
+                    if self.write_result(&delivery.result).await {
+                        let _ = delivery.done.send(());
+                    }
+                }
                 _ = tick.tick() => {
                     if !self.scan(&intake, &stop).await {
                         return;
@@ -165,9 +169,10 @@ impl HotFolderSource {
         }
     }
 
-    async fn write_result(&mut self, result: &ResultMessage) {
+    /// Writes the sidecar; false when it could not be written.
+    async fn write_result(&mut self, result: &ResultMessage) -> bool {
         let Ok(id) = result.message_id.parse::<MessageId>() else {
-            return;
+            return true;
         };
         let done = self.folder.path.join("done");
         let image = match self.done.remove(&id) {
@@ -188,11 +193,13 @@ impl HotFolderSource {
         .await;
         match written {
             Ok(()) => {
-                tracing::info!(device = %self.folder.device, file = %sidecar.display(), label = %result.label, "result written")
+                tracing::info!(device = %self.folder.device, file = %sidecar.display(), label = %result.label, "result written");
+                true
             }
             Err(e) => {
                 self.metrics.error("hot_folder_result");
                 tracing::error!(file = %sidecar.display(), cause = %e, "cannot write a result file");
+                false
             }
         }
     }
@@ -206,7 +213,7 @@ impl Source for HotFolderSource {
     fn run(
         self: Box<Self>,
         intake: Intake,
-        results: mpsc::Receiver<ResultMessage>,
+        results: mpsc::Receiver<Delivery>,
         stop: CancellationToken,
     ) -> SourceTask {
         Box::pin(self.serve(intake, results, stop))

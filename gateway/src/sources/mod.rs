@@ -13,10 +13,22 @@ use std::pin::Pin;
 
 use medgate_shared::ids::Name;
 use medgate_shared::messages::ResultMessage;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::Intake;
+
+/// A result on its way to the device that captured the image. The source
+/// answers on `done` once the device has it (register written, file
+/// written); only then does the spool let go of the image. A delivery
+/// dropped without an answer leaves the image spooled, to be published
+/// and answered again.
+pub struct Delivery {
+    /// The result.
+    pub result: ResultMessage,
+    /// Answered when delivered.
+    pub done: oneshot::Sender<()>,
+}
 
 /// A boxed source task.
 pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -31,7 +43,7 @@ pub trait Source: Send {
     fn run(
         self: Box<Self>,
         intake: Intake,
-        results: mpsc::Receiver<ResultMessage>,
+        results: mpsc::Receiver<Delivery>,
         stop: CancellationToken,
     ) -> SourceTask;
 }

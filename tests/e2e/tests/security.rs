@@ -12,20 +12,13 @@ use std::time::Duration;
 
 use medgate_shared::service::mqtt;
 use medgate_testkit::client::{self, TestClient};
-use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn shipped_acl() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mosquitto/medgate.acl"),
-    )
-    .unwrap()
-}
 
 async fn connect(pki: &Pki, broker: &Mosquitto, name: &str, filters: &[&str]) -> TestClient {
     let settings = client::settings(pki, broker, name).unwrap();
@@ -40,7 +33,7 @@ async fn a_gateway_can_neither_publish_into_nor_read_another_gateways_topics() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "site CA").unwrap();
     let options = BrokerOptions {
-        acl: Some(shipped_acl()),
+        acl: Some(shipped_acl().unwrap()),
         ..BrokerOptions::default()
     };
     let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();

@@ -240,6 +240,18 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The access rules shipped for production, `configs/mosquitto/medgate.acl`.
+///
+/// # Errors
+/// If the file cannot be read.
+pub fn shipped_acl() -> Result<String, BrokerError> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mosquitto/medgate.acl");
+    std::fs::read_to_string(&path).map_err(|source| BrokerError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })
+}
+
 fn binary() -> String {
     std::env::var("MOSQUITTO").unwrap_or_else(|_| {
         if Path::new("/usr/sbin/mosquitto").exists() {

@@ -7,13 +7,14 @@
 //!
 //! - [`registers`]: the sensor's register map.
 //! - [`driver`]: the driver, generic over `SpiDevice` + `InputPin`.
+//! - [`frames`]: which frame each image came from, across restarts.
 //! - [`virtual_bus`]: the same traits over a Unix socket, to firmware-sim.
 
 pub mod driver;
+pub mod frames;
 pub mod registers;
 pub mod virtual_bus;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,9 +27,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::driver::{SensorError, SpiSensor};
+use self::frames::FrameMap;
 use self::registers::ResultRecord;
 use self::virtual_bus::VirtualBus;
-use super::{Source, SourceTask};
+use super::{Delivery, Source, SourceTask};
 use crate::capture::{self, Capture};
 use crate::intake::{Intake, Refusal};
 use crate::metrics::Metrics;
@@ -63,6 +65,8 @@ pub struct SpiSensorConfig {
     pub bus: SensorBus,
     /// Data-ready polling period.
     pub poll: Duration,
+    /// Where the frame map lives (`{state_dir}/frames/{device}`).
+    pub frames_dir: PathBuf,
 }
 
 /// The source.
@@ -86,7 +90,7 @@ impl Source for SpiSensorSource {
     fn run(
         self: Box<Self>,
         intake: Intake,
-        results: mpsc::Receiver<ResultMessage>,
+        results: mpsc::Receiver<Delivery>,
         stop: CancellationToken,
     ) -> SourceTask {
         let runtime = tokio::runtime::Handle::current();
@@ -115,11 +119,18 @@ fn drive(
     metrics: &Metrics,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
-    mut results: mpsc::Receiver<ResultMessage>,
+    mut results: mpsc::Receiver<Delivery>,
     stop: &CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut frames: HashMap<MessageId, u32> = HashMap::new();
+    let mut frames = match FrameMap::open(&config.frames_dir) {
+        Ok(frames) => frames,
+        Err(e) => {
+            metrics.error("sensor");
+            tracing::error!(device = %config.device, dir = %config.frames_dir.display(), cause = %e, "cannot keep the frame map; sensor not served");
+            return;
+        }
+    };
     while !stop.is_cancelled() {
         let session = match &config.bus {
             SensorBus::Virtual(path) => VirtualBus::connect(path)
@@ -185,19 +196,32 @@ fn session<S: SpiDevice, P: InputPin>(
     metrics: &Metrics,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
-    results: &mut mpsc::Receiver<ResultMessage>,
-    frames: &mut HashMap<MessageId, u32>,
+    results: &mut mpsc::Receiver<Delivery>,
+    frames: &mut FrameMap,
     stop: &CancellationToken,
 ) -> Result<(), SensorError> {
+    let mut first = true;
     while !stop.is_cancelled() {
-        while let Ok(result) = results.try_recv() {
-            write_back(sensor, config, frames, &result)?;
+        while let Ok(delivery) = results.try_recv() {
+            // A bus error drops the delivery: the image stays spooled and
+            // its result comes again.
+            write_back(sensor, config, frames, &delivery.result)?;
+            let _ = delivery.done.send(());
         }
         if !sensor.frame_ready()? {
             std::thread::sleep(config.poll);
             continue;
         }
         let frame = match sensor.read_frame() {
+            // The first frame after a (re)start may be one taken just before
+            // a crash, before FRAME_DONE reached the sensor: it is spooled
+            // already, so release it rather than send it twice.
+            Ok(frame) if first && frames.has_frame(frame.frame) => {
+                first = false;
+                tracing::info!(device = %config.device, frame = frame.frame, "frame already spooled before a restart; released");
+                sensor.frame_done()?;
+                continue;
+            }
             Ok(frame) => frame,
             Err(e @ SensorError::BadFrame { .. }) => {
                 // Nothing sensible to keep: say so, release it, go on.
@@ -208,6 +232,7 @@ fn session<S: SpiDevice, P: InputPin>(
             }
             Err(e) => return Err(e),
         };
+        first = false;
         let capture = Capture {
             device: config.device.clone(),
             modality: config.modality,
@@ -215,10 +240,16 @@ fn session<S: SpiDevice, P: InputPin>(
             pixels: frame.pixels,
         };
         match runtime.block_on(intake.submit(capture)) {
-            Ok(id) => {
-                frames.insert(id, frame.frame);
-                sensor.frame_done()?;
-            }
+            Ok(id) => match frames.insert(id, frame.frame) {
+                Ok(()) => sensor.frame_done()?,
+                Err(e) => {
+                    // Spooled, but its result could not be routed after a
+                    // restart: keep the frame, so it is taken again.
+                    metrics.error("sensor");
+                    tracing::error!(device = %config.device, cause = %e, "cannot record the frame; the sensor keeps it");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            },
             Err(Refusal::Full(_)) => {
                 // The sensor keeps the frame; try again shortly.
                 std::thread::sleep(Duration::from_millis(200));
@@ -236,16 +267,12 @@ fn session<S: SpiDevice, P: InputPin>(
 fn write_back<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
     config: &SpiSensorConfig,
-    frames: &mut HashMap<MessageId, u32>,
+    frames: &mut FrameMap,
     result: &ResultMessage,
 ) -> Result<(), SensorError> {
-    let Some(frame) = result
-        .message_id
-        .parse::<MessageId>()
-        .ok()
-        .and_then(|id| frames.remove(&id))
-    else {
-        tracing::info!(device = %config.device, message = %result.message_id, label = %result.label, "result for a frame of an earlier run: logged only");
+    let id = result.message_id.parse::<MessageId>().ok();
+    let Some((id, frame)) = id.and_then(|id| Some((id, frames.frame(&id)?))) else {
+        tracing::info!(device = %config.device, message = %result.message_id, label = %result.label, "result for an image without a frame record (a second copy of a frame): logged only");
         return Ok(());
     };
     let class = result
@@ -266,6 +293,8 @@ fn write_back<S: SpiDevice, P: InputPin>(
         flags: 0,
     };
     sensor.write_result(record)?;
+    // Forgotten only once the register has it.
+    frames.forget(&id);
     tracing::info!(device = %config.device, frame, label = %result.label, "result written to the sensor");
     Ok(())
 }
