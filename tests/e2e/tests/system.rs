@@ -7,17 +7,29 @@
 //! killed with SIGKILL while it holds unacknowledged images, the gateway
 //! killed mid-stream and restarted, mosquitto restarted, mosquitto gone for
 //! 30 s while the sensors keep capturing. After each, every frame of every
-//! sensor gets exactly one result: none lost, none twice.
+//! sensor gets exactly one result: none lost, none twice. Attacks injected
+//! into the live stream (tampered, unknown key, replayed sequence, header
+//! for another device, garbage) are refused, audited and counted, and the
+//! stream goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medgate_shared::dataset::SplitName;
+use medgate_shared::envelope;
+use medgate_shared::ids::MessageId;
+use medgate_shared::keys::{ReceiverPublicKey, key_id_of};
+use medgate_shared::messages::AuditRecord;
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_sim::sensor::{Feed, Sensor};
+use medgate_testkit::client::{self, TestClient};
+use medgate_testkit::free_port;
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
 
@@ -63,12 +75,19 @@ fn mqtt_section(pki: &Pki, broker: &Mosquitto, name: &str) -> String {
     )
 }
 
-fn start_receiver(dir: &Path, pki: &Pki, broker: &Mosquitto, name: &str, key: &Path) -> Killed {
+fn start_receiver(
+    dir: &Path,
+    pki: &Pki,
+    broker: &Mosquitto,
+    name: &str,
+    key: &Path,
+) -> (Killed, SocketAddr) {
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[receiver]\nname = \"{name}\"\nprivate_key = \"{}\"\n\n{}receive_maximum = 8\n\n[model]\nbackend = \"cpu\"\nmax_batch = 8\nmax_wait_ms = 5\n\n[metrics]\nenabled = false\n\n[[notify]]\nlabel = \"pneumonia\"\nmin_probability = 0.5\nward = \"radiology\"\npriority = \"urgent\"\n",
+            "[receiver]\nname = \"{name}\"\nprivate_key = \"{}\"\n\n{}receive_maximum = 8\n\n[model]\nbackend = \"cpu\"\nmax_batch = 8\nmax_wait_ms = 5\n\n[metrics]\nlisten = \"{metrics}\"\n\n[[notify]]\nlabel = \"pneumonia\"\nmin_probability = 0.5\nward = \"radiology\"\npriority = \"urgent\"\n",
             key.display(),
             mqtt_section(pki, broker, name)
         ),
@@ -84,7 +103,7 @@ fn start_receiver(dir: &Path, pki: &Pki, broker: &Mosquitto, name: &str, key: &P
     broker
         .wait_for_log(&format!("{name} 1 $share/receivers/"), mark, WAIT)
         .unwrap();
-    Killed(child)
+    (Killed(child), metrics)
 }
 
 /// Sensors, a broker with the shipped ACL, two receivers and a gateway.
@@ -92,6 +111,8 @@ struct Rig {
     pki: Pki,
     broker: Mosquitto,
     receivers: Vec<Killed>,
+    receiver_metrics: Vec<SocketAddr>,
+    keys_dir: PathBuf,
     gateway: Option<Killed>,
     gateway_config: PathBuf,
     sensors: Vec<Sensor>,
@@ -102,6 +123,10 @@ struct Rig {
 
 impl Rig {
     fn start(frames: u32, period: Duration) -> Rig {
+        Self::start_with(frames, period, 2)
+    }
+
+    fn start_with(frames: u32, period: Duration, receivers: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
         let options = BrokerOptions {
@@ -116,10 +141,10 @@ impl Rig {
             .unwrap();
         assert!(made.status.success());
         let private = keys.join("receiver.pem");
-        let receivers = ["receiver-1", "receiver-2"]
+        let (receivers, receiver_metrics) = ["receiver-1", "receiver-2"][..receivers]
             .iter()
             .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private))
-            .collect();
+            .unzip();
         let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
         let mut sensors = Vec::new();
         let mut sources = String::new();
@@ -149,6 +174,8 @@ impl Rig {
             pki,
             broker,
             receivers,
+            receiver_metrics,
+            keys_dir: keys.clone(),
             gateway: None,
             gateway_config,
             sensors,
@@ -312,4 +339,123 @@ fn a_broker_gone_for_30_s_while_sensors_capture_loses_nothing() {
     );
     rig.broker.restart().unwrap();
     rig.every_frame_answered_once();
+}
+
+/// The metrics text of a receiver.
+fn metrics_text(address: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
+    // One receiver, so that "replayed" is judged by the receiver that saw
+    // the original (replay windows are per receiver).
+    let rig = Rig::start_with(40, Duration::from_millis(50), 1);
+    rig.results_flow(5);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reasons = runtime.block_on(async {
+        let connect = |cn: &'static str, id: &'static str, filter: &'static str| {
+            let settings = client::settings(&rig.pki, &rig.broker, cn).unwrap();
+            async move {
+                TestClient::connect(&settings, id, &[filter.to_owned()], WAIT)
+                    .await
+                    .unwrap()
+            }
+        };
+        let mut security = connect("security", "security", "medgate/v1/+/audit/+").await;
+        // A copy of real traffic (a receiver's certificate may read images),
+        // and an attacker holding gw-1's certificate.
+        let mut spy = connect("receiver-2", "spy", "medgate/v1/site-a/gw-1/images/+").await;
+        let attacker = connect("gw-1", "attacker", "medgate/v1/site-a/attacker/none").await;
+        let real = spy
+            .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+            .await
+            .unwrap()
+            .remove(0);
+        let topic = real.topic.clone();
+
+        // Tampered: one bit of the ciphertext flipped.
+        let mut tampered = real.payload.clone();
+        let at = tampered.len() - 40;
+        tampered[at] ^= 1;
+        // Unknown key: another wrapped key under a matching key id.
+        let parsed = envelope::parse(&real.payload).unwrap();
+        let body_at = parsed.associated_data.len();
+        let key_at = body_at - parsed.wrapped_key.len();
+        let mut unknown_key = real.payload.clone();
+        unknown_key[key_at..body_at].fill(0x5a);
+        let forged_id = key_id_of(&unknown_key[key_at..body_at]);
+        let id_at = unknown_key[..key_at]
+            .windows(16)
+            .position(|w| w == parsed.header.key_id.as_bytes())
+            .unwrap();
+        unknown_key[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
+        // Forged with the public key: a used sequence number (replay), and
+        // a header naming another device than the topic.
+        let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
+        let mut sealer = Sealer::new(public, RotationPolicy::default());
+        let mut meta = parsed.header.meta.clone();
+        meta.message_id = MessageId::random();
+        meta.sequence = 0;
+        let pixels = Pixels::new(8, 8, PixelFormat::Gray8, vec![7; 64]).unwrap();
+        let replayed = sealer.seal(&meta, &pixels).unwrap();
+        let mut elsewhere = meta.clone();
+        elsewhere.message_id = MessageId::random();
+        elsewhere.device = "xr-9".parse().unwrap();
+        elsewhere.sequence = 1_000_000;
+        let misplaced = sealer.seal(&elsewhere, &pixels).unwrap();
+
+        for payload in [
+            tampered,
+            unknown_key,
+            replayed,
+            misplaced,
+            b"garbage".to_vec(),
+        ] {
+            attacker.publish(topic.clone(), payload).await.unwrap();
+        }
+        let mut reasons: Vec<String> = security
+            .expect("medgate/v1/site-a/audit/receiver-1", 5, WAIT)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| {
+                serde_json::from_slice::<AuditRecord>(&m.payload)
+                    .unwrap()
+                    .reason
+            })
+            .collect();
+        reasons.sort();
+        reasons
+    });
+    assert_eq!(
+        reasons,
+        [
+            "aead",
+            "malformed",
+            "replay",
+            "topic_mismatch",
+            "unknown_key"
+        ]
+    );
+    // Counted by reason, none classified; and the stream went on.
+    rig.every_frame_answered_once();
+    let metrics = metrics_text(rig.receiver_metrics[0]);
+    for reason in [
+        "aead",
+        "malformed",
+        "replay",
+        "topic_mismatch",
+        "unknown_key",
+    ] {
+        let line = format!("medgate_receiver_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
 }
