@@ -10,11 +10,11 @@ use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::data::preprocess;
 use medgate_receiver::model::train::predict;
-use medgate_shared::envelope;
-use medgate_shared::keys::{ReceiverPrivateKey, key_id_of};
+use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::messages::{AuditRecord, Notification, ResultMessage};
 use medgate_shared::pixels::Pixels;
 use medgate_shared::seal::{RotationPolicy, Sealer};
+use medgate_testkit::forge;
 
 mod support;
 
@@ -149,20 +149,9 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
     assert_eq!(original, repeated, "the cached answer, timings included");
 
     // Refused: each audited with its reason, none classified.
-    let parsed = envelope::parse(&first).unwrap();
-    let body_at = parsed.associated_data.len();
-    let key_at = body_at - parsed.wrapped_key.len();
-    let mut tampered = sealer.seal(&meta("cam-9", 8), &images[1].0).unwrap();
-    let end = tampered.len();
-    tampered[end - 40] ^= 0x01;
-    let mut unknown_key = sealer.seal(&meta("cam-9", 9), &images[1].0).unwrap();
-    unknown_key[key_at..body_at].fill(0x5a);
-    let forged_id = key_id_of(&unknown_key[key_at..body_at]);
-    let id_at = unknown_key[..key_at]
-        .windows(16)
-        .position(|w| w == parsed.header.key_id.as_bytes())
-        .unwrap();
-    unknown_key[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
+    let tampered = forge::tampered(&sealer.seal(&meta("cam-9", 8), &images[1].0).unwrap());
+    let unknown_key =
+        forge::with_unknown_key(&sealer.seal(&meta("cam-9", 9), &images[1].0).unwrap()).unwrap();
     let other = ReceiverPrivateKey::generate(3072).unwrap();
     let foreign = Sealer::new(other.public().clone(), RotationPolicy::default())
         .seal(&meta("cam-9", 10), &images[1].0)

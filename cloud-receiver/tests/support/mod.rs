@@ -176,15 +176,9 @@ priority = "urgent"
 
     /// The metrics endpoint's text.
     pub async fn metrics_text(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        medgate_testkit::metrics::scrape(self.metrics)
             .await
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.unwrap();
-        text
+            .unwrap()
     }
 
     /// Stops the service and waits for it to return cleanly.
@@ -243,10 +237,5 @@ pub fn meta(device: &str, sequence: u64) -> ImageMeta {
 
 /// The value of the first metrics line starting with `line_start`.
 pub fn counter(metrics: &str, line_start: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    medgate_testkit::metrics::value(metrics, line_start).unwrap_or(0.0)
 }

@@ -268,22 +268,9 @@ pub fn files_in(dir: &Path, suffix: &str) -> Vec<String> {
 }
 
 pub async fn metrics_text(address: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
+    medgate_testkit::metrics::scrape(address).await.unwrap()
 }
 
 pub fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    medgate_testkit::metrics::value(metrics, name).unwrap_or(f64::NAN)
 }

@@ -23,15 +23,15 @@ use std::time::Duration;
 use medgate_shared::dataset::SplitName;
 use medgate_shared::envelope;
 use medgate_shared::ids::MessageId;
-use medgate_shared::keys::{ReceiverPublicKey, key_id_of};
+use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::messages::AuditRecord;
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_sim::sensor::{Feed, Sensor};
 use medgate_testkit::client::{self, TestClient};
-use medgate_testkit::free_port;
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
+use medgate_testkit::{forge, free_port, metrics};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -341,18 +341,6 @@ fn a_broker_gone_for_30_s_while_sensors_capture_loses_nothing() {
     rig.every_frame_answered_once();
 }
 
-/// The metrics text of a receiver.
-fn metrics_text(address: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[test]
 fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
     // One receiver, so that "replayed" is judged by the receiver that saw
@@ -381,22 +369,9 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
             .remove(0);
         let topic = real.topic.clone();
 
-        // Tampered: one bit of the ciphertext flipped.
-        let mut tampered = real.payload.clone();
-        let at = tampered.len() - 40;
-        tampered[at] ^= 1;
-        // Unknown key: another wrapped key under a matching key id.
+        let tampered = forge::tampered(&real.payload);
+        let unknown_key = forge::with_unknown_key(&real.payload).unwrap();
         let parsed = envelope::parse(&real.payload).unwrap();
-        let body_at = parsed.associated_data.len();
-        let key_at = body_at - parsed.wrapped_key.len();
-        let mut unknown_key = real.payload.clone();
-        unknown_key[key_at..body_at].fill(0x5a);
-        let forged_id = key_id_of(&unknown_key[key_at..body_at]);
-        let id_at = unknown_key[..key_at]
-            .windows(16)
-            .position(|w| w == parsed.header.key_id.as_bytes())
-            .unwrap();
-        unknown_key[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
         // Forged with the public key: a used sequence number (replay), and
         // a header naming another device than the topic.
         let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
@@ -447,7 +422,9 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
     );
     // Counted by reason, none classified; and the stream went on.
     rig.every_frame_answered_once();
-    let metrics = metrics_text(rig.receiver_metrics[0]);
+    let metrics = runtime
+        .block_on(metrics::scrape(rig.receiver_metrics[0]))
+        .unwrap();
     for reason in [
         "aead",
         "malformed",

@@ -9,7 +9,11 @@
 //!   ACLs), whose log lines tests wait on instead of sleeping.
 //! - [`client`]: an MQTT v5 client with a certificate identity that collects
 //!   what it receives, for assertions.
+//! - [`forge`]: hostile variants of sealed images.
+//! - [`metrics`]: reading a daemon's Prometheus endpoint.
 pub mod client;
+pub mod forge;
+pub mod metrics;
 pub mod mosquitto;
 pub mod pki;
 
