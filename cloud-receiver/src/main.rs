@@ -124,6 +124,7 @@ fn main() -> ExitCode {
 
 /// `run --config`: the service until SIGTERM or SIGINT.
 fn serve(file: &Path) -> ExitCode {
+    logging::exit_on_panic();
     let settings = match config::load(file) {
         Ok(settings) => settings,
         Err(e) => {

@@ -66,6 +66,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(file: &Path) -> ExitCode {
+    logging::exit_on_panic();
     let settings = match config::load(file) {
         Ok(settings) => settings,
         Err(e) => {

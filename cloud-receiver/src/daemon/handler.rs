@@ -66,9 +66,8 @@ pub struct Memory {
 
 impl Context {
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        // A panic while holding the lock brings the process down anyway
-        // (panic = abort is not set, but the handler task's panic is
-        // reported); the data inside stays consistent per call.
+        // The daemon ends on any panic (logging::exit_on_panic), so a
+        // poisoned lock is never seen in service; tests may still see one.
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -12,3 +12,14 @@ pub fn init(default_filter: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Makes a panic in any thread or task end the process (after the usual
+/// report), so that systemd restarts a clean daemon instead of leaving a
+/// half-alive one whose failed task nobody awaits.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
