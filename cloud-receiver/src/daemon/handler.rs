@@ -24,6 +24,7 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::acks::{Acks, Ticket};
 use super::batcher::Batcher;
 use super::dedupe::{Begin, Dedupe};
 use super::metrics::Metrics;
@@ -38,8 +39,10 @@ pub struct Context {
     pub name: Name,
     /// Site for audit records of unattributable messages.
     pub audit_site: Name,
-    /// The broker client (publishes and acknowledgements).
+    /// The broker client (publishes).
     pub client: AsyncClient,
+    /// Acknowledgements, in the order the images arrived.
+    pub acks: Acks,
     /// Opens sealed images; its key cache needs exclusive access.
     pub opener: Mutex<Opener>,
     /// Answers by message id and replay windows.
@@ -96,7 +99,7 @@ struct Accepted {
 }
 
 /// Handles one publish from the images subscription.
-pub async fn handle(ctx: Arc<Context>, publish: Publish) {
+pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
     let _in_flight = InFlight::enter(&ctx.metrics);
     let received = Instant::now();
     ctx.metrics.received.inc();
@@ -104,6 +107,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
     let Some(origin) = topics::parse_images(&topic) else {
         let detail = "the topic does not name a valid site, gateway and device".to_owned();
         reject(&ctx, &publish, &topic, None, "malformed", detail, None).await;
+        ticket.ack(&publish);
         return;
     };
 
@@ -120,6 +124,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
                 None,
             )
             .await;
+            ticket.ack(&publish);
             return;
         }
     };
@@ -141,6 +146,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
             header,
         )
         .await;
+        ticket.ack(&publish);
         return;
     }
 
@@ -161,6 +167,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
                 header,
             )
             .await;
+            ticket.ack(&publish);
             return;
         }
     };
@@ -169,7 +176,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
             ctx.metrics.duplicates.inc();
             tracing::debug!(message = %id, "repeated message id: answering with the earlier result");
             if publish_result(&ctx, &result).await {
-                acknowledge(&ctx, &publish).await;
+                ticket.ack(&publish);
             }
             return;
         }
@@ -178,7 +185,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
             // Acknowledge once the first copy is answered; if it is
             // abandoned, leave this copy with the broker for a retry.
             if answer.await.is_ok() {
-                acknowledge(&ctx, &publish).await;
+                ticket.ack(&publish);
             }
             return;
         }
@@ -202,7 +209,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish) {
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());
                 }
-                acknowledge(&ctx, &publish).await;
+                ticket.ack(&publish);
                 return;
             }
             abandon(&ctx, &accepted, &device);
@@ -430,13 +437,6 @@ async fn reject(
             .await
     {
         tracing::warn!(cause = %e, "audit record not published");
-    }
-    acknowledge(ctx, publish).await;
-}
-
-async fn acknowledge(ctx: &Context, publish: &Publish) {
-    if let Err(e) = ctx.client.ack(publish).await {
-        tracing::warn!(cause = %e, "acknowledgement not sent; the broker will send the image again");
     }
 }
 

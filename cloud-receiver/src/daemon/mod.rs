@@ -2,11 +2,13 @@
 //!
 //! - [`service`]: the MQTT service: event loop, intake, shutdown.
 //! - [`handler`]: one sealed image from receipt to acknowledgement.
+//! - [`acks`]: acknowledgements in arrival order (MQTT 4.6).
 //! - [`batcher`]: dynamic batching on a dedicated inference thread.
 //! - [`dedupe`]: one classification per message id; repeats get the cached result.
 //! - [`replay`]: per-device sequence windows against replayed or forged messages.
 //! - [`rules`]: which results notify which ward.
 //! - [`metrics`]: the Prometheus metrics.
+pub mod acks;
 pub mod batcher;
 pub mod dedupe;
 pub mod handler;

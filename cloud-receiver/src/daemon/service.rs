@@ -19,11 +19,12 @@ use medgate_shared::topics;
 use prometheus_client::registry::Registry;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::acks::Acks;
 use super::batcher::{self, BatchLimits};
 use super::dedupe::Dedupe;
 use super::handler::{self, Context, Memory};
@@ -68,6 +69,9 @@ pub struct Started {
     pub metrics: Option<std::net::SocketAddr>,
     /// The backend in use.
     pub backend: String,
+    /// Becomes `true` once the broker holds the shared subscription (after
+    /// its SUBACK, or at a connection that found the session).
+    pub subscribed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Runs the receiver until `shutdown` completes, then drains and returns.
@@ -125,6 +129,7 @@ pub async fn run(
         name: settings.name.clone(),
         audit_site: settings.audit_site.clone(),
         client: client.clone(),
+        acks: Acks::spawn(client.clone()),
         opener: Mutex::new(Opener::new(settings.private_key, limits.session_keys)),
         memory: Mutex::new(Memory {
             dedupe: Dedupe::new(limits.remember_results),
@@ -139,10 +144,14 @@ pub async fn run(
     let filter = topics::images_shared_subscription(&settings.group);
     let intake = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let (subscribed, subscribed_watch) = tokio::sync::watch::channel(false);
     let driver = tokio::spawn(drive(
         eventloop,
         ctx.clone(),
-        filter.clone(),
+        Subscription {
+            filter: filter.clone(),
+            subscribed,
+        },
         intake.clone(),
         tracker.clone(),
         stop.clone(),
@@ -152,6 +161,7 @@ pub async fn run(
         let _ = started.send(Started {
             metrics: metrics_address,
             backend: selected.to_string(),
+            subscribed: subscribed_watch,
         });
     }
     tracing::info!(broker = %settings.mqtt.host, port = settings.mqtt.port, subscription = %filter, "receiver running");
@@ -212,11 +222,17 @@ fn spawn_inference(
     .map_err(|e| ServiceError::Inference(e.to_string()))
 }
 
+/// The shared subscription, and who learns that the broker holds it.
+struct Subscription {
+    filter: String,
+    subscribed: tokio::sync::watch::Sender<bool>,
+}
+
 /// Owns and polls the event loop until the disconnect goes out or `stop`.
 async fn drive(
     mut eventloop: EventLoop,
     ctx: Arc<Context>,
-    filter: String,
+    Subscription { filter, subscribed }: Subscription,
     intake: CancellationToken,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -236,6 +252,9 @@ async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
+                if ack.session_present {
+                    subscribed.send_replace(true);
+                }
                 if !ack.session_present && !intake.is_cancelled() {
                     // Through a task: the request queue is drained by this
                     // very loop, so waiting on it here could deadlock.
@@ -260,10 +279,20 @@ async fn drive(
                     );
                     continue;
                 }
-                tracker.spawn(handler::handle(ctx.clone(), publish));
+                let ticket = ctx.acks.ticket();
+                tracker.spawn(handler::handle(ctx.clone(), publish, ticket));
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(codes = ?ack.return_codes, "subscribed");
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
+                if granted {
+                    tracing::info!(codes = ?ack.return_codes, "subscribed");
+                    subscribed.send_replace(true);
+                } else {
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused the subscription");
+                }
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 tracing::warn!(reason = ?d.reason_code, "the broker closed the session");
