@@ -12,7 +12,9 @@
 //! - [`publisher`]: publication, acknowledgement, re-publication, results.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`service`]: `run`, which ties them together, with systemd notifications.
+//! - [`cli`]: the `medgate-gateway` command line.
 pub mod capture;
+pub mod cli;
 pub mod config;
 pub mod intake;
 pub mod metrics;
