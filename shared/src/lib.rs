@@ -35,6 +35,8 @@ pub mod topics;
 
 #[cfg(feature = "dataset")]
 pub mod dataset;
+#[cfg(feature = "pki")]
+pub mod pki;
 #[cfg(feature = "plot")]
 pub mod plotting;
 #[cfg(feature = "service")]

@@ -1,6 +1,7 @@
-//! A throwaway PKI: one CA, a broker certificate for `127.0.0.1` and
-//! `localhost`, and client certificates whose common name is the MQTT
-//! identity (mosquitto's `use_identity_as_username`).
+//! A throwaway PKI for the demo and the tests: one CA, a broker certificate
+//! for `127.0.0.1` and `localhost`, and client certificates whose common name
+//! is the MQTT identity (mosquitto's `use_identity_as_username`). Keys are
+//! generated fresh each time and never meant for production.
 
 use std::path::{Path, PathBuf};
 
@@ -96,7 +97,7 @@ impl Pki {
             key: self.dir.join(format!("{name}.key")),
         };
         write(&files.cert, &cert.pem())?;
-        write(&files.key, &key.serialize_pem())?;
+        write_private(&files.key, &key.serialize_pem())?;
         Ok(files)
     }
 }
@@ -106,4 +107,21 @@ fn write(path: &Path, text: &str) -> Result<(), PkiError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(|source| PkiError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }

@@ -9,8 +9,10 @@
 //! - [`metrics`]: a Prometheus text endpoint.
 //! - [`logging`]: the `tracing` subscriber every binary installs.
 //! - [`signals`]: the shutdown signal of a daemon (SIGTERM or Ctrl-C).
+//! - [`procstat`]: a process's memory and CPU time, for benchmarks.
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod procstat;
 pub mod settings;
 pub mod signals;

@@ -3,8 +3,7 @@
 //! 127.0.0.1.
 //!
 //! # Layout
-//! - [`pki`]: a throwaway certificate authority with server and client
-//!   certificates (rcgen).
+//! - [`pki`]: the throwaway certificate authority of `medgate_shared::pki`.
 //! - [`mosquitto`]: a real mosquitto broker with mutual TLS (and optional
 //!   ACLs), whose log lines tests wait on instead of sleeping.
 //! - [`client`]: an MQTT v5 client with a certificate identity that collects
@@ -15,7 +14,7 @@ pub mod client;
 pub mod forge;
 pub mod metrics;
 pub mod mosquitto;
-pub mod pki;
+pub use medgate_shared::pki;
 
 /// A port on 127.0.0.1 that was free a moment ago.
 ///
