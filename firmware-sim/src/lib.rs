@@ -1,6 +1,6 @@
-//! medgate's simulator and tool box: simulated sensor firmware, cipher
-//! reports and benchmarks, key and envelope tools. The load generator and
-//! the one-command demo arrive with their own issue.
+//! medgate's simulator and tool box: simulated sensor firmware, the
+//! one-command demo of the whole system, the load generator, cipher reports
+//! and benchmarks, key and envelope tools.
 //!
 //! # Layout
 //! - [`imageio`]: image files in, PNG out, bounded decoding, atomic writes.
@@ -8,8 +8,19 @@
 //! - [`bench`]: `bench-cipher`, Henon beside ChaCha20-Poly1305 and SHA-512.
 //! - [`tools`]: `keygen`, `seal`, `open`, `xray`.
 //! - [`sensor`]: the simulated SPI image sensor (`sensor`).
+//! - [`broker`]: the embedded MQTT broker (rumqttd) of the demo.
+//! - [`system`]: a whole system on one machine: PKI, broker, receivers,
+//!   gateway, sensors.
+//! - [`demo`]: `demo`, one line per result and a summary.
+//! - [`load`]: `load`, the load generator and its ceiling.
+//! - [`stats`]: latency percentiles.
 pub mod bench;
+pub mod broker;
+pub mod demo;
 pub mod imageio;
+pub mod load;
 pub mod report;
 pub mod sensor;
+pub mod stats;
+pub mod system;
 pub mod tools;

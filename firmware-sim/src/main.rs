@@ -14,7 +14,7 @@ use medgate_shared::quality;
 use medgate_shared::service::logging;
 use medgate_sim::imageio::{self, Depth};
 use medgate_sim::tools::{self, OpenFileError, SealRequest};
-use medgate_sim::{bench, report, sensor};
+use medgate_sim::{bench, demo, load, report, sensor};
 
 /// Exit status for a sealed image that was rejected (EX_DATAERR).
 const EXIT_REJECTED: u8 = 65;
@@ -32,6 +32,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole system in one process: embedded broker (mutual TLS), receiver, gateway and
+    /// simulated sensors streaming chest X-rays; one line per result, then a summary.
+    Demo {
+        /// Stop after this many results (default: run until Ctrl-C).
+        #[arg(long)]
+        images: Option<usize>,
+        /// Simulated sensors.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        sensors: u16,
+        /// Frames per second of each sensor.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=4096))]
+        size: u32,
+        /// The PneumoniaMNIST file (default: $MEDGATE_DATA_DIR/pneumoniamnist.npz, else what
+        /// scripts/fetch-data downloaded; generated images without one).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The receiver's backend: auto, cpu or wgpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// Load benchmark: sensors → a real gateway process → embedded broker → receiver; images/s,
+    /// latency, gateway memory and CPU, and the broker's raw TLS QoS 1 ceiling in the same run.
+    Load {
+        /// Simulated sensors.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+        sensors: u16,
+        /// Images per second offered by all sensors together.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Measured seconds (after a warm-up of --warm-up seconds).
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Unmeasured seconds first.
+        #[arg(long, default_value_t = 3)]
+        warm_up: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=4096))]
+        size: u32,
+        /// Receivers in the shared subscription group (in this process).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        receivers: u16,
+        /// The receivers' backend: auto, cpu or wgpu.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// The PneumoniaMNIST file (generated images without one).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The gateway program (default: medgate-gateway beside this program, else this
+        /// program's copy of the gateway).
+        #[arg(long)]
+        gateway_bin: Option<PathBuf>,
+        /// Seconds of the ceiling measurement.
+        #[arg(long, default_value_t = 10)]
+        ceiling_seconds: u64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The gateway's own command line (`medgate-sim gateway run --config FILE`), for the load
+    /// generator when no medgate-gateway binary is at hand.
+    #[command(hide = true)]
+    Gateway {
+        /// Arguments of medgate-gateway.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Measure the Henon cipher on an image: NPCR, UACI, entropy, correlation, PSNR.
     CipherReport {
         /// Any image the `image` crate reads (PNG, JPEG, TIFF); converted to 8-bit gray.
@@ -158,8 +227,21 @@ fn parse_key(hex_key: &str) -> anyhow::Result<HenonKey> {
 }
 
 fn main() -> ExitCode {
-    logging::init("info");
-    match run(Cli::parse().command) {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gateway { args } => {
+            return medgate_gateway::cli::main(
+                std::iter::once(std::ffi::OsString::from("medgate-gateway")).chain(args),
+            );
+        }
+        // The demo speaks on stdout; daemons only warn (RUST_LOG for more).
+        Command::Demo { .. } | Command::Load { .. } => {
+            logging::exit_on_panic();
+            logging::init("warn,rumqttd=off");
+        }
+        _ => logging::init("info"),
+    }
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("medgate-sim: error: {e:#}");
@@ -170,6 +252,58 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Gateway { .. } => {
+            anyhow::bail!("internal: the gateway command runs before logging starts")
+        }
+        Command::Demo {
+            images,
+            sensors,
+            rate,
+            size,
+            data,
+            backend,
+        } => {
+            anyhow::ensure!(rate > 0.0 && rate <= 100.0, "--rate must be in (0, 100]");
+            demo::run(&demo::DemoOptions {
+                sensors: usize::from(sensors),
+                rate,
+                size,
+                images,
+                data,
+                backend,
+            })?;
+        }
+        Command::Load {
+            sensors,
+            rate,
+            duration,
+            warm_up,
+            size,
+            receivers,
+            backend,
+            data,
+            gateway_bin,
+            ceiling_seconds,
+            json,
+        } => {
+            let report = load::run(&load::LoadOptions {
+                sensors: usize::from(sensors),
+                rate,
+                duration: std::time::Duration::from_secs(duration.max(1)),
+                warm_up: std::time::Duration::from_secs(warm_up),
+                size,
+                data,
+                backend,
+                receivers: usize::from(receivers),
+                gateway: gateway_program(gateway_bin)?,
+                ceiling_duration: std::time::Duration::from_secs(ceiling_seconds.max(1)),
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", load::render_text(&report));
+            }
+        }
         Command::CipherReport {
             image,
             json,
@@ -291,6 +425,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gateway the load generator starts: `--gateway-bin`, else the
+/// `medgate-gateway` built beside this program, else this program's copy.
+fn gateway_program(explicit: Option<PathBuf>) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    if let Some(program) = explicit {
+        anyhow::ensure!(
+            program.is_file(),
+            "--gateway-bin {}: no such file",
+            program.display()
+        );
+        return Ok((program, Vec::new()));
+    }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("medgate-gateway");
+    if beside.is_file() {
+        Ok((beside, Vec::new()))
+    } else {
+        Ok((me, vec!["gateway".to_owned()]))
+    }
 }
 
 fn run_sensors(

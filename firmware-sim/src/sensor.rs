@@ -6,10 +6,11 @@
 //! the results the gateway writes into its RESULT register. It is reached
 //! over the gateway's virtual SPI bus (a Unix socket).
 
+use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use image::imageops::FilterType;
 use medgate_gateway::sources::spi::registers::{self as reg, FrameInfo, ResultRecord};
@@ -21,6 +22,8 @@ use medgate_shared::pixels::{PixelFormat, Pixels};
 #[derive(Debug, Clone)]
 pub struct Feed {
     images: Vec<Pixels>,
+    /// The dataset's label of each image, where it has one.
+    truth: Vec<Option<u8>>,
     next: usize,
 }
 
@@ -37,12 +40,20 @@ impl Feed {
     ) -> anyhow::Result<Self> {
         let data = dataset::read_split(path, split)?;
         let side = data.width as u32;
-        let images = (0..data.labels.len().min(limit.max(1)))
-            .filter_map(|i| data.image(i))
-            .map(|raw| scale(raw, side, size))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut images = Vec::new();
+        let mut truth = Vec::new();
+        for i in 0..data.labels.len().min(limit.max(1)) {
+            if let Some(raw) = data.image(i) {
+                images.push(scale(raw, side, size)?);
+                truth.push(data.labels.get(i).copied());
+            }
+        }
         anyhow::ensure!(!images.is_empty(), "{}: no images", path.display());
-        Ok(Self { images, next: 0 })
+        Ok(Self {
+            images,
+            truth,
+            next: 0,
+        })
     }
 
     /// Every readable image file (PNG, JPEG, TIFF) in `dir`, as 8-bit
@@ -76,7 +87,11 @@ impl Feed {
             }
         }
         anyhow::ensure!(!images.is_empty(), "{}: no readable image", dir.display());
-        Ok(Self { images, next: 0 })
+        Ok(Self {
+            truth: vec![None; images.len()],
+            images,
+            next: 0,
+        })
     }
 
     /// Generated test images (gradients and discs), for a machine without data.
@@ -94,14 +109,39 @@ impl Feed {
                 Pixels::new(size, size, PixelFormat::Gray8, data)
             })
             .filter_map(Result::ok)
-            .collect();
-        Self { images, next: 0 }
+            .collect::<Vec<_>>();
+        Self {
+            truth: vec![None; images.len()],
+            images,
+            next: 0,
+        }
     }
 
-    fn take(&mut self) -> Pixels {
-        let image = self.images[self.next % self.images.len()].clone();
+    /// The same images, the first taken at `offset` (so that several
+    /// sensors on one feed do not show the same image at once).
+    pub fn starting_at(mut self, offset: usize) -> Self {
+        self.next = offset % self.images.len().max(1);
+        self
+    }
+
+    /// Its images.
+    pub fn images(&self) -> &[Pixels] {
+        &self.images
+    }
+
+    /// Whether the images carry dataset labels.
+    pub fn labelled(&self) -> bool {
+        self.truth.iter().any(Option::is_some)
+    }
+
+    /// The next image and its label, round and round.
+    fn take(&mut self) -> (Pixels, Option<u8>) {
+        let at = self.next % self.images.len();
         self.next += 1;
-        image
+        (
+            self.images[at].clone(),
+            self.truth.get(at).copied().flatten(),
+        )
     }
 }
 
@@ -128,12 +168,24 @@ pub struct SensorLog {
     /// RESULT writes for a frame that already had one (ignored, as the
     /// register map says: the host delivers at least once).
     pub repeated: u32,
+    /// Capture to result, per entry of `results`: from the moment the frame
+    /// was ready (data-ready raised) to its RESULT write.
+    pub latencies: Vec<Duration>,
+    /// The feed's label of each entry of `results`, where it has one.
+    pub truths: Vec<Option<u8>>,
+    /// Frame clock ticks at which the previous frame was still waiting for
+    /// the host, so no frame was captured (the host is too slow).
+    pub missed: u32,
 }
 
 struct Frame {
     info: FrameInfo,
     data: Vec<u8>,
 }
+
+/// How long a frame's capture time is remembered waiting for its result;
+/// older entries are dropped (their results count without a latency).
+const PENDING_RESULTS: usize = 65_536;
 
 /// The register machine.
 struct Machine {
@@ -142,6 +194,37 @@ struct Machine {
     command: Option<u8>,
     written: Vec<u8>,
     log: SensorLog,
+    /// When each frame still waiting for its result was captured, and its
+    /// label in the feed.
+    captured: HashMap<u32, (Instant, Option<u8>)>,
+    /// Cleared by [`Sensor::stop_capturing`].
+    capturing: bool,
+}
+
+impl Machine {
+    fn capture(&mut self, (pixels, truth): (Pixels, Option<u8>)) {
+        self.log.produced += 1;
+        let frame = self.log.produced;
+        let info = FrameInfo {
+            frame,
+            width: pixels.width() as u16,
+            height: pixels.height() as u16,
+            bits: if pixels.format() == PixelFormat::Gray16 {
+                16
+            } else {
+                8
+            },
+            length: pixels.data().len() as u32,
+        };
+        self.frame = Some(Frame {
+            info,
+            data: pixels.into_data(),
+        });
+        if self.captured.len() >= PENDING_RESULTS {
+            self.captured.clear();
+        }
+        self.captured.insert(frame, (Instant::now(), truth));
+    }
 }
 
 impl SpiTarget for Machine {
@@ -200,10 +283,21 @@ impl SpiTarget for Machine {
                 let mut bytes = [0u8; reg::RESULT_LEN];
                 bytes.copy_from_slice(&self.written);
                 let record = ResultRecord::from_bytes(&bytes);
-                if self.log.results.iter().any(|r| r.frame == record.frame) {
-                    self.log.repeated += 1;
-                } else {
-                    self.log.results.push(record);
+                match self.captured.remove(&record.frame) {
+                    Some((at, truth)) => {
+                        self.log.results.push(record);
+                        self.log.latencies.push(at.elapsed());
+                        self.log.truths.push(truth);
+                    }
+                    None if self.log.results.iter().any(|r| r.frame == record.frame) => {
+                        self.log.repeated += 1;
+                    }
+                    // Remembered no longer: answered once, without a latency.
+                    None => {
+                        self.log.results.push(record);
+                        self.log.latencies.push(Duration::ZERO);
+                        self.log.truths.push(None);
+                    }
                 }
             }
             _ => {}
@@ -226,8 +320,9 @@ pub struct Sensor {
 
 impl Sensor {
     /// Starts a sensor named `name` listening on `socket` (replacing a stale
-    /// socket file), producing a frame from `feed` every `period` while no
-    /// frame is waiting.
+    /// socket file), capturing a frame from `feed` at every tick of a
+    /// `period` clock unless the previous frame is still waiting (a missed
+    /// tick, counted in [`SensorLog::missed`]).
     ///
     /// # Errors
     /// If the socket cannot be bound.
@@ -242,8 +337,24 @@ impl Sensor {
     pub fn start_limited(
         name: &str,
         socket: &Path,
+        feed: Feed,
+        period: Duration,
+        limit: Option<u32>,
+    ) -> std::io::Result<Self> {
+        Self::start_phased(name, socket, feed, period, Duration::ZERO, limit)
+    }
+
+    /// As [`start_limited`](Self::start_limited), with the first frame
+    /// `phase` after the start (sensors of one site do not tick together).
+    ///
+    /// # Errors
+    /// If the socket cannot be bound.
+    pub fn start_phased(
+        name: &str,
+        socket: &Path,
         mut feed: Feed,
         period: Duration,
+        phase: Duration,
         limit: Option<u32>,
     ) -> std::io::Result<Self> {
         if socket.exists() {
@@ -260,6 +371,8 @@ impl Sensor {
                     command: None,
                     written: Vec::new(),
                     log: SensorLog::default(),
+                    captured: HashMap::new(),
+                    capturing: true,
                 }),
                 Condvar::new(),
             )),
@@ -268,33 +381,29 @@ impl Sensor {
         std::thread::Builder::new()
             .name(format!("sensor-{name}-frames"))
             .spawn(move || {
+                std::thread::sleep(phase);
+                let mut tick = Instant::now();
                 loop {
                     {
                         let (lock, _) = &*state;
                         let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                        let more = limit.is_none_or(|l| machine.log.produced < l);
-                        if machine.frame.is_none() && more {
-                            let pixels = feed.take();
-                            machine.log.produced += 1;
-                            let info = FrameInfo {
-                                frame: machine.log.produced,
-                                width: pixels.width() as u16,
-                                height: pixels.height() as u16,
-                                bits: if pixels.format() == PixelFormat::Gray16 {
-                                    16
-                                } else {
-                                    8
-                                },
-                                length: pixels.data().len() as u32,
-                            };
-                            machine.frame = Some(Frame {
-                                info,
-                                data: pixels.into_data(),
-                            });
+                        let more =
+                            machine.capturing && limit.is_none_or(|l| machine.log.produced < l);
+                        if machine.frame.is_some() && more {
+                            machine.log.missed += 1;
+                        } else if more {
+                            machine.capture(feed.take());
                         }
                     }
-                    // The frame clock of the simulated device.
-                    std::thread::sleep(period);
+                    // The frame clock of the simulated device: fixed ticks,
+                    // so that the rate holds however long a capture takes.
+                    tick += period;
+                    let now = Instant::now();
+                    if tick > now {
+                        std::thread::sleep(tick - now);
+                    } else {
+                        tick = now;
+                    }
                 }
             })?;
         let state = sensor.state.clone();
@@ -326,6 +435,15 @@ impl Sensor {
         &self.socket
     }
 
+    /// Captures no more frames (a frame already waiting stays readable, and
+    /// results are still taken).
+    pub fn stop_capturing(&self) {
+        let (lock, _) = &*self.state;
+        lock.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .capturing = false;
+    }
+
     /// A copy of what it has seen.
     pub fn log(&self) -> SensorLog {
         let (lock, _) = &*self.state;
@@ -339,10 +457,10 @@ impl Sensor {
     /// returns the results so far.
     pub fn wait_for_results(&self, count: usize, timeout: Duration) -> Vec<ResultRecord> {
         let (lock, changed) = &*self.state;
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
         while machine.log.results.len() < count {
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if now >= deadline {
                 break;
             }

@@ -115,18 +115,32 @@ pub fn open(
     Ok(opened.header)
 }
 
-/// Where the PneumoniaMNIST file is: `--data`, else `$MEDGATE_DATA_DIR/pneumoniamnist.npz`.
+/// The data file's name in a data folder.
+pub const DATA_FILE: &str = "pneumoniamnist.npz";
+
+/// Where `scripts/fetch-data` puts the data file when `MEDGATE_DATA_DIR` is
+/// not set: `~/.cache/medgate/data`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medgate/data"))
+}
+
+/// Where the PneumoniaMNIST file is: `--data`, else
+/// `$MEDGATE_DATA_DIR/pneumoniamnist.npz`, else the file `scripts/fetch-data`
+/// downloaded into [`default_data_dir`].
 ///
 /// # Errors
-/// When neither is given.
+/// When none is given or found.
 pub fn dataset_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         return Ok(path);
     }
-    match std::env::var_os("MEDGATE_DATA_DIR") {
-        Some(dir) => Ok(PathBuf::from(dir).join("pneumoniamnist.npz")),
-        None => anyhow::bail!(
-            "no data file: pass --data FILE.npz or set MEDGATE_DATA_DIR to the folder holding pneumoniamnist.npz"
+    if let Some(dir) = std::env::var_os("MEDGATE_DATA_DIR") {
+        return Ok(PathBuf::from(dir).join(DATA_FILE));
+    }
+    match default_data_dir().map(|dir| dir.join(DATA_FILE)) {
+        Some(path) if path.exists() => Ok(path),
+        _ => anyhow::bail!(
+            "no data file: pass --data FILE.npz, set MEDGATE_DATA_DIR to the folder holding {DATA_FILE}, or run scripts/fetch-data"
         ),
     }
 }

@@ -1,0 +1,428 @@
+//! `medgate-sim load`: the load generator. Simulated sensors capture at a set
+//! total rate through a real `medgate-gateway` process, the embedded broker
+//! (mutual TLS) and an in-process receiver; it reports the images answered
+//! per second end to end, capture→result latency percentiles, the gateway
+//! process's memory and CPU, and, in the same run and through the same
+//! broker, the ceiling: plain TLS QoS 1 publication of the same sealed
+//! payloads from one client to another, with the ratio of the two.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use medgate_shared::dataset::SplitName;
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::keys::ReceiverPublicKey;
+use medgate_shared::seal::{RotationPolicy, Sealer};
+use medgate_shared::service::procstat;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event};
+use serde::Serialize;
+
+use crate::sensor::Feed;
+use crate::stats::{Latencies, Percentiles};
+use crate::system::{GatewayMode, Options, System};
+use crate::tools;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Simulated sensors.
+    pub sensors: usize,
+    /// Images per second offered by all sensors together.
+    pub rate: f64,
+    /// Measured time, after the warm-up.
+    pub duration: Duration,
+    /// Unmeasured time first (connections, first batches).
+    pub warm_up: Duration,
+    /// Image side in pixels.
+    pub size: u32,
+    /// The PneumoniaMNIST file, if not the default place.
+    pub data: Option<PathBuf>,
+    /// The receiver's backend.
+    pub backend: String,
+    /// Receivers in the group.
+    pub receivers: usize,
+    /// The gateway program and its arguments before `run`.
+    pub gateway: (PathBuf, Vec<String>),
+    /// How long the ceiling is measured.
+    pub ceiling_duration: Duration,
+}
+
+/// The load report (`--json` prints it as one object).
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Simulated sensors.
+    pub sensors: usize,
+    /// Receivers.
+    pub receivers: usize,
+    /// The receivers' backend.
+    pub backend: String,
+    /// Image side.
+    pub size: u32,
+    /// Bytes of one sealed image.
+    pub sealed_bytes: usize,
+    /// Images per second offered.
+    pub offered_per_s: f64,
+    /// Measured seconds.
+    pub seconds: f64,
+    /// Frames captured in the measured time.
+    pub captured: u64,
+    /// Clock ticks without a capture because the previous frame still
+    /// waited for the gateway (back-pressure).
+    pub missed_ticks: u64,
+    /// Results that reached their sensor in the measured time.
+    pub answered: u64,
+    /// Images answered per second, end to end.
+    pub images_per_s: f64,
+    /// Capture→result latency of those results.
+    pub latency_ms: Option<Percentiles>,
+    /// The gateway process.
+    pub gateway: GatewayFootprint,
+    /// The same broker's plain TLS QoS 1 delivery of the same payloads.
+    pub ceiling: Ceiling,
+    /// `images_per_s / ceiling.messages_per_s`.
+    pub ratio_of_ceiling: f64,
+}
+
+/// The gateway process's footprint during the measured time.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayFootprint {
+    /// Its program.
+    pub program: String,
+    /// Median resident set, MB.
+    pub rss_median_mb: f64,
+    /// Peak resident set (VmHWM), MB.
+    pub rss_peak_mb: f64,
+    /// CPU time over wall time, percent of one core.
+    pub cpu_percent: f64,
+}
+
+/// The ceiling measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// Messages published.
+    pub messages: u64,
+    /// Messages delivered to the subscriber per second.
+    pub messages_per_s: f64,
+    /// Publish→delivery latency at that saturation, ms.
+    pub latency_ms: Option<Percentiles>,
+    /// Publications in flight (the gateway's `mqtt.max_inflight`).
+    pub in_flight: u16,
+}
+
+/// How often the gateway's memory is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// How long results of frames captured before the end may still arrive.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Runs the load and returns the report.
+///
+/// # Errors
+/// If the system does not start, a daemon fails, or the ceiling's clients
+/// cannot connect.
+pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(options.sensors > 0, "--sensors must be at least 1");
+    anyhow::ensure!(
+        options.rate > 0.0 && options.rate <= 10_000.0,
+        "--rate must be in (0, 10000] images/s"
+    );
+    let feed = match tools::dataset_path(options.data.clone()) {
+        Ok(path) if path.exists() => Feed::from_npz(&path, SplitName::Val, options.size, 64)?,
+        _ => Feed::generated(options.size, 16),
+    };
+    let (program, args) = options.gateway.clone();
+    let mut system = System::start(&Options {
+        sensors: options.sensors,
+        rate: options.rate / options.sensors as f64,
+        feed: feed.clone(),
+        receivers: options.receivers,
+        backend: options.backend.clone(),
+        max_batch: 32,
+        gateway: GatewayMode::Process {
+            program: program.clone(),
+            args,
+        },
+        poll_ms: 1,
+    })?;
+    let pid = system
+        .gateway_pid()
+        .context("the gateway runs as a process")?;
+
+    // Warm-up: connections, the first batches, page cache.
+    let until = Instant::now() + options.warm_up;
+    while Instant::now() < until {
+        ensure_running(&mut system)?;
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+
+    let before: Vec<_> = system.sensors().iter().map(|s| s.log()).collect();
+    let ticks_before = procstat::cpu_ticks(pid);
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    while started.elapsed() < options.duration {
+        ensure_running(&mut system)?;
+        rss.push(procstat::status_kb(pid, "VmRSS:"));
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after: Vec<_> = system.sensors().iter().map(|s| s.log()).collect();
+    let cpu_seconds =
+        procstat::cpu_ticks(pid).saturating_sub(ticks_before) as f64 / procstat::clock_ticks();
+    let peak_kb = procstat::status_kb(pid, "VmHWM:");
+    rss.sort_unstable();
+
+    let mut latencies = Latencies::default();
+    let (mut captured, mut missed, mut answered) = (0u64, 0u64, 0u64);
+    for (then, now) in before.iter().zip(&after) {
+        captured += u64::from(now.produced - then.produced);
+        missed += u64::from(now.missed - then.missed);
+        answered += (now.results.len() - then.results.len()) as u64;
+        latencies.extend(now.latencies[then.latencies.len()..].iter().copied());
+    }
+    // Let what was captured be answered before the gateway goes, so that
+    // the ceiling runs on a quiet broker.
+    let drained = Instant::now() + DRAIN;
+    while Instant::now() < drained
+        && system
+            .sensors()
+            .iter()
+            .map(|s| s.log())
+            .any(|log| (log.results.len() as u32) < log.produced)
+    {
+        ensure_running(&mut system)?;
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    system.stop_gateway_process();
+
+    let payloads = sealed_payloads(&system, &feed)?;
+    let sealed_bytes = payloads.first().map_or(0, Vec::len);
+    let ceiling = ceiling(&system, payloads, options.ceiling_duration)?;
+    let images_per_s = answered as f64 / seconds;
+    let report = LoadReport {
+        sensors: options.sensors,
+        receivers: options.receivers,
+        backend: system.backend().to_owned(),
+        size: options.size,
+        sealed_bytes,
+        offered_per_s: options.rate,
+        seconds,
+        captured,
+        missed_ticks: missed,
+        answered,
+        images_per_s,
+        latency_ms: latencies.summary_ms(),
+        gateway: GatewayFootprint {
+            program: program.display().to_string(),
+            rss_median_mb: rss.get(rss.len() / 2).copied().unwrap_or(0) as f64 / 1024.0,
+            rss_peak_mb: peak_kb as f64 / 1024.0,
+            cpu_percent: 100.0 * cpu_seconds / seconds,
+        },
+        ratio_of_ceiling: if ceiling.messages_per_s > 0.0 {
+            images_per_s / ceiling.messages_per_s
+        } else {
+            0.0
+        },
+        ceiling,
+    };
+    system.shutdown()?;
+    Ok(report)
+}
+
+fn ensure_running(system: &mut System) -> anyhow::Result<()> {
+    if system.interrupted() {
+        anyhow::bail!("interrupted");
+    }
+    match system.failed() {
+        Some(failure) => Err(anyhow::anyhow!("{failure}")),
+        None => Ok(()),
+    }
+}
+
+/// The feed's images sealed as the gateway seals them.
+fn sealed_payloads(system: &System, feed: &Feed) -> anyhow::Result<Vec<Vec<u8>>> {
+    let public = ReceiverPublicKey::read(system.receiver_public_key())?;
+    let mut sealer = Sealer::new(public, RotationPolicy::default());
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let name = |text: &str| Name::new(text).map_err(anyhow::Error::from);
+    let (site, gateway, device) = (name("bench")?, name("ceiling")?, name("raw")?);
+    feed.images()
+        .iter()
+        .take(16)
+        .enumerate()
+        .map(|(k, image)| {
+            let meta = ImageMeta {
+                message_id: MessageId::random(),
+                site: site.clone(),
+                gateway: gateway.clone(),
+                device: device.clone(),
+                sequence: k as u64,
+                captured_at_ms: now_ms,
+                modality: Modality::Dx,
+                model_hint: None,
+            };
+            Ok(sealer.seal(&meta, image)?)
+        })
+        .collect()
+}
+
+/// Publishes `payloads` round and round for `duration` from one client to
+/// another through the system's broker, QoS 1 both ways, with as many
+/// publications in flight as the gateway allows itself.
+fn ceiling(system: &System, payloads: Vec<Vec<u8>>, duration: Duration) -> anyhow::Result<Ceiling> {
+    anyhow::ensure!(!payloads.is_empty(), "no payloads for the ceiling");
+    // Outside medgate's topic tree: no receiver subscribes to it.
+    const TOPIC: &str = "medgate-bench/ceiling";
+    let (pub_settings, pub_tls) = system.client("ceiling-pub")?;
+    let (sub_settings, sub_tls) = system.client("ceiling-sub")?;
+    let in_flight = pub_settings.max_inflight;
+    system.runtime().block_on(async move {
+        let mut sub_options = sub_settings.options("ceiling-sub", sub_tls);
+        sub_options.set_clean_start(true);
+        sub_options.set_receive_maximum(Some(in_flight));
+        let (subscriber, mut sub_loop) = AsyncClient::new(sub_options, 64);
+        subscriber.subscribe(TOPIC, QoS::AtLeastOnce).await?;
+        let delivered = Arc::new(AtomicU64::new(0));
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+        let counter = delivered.clone();
+        let sub_task = tokio::spawn(async move {
+            let mut subscribed_tx = Some(subscribed_tx);
+            loop {
+                match sub_loop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let index = publish
+                            .payload
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(u64::MAX, u64::from_le_bytes);
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = arrivals_tx.send((index, Instant::now()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return anyhow::Result::<()>::Err(anyhow::anyhow!(
+                            "ceiling subscriber: {e}"
+                        ));
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(30), subscribed_rx)
+            .await
+            .context("the ceiling's subscriber did not subscribe")??;
+
+        let mut pub_options = pub_settings.options("ceiling-pub", pub_tls);
+        pub_options.set_clean_start(true);
+        let (publisher, mut pub_loop) = AsyncClient::new(pub_options, 64);
+        let pub_task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = pub_loop.poll().await {
+                    return anyhow::Result::<()>::Err(anyhow::anyhow!("ceiling publisher: {e}"));
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut sent_at = Vec::new();
+        while started.elapsed() < duration {
+            let index = sent_at.len() as u64;
+            // The payload is the sealed image, its first 8 bytes replaced
+            // by the publication's index (to pair it with its arrival).
+            let mut payload = payloads[index as usize % payloads.len()].clone();
+            if let Some(head) = payload.get_mut(..8) {
+                head.copy_from_slice(&index.to_le_bytes());
+            }
+            sent_at.push(Instant::now());
+            publisher
+                .publish(TOPIC, QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+        let sent = sent_at.len() as u64;
+        let deadline = Instant::now() + DRAIN;
+        while delivered.load(Ordering::SeqCst) < sent && Instant::now() < deadline {
+            if sub_task.is_finished() || pub_task.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut latencies = Latencies::default();
+        let mut last = started;
+        while let Ok((index, at)) = arrivals.try_recv() {
+            if let Some(sent) = sent_at.get(index as usize) {
+                latencies.push(at.duration_since(*sent));
+            }
+            last = last.max(at);
+        }
+        let _ = publisher.disconnect().await;
+        let _ = subscriber.disconnect().await;
+        pub_task.abort();
+        sub_task.abort();
+        let received = latencies.len() as u64;
+        anyhow::ensure!(
+            received == sent,
+            "the ceiling's subscriber got {received} of {sent} messages"
+        );
+        Ok(Ceiling {
+            messages: sent,
+            messages_per_s: received as f64 / last.duration_since(started).as_secs_f64().max(1e-9),
+            latency_ms: latencies.summary_ms(),
+            in_flight,
+        })
+    })
+}
+
+/// The report as text.
+pub fn render_text(report: &LoadReport) -> String {
+    let latency = |p: Option<Percentiles>| {
+        p.map_or_else(
+            || "none".to_owned(),
+            |p| {
+                format!(
+                    "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    p.p50, p.p90, p.p99, p.max
+                )
+            },
+        )
+    };
+    format!(
+        "load: {} sensor(s), {:.1} images/s offered, {}×{} ({} bytes sealed), {} receiver(s) on {}\n\
+         end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks)\n\
+         latency:      capture→result {}\n\
+         gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
+         ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, same broker, same payloads), {}\n\
+         ratio:        {:.2} of the ceiling\n",
+        report.sensors,
+        report.offered_per_s,
+        report.size,
+        report.size,
+        report.sealed_bytes,
+        report.receivers,
+        report.backend,
+        report.images_per_s,
+        report.answered,
+        report.captured,
+        report.seconds,
+        report.missed_ticks,
+        latency(report.latency_ms),
+        report.gateway.rss_median_mb,
+        report.gateway.rss_peak_mb,
+        report.gateway.cpu_percent,
+        report.gateway.program,
+        report.ceiling.messages_per_s,
+        report.ceiling.in_flight,
+        latency(report.ceiling.latency_ms),
+        report.ratio_of_ceiling,
+    )
+}

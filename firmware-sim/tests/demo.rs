@@ -1,0 +1,221 @@
+//! `medgate-sim demo` and `medgate-sim load` as a user runs them: the whole
+//! system in one process (embedded broker with mutual TLS, receiver,
+//! gateway, simulated sensors), real X-rays, one line per result, a summary,
+//! `--images N`, Ctrl-C; and the load generator's report.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const SIM: &str = env!("CARGO_BIN_EXE_medgate-sim");
+
+/// Generous: the first run loads the model and makes an RSA key.
+const WAIT: Duration = Duration::from_secs(180);
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("MEDGATE_DATA_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        PathBuf::from,
+    )
+}
+
+/// One result line: sensor, frame, label, confidence, latency, and the
+/// dataset's label when the images have one.
+#[derive(Debug)]
+struct Line {
+    sensor: String,
+    frame: u32,
+    label: String,
+    confidence: f64,
+    latency_ms: f64,
+    truth: Option<String>,
+}
+
+fn parse(line: &str) -> Option<Line> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // xr-1 frame 3 pneumonia 97.1% capture→result 23.4 ms (dataset: pneumonia)
+    if words.len() < 8 || words[1] != "frame" || words[5] != "capture→result" {
+        return None;
+    }
+    Some(Line {
+        sensor: words[0].to_owned(),
+        frame: words[2].parse().ok()?,
+        label: words[3].to_owned(),
+        confidence: words[4].trim_end_matches('%').parse().ok()?,
+        latency_ms: words[6].parse().ok()?,
+        truth: words.get(9).map(|w| w.trim_end_matches(')').to_owned()),
+    })
+}
+
+/// Runs a command to its end within `WAIT`; returns status, stdout, stderr.
+fn run(command: &mut Command) -> (std::process::ExitStatus, String, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).unwrap();
+        let _ = done_tx.send((child.wait().unwrap(), text));
+    });
+    let (status, out) = done.recv_timeout(WAIT).expect("the command did not finish");
+    (status, out, err.join().unwrap())
+}
+
+#[test]
+fn the_demo_answers_each_frame_once_with_a_readable_line_and_a_summary() {
+    let (status, out, err) = run(Command::new(SIM)
+        .args(["demo", "--images", "8", "--sensors", "2", "--rate", "4"])
+        .args(["--size", "64", "--backend", "cpu"])
+        .env("MEDGATE_DATA_DIR", data_dir()));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(err.contains("PneumoniaMNIST validation X-rays"), "{err}");
+    assert!(
+        err.contains("mutual") || err.contains("client certificates"),
+        "{err}"
+    );
+    let lines: Vec<Line> = out.lines().filter_map(parse).collect();
+    assert!(lines.len() >= 8, "{out}");
+    let mut seen = HashSet::new();
+    for line in &lines {
+        assert!(["xr-1", "xr-2"].contains(&line.sensor.as_str()), "{line:?}");
+        assert!(
+            seen.insert((line.sensor.clone(), line.frame)),
+            "twice: {line:?}"
+        );
+        assert!(
+            ["normal", "pneumonia"].contains(&line.label.as_str()),
+            "{line:?}"
+        );
+        assert!(
+            line.confidence > 0.0 && line.confidence <= 100.0,
+            "{line:?}"
+        );
+        assert!(
+            line.latency_ms > 0.0 && line.latency_ms < 60_000.0,
+            "{line:?}"
+        );
+        assert!(
+            matches!(line.truth.as_deref(), Some("normal" | "pneumonia")),
+            "{line:?}"
+        );
+    }
+    // Both sensors were answered, each from its first frame on.
+    for sensor in ["xr-1", "xr-2"] {
+        assert!(seen.contains(&(sensor.to_owned(), 1)), "{sensor}: {out}");
+    }
+    let summary = out.lines().find(|l| l.starts_with("summary:")).unwrap();
+    assert!(
+        summary.contains(&format!("{} results", lines.len())),
+        "{summary}"
+    );
+    assert!(out.contains("capture→result: p50"), "{out}");
+    assert!(out.contains("agreement with the dataset's labels"), "{out}");
+    // No pixel data or key material on any output.
+    assert!(!out.contains("PRIVATE KEY") && !err.contains("PRIVATE KEY"));
+}
+
+#[test]
+fn without_data_the_demo_says_so_and_uses_generated_images() {
+    let home = tempfile::tempdir().unwrap();
+    let (status, out, err) = run(Command::new(SIM)
+        .args(["demo", "--images", "3", "--sensors", "1", "--rate", "5"])
+        .args(["--size", "32", "--backend", "cpu"])
+        .env_remove("MEDGATE_DATA_DIR")
+        .env("HOME", home.path()));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    assert!(err.contains("generated test images"), "{err}");
+    assert!(err.contains("scripts/fetch-data"), "{err}");
+    let lines: Vec<Line> = out.lines().filter_map(parse).collect();
+    assert!(lines.len() >= 3, "{out}");
+    assert!(lines.iter().all(|l| l.truth.is_none()), "{out}");
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
+    let mut child = Command::new(SIM)
+        .args(["demo", "--sensors", "2", "--rate", "5", "--size", "32"])
+        .args(["--backend", "cpu"])
+        .env("MEDGATE_DATA_DIR", data_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    // Wait for two results, then press Ctrl-C.
+    let mut results = 0;
+    while results < 2 {
+        let line = lines.recv_timeout(WAIT).expect("no result line");
+        if parse(&line).is_some() {
+            results += 1;
+        }
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait().unwrap());
+    });
+    let status = done.recv_timeout(WAIT).expect("the demo did not stop");
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(rest.iter().any(|l| l.starts_with("summary:")), "{rest:?}");
+}
+
+#[test]
+fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
+    let (status, out, err) = run(Command::new(SIM)
+        .args(["load", "--sensors", "2", "--rate", "20", "--duration", "3"])
+        .args(["--warm-up", "1", "--size", "64", "--ceiling-seconds", "2"])
+        .args(["--backend", "cpu", "--json"])
+        .env("MEDGATE_DATA_DIR", data_dir()));
+    assert!(status.success(), "{status}\n{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let number = |path: &str| {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or_else(|| panic!("{path} missing: {report}"))
+    };
+    assert_eq!(number("/sensors"), 2.0);
+    assert!(number("/captured") > 0.0, "{report}");
+    assert!(number("/answered") > 0.0, "{report}");
+    assert!(number("/images_per_s") > 0.0, "{report}");
+    assert!(number("/sealed_bytes") > 64.0 * 64.0, "{report}");
+    let (p50, p99) = (number("/latency_ms/p50"), number("/latency_ms/p99"));
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+    assert!(number("/gateway/rss_median_mb") > 1.0, "{report}");
+    assert!(number("/gateway/rss_peak_mb") >= number("/gateway/rss_median_mb"));
+    assert!(number("/gateway/cpu_percent") > 0.0, "{report}");
+    assert!(number("/ceiling/messages") > 0.0, "{report}");
+    let ceiling = number("/ceiling/messages_per_s");
+    assert!(ceiling > 0.0, "{report}");
+    let ratio = number("/ratio_of_ceiling");
+    assert!(
+        (ratio - number("/images_per_s") / ceiling).abs() < 1e-9,
+        "{report}"
+    );
+}
