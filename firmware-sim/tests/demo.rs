@@ -188,7 +188,8 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
 #[test]
 fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
     let (status, out, err) = run(Command::new(SIM)
-        .args(["load", "--sensors", "2", "--rate", "20", "--duration", "3"])
+        // Five sensors: more than the gateway process's blocking pool (4 threads).
+        .args(["load", "--sensors", "5", "--rate", "25", "--duration", "3"])
         .args(["--warm-up", "1", "--size", "64", "--ceiling-seconds", "2"])
         .args(["--backend", "cpu", "--json"])
         .env("MEDGATE_DATA_DIR", data_dir()));
@@ -200,7 +201,7 @@ fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
             .and_then(serde_json::Value::as_f64)
             .unwrap_or_else(|| panic!("{path} missing: {report}"))
     };
-    assert_eq!(number("/sensors"), 2.0);
+    assert_eq!(number("/sensors"), 5.0);
     assert!(number("/captured") > 0.0, "{report}");
     assert!(number("/answered") > 0.0, "{report}");
     assert!(number("/images_per_s") > 0.0, "{report}");

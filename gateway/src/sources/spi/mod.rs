@@ -96,18 +96,33 @@ impl Source for SpiSensorSource {
         let runtime = tokio::runtime::Handle::current();
         Box::pin(async move {
             let device = self.config.device.clone();
-            let worker = tokio::task::spawn_blocking(move || {
-                drive(
-                    &self.config,
-                    &self.metrics,
-                    &runtime,
-                    &intake,
-                    results,
-                    &stop,
-                );
-            });
-            if let Err(e) = worker.await {
-                tracing::error!(device = %device, cause = %e, "sensor thread failed");
+            // A sensor's loop blocks for its whole life: it gets a thread of
+            // its own, so that sensors never take the blocking pool that
+            // sealing and fsync need (a site with as many sensors as pool
+            // threads would stall).
+            let (finished, done) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name(format!("spi-{device}"))
+                .spawn(move || {
+                    drive(
+                        &self.config,
+                        &self.metrics,
+                        &runtime,
+                        &intake,
+                        results,
+                        &stop,
+                    );
+                    let _ = finished.send(());
+                });
+            match spawned {
+                Ok(_) => {
+                    if done.await.is_err() {
+                        tracing::error!(device = %device, "sensor thread failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(device = %device, cause = %e, "cannot start the sensor thread")
+                }
             }
         })
     }
