@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::MqttOptions;
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -163,6 +163,11 @@ impl BrokerSettings {
         // rumqttc takes the TLS server name from the host it dials; an
         // explicit server name therefore replaces the host, and must resolve.
         let mut options = MqttOptions::new(id, host, self.port);
+        // MQTT writes whole packets; Nagle's algorithm would only hold a
+        // small one (an acknowledgement, a result) back behind a delayed ACK.
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         options
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
             .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs.max(5))))
