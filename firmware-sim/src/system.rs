@@ -226,15 +226,7 @@ impl System {
                     "{name} did not subscribe within {SUBSCRIBE_TIMEOUT:?}"
                 );
             }
-            Err(_) => {
-                // It ended before it started: its error says why.
-                let result = self.runtime.block_on(task);
-                return Err(match result {
-                    Ok(Err(e)) => e.context(format!("{name} did not start")),
-                    Ok(Ok(())) => anyhow::anyhow!("{name} stopped at once"),
-                    Err(e) => anyhow::anyhow!("{name}: {e}"),
-                });
-            }
+            Err(_) => return Err(self.why_not_started(name, task)),
         }
         self.daemons.push((name.to_owned(), task));
         Ok(())
@@ -264,11 +256,7 @@ impl System {
                         .map_err(anyhow::Error::from)
                 });
                 if self.runtime.block_on(ready).is_err() {
-                    return Err(match self.runtime.block_on(task) {
-                        Ok(Err(e)) => e.context("the gateway did not start"),
-                        Ok(Ok(())) => anyhow::anyhow!("the gateway stopped at once"),
-                        Err(e) => anyhow::anyhow!("gateway: {e}"),
-                    });
+                    return Err(self.why_not_started("the gateway", task));
                 }
                 self.daemons.push(("gateway".to_owned(), task));
             }
@@ -293,6 +281,20 @@ impl System {
     /// Whether Ctrl-C or SIGTERM arrived.
     pub fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
+    }
+
+    /// A daemon `task` ended before it reported that it started: its own
+    /// error says why.
+    fn why_not_started(
+        &self,
+        name: &str,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> anyhow::Error {
+        match self.runtime.block_on(task) {
+            Ok(Err(e)) => e.context(format!("{name} did not start")),
+            Ok(Ok(())) => anyhow::anyhow!("{name} stopped at once"),
+            Err(e) => anyhow::anyhow!("{name}: {e}"),
+        }
     }
 
     /// The sensors, in name order (`xr-1`, `xr-2`, …).
