@@ -15,6 +15,9 @@
 //! - [`messages`]: the JSON results, notifications and audit records.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
 //! - `dataset` (feature `dataset`): MedMNIST `.npz` reading.
+//! - `pki` (feature `pki`): a throwaway certificate authority.
+//! - `mosquitto` (feature `mosquitto`): a throwaway mosquitto broker on a
+//!   free port with mutual TLS, for tests and the load generator.
 //! - `plotting` (feature `plot`): a font for plot labels.
 //! - `service` (feature `service`): MQTT/TLS options, config files, logging
 //!   and metrics shared by the daemons.
@@ -35,6 +38,8 @@ pub mod topics;
 
 #[cfg(feature = "dataset")]
 pub mod dataset;
+#[cfg(feature = "mosquitto")]
+pub mod mosquitto;
 #[cfg(feature = "pki")]
 pub mod pki;
 #[cfg(feature = "plot")]

@@ -4,8 +4,9 @@
 //!
 //! # Layout
 //! - [`pki`]: the throwaway certificate authority of `medgate_shared::pki`.
-//! - [`mosquitto`]: a real mosquitto broker with mutual TLS (and optional
-//!   ACLs), whose log lines tests wait on instead of sleeping.
+//! - [`mosquitto`]: the real mosquitto broker of `medgate_shared::mosquitto`
+//!   (mutual TLS, optional ACLs, a log tests wait on instead of sleeping)
+//!   and the shipped production ACL.
 //! - [`client`]: an MQTT v5 client with a certificate identity that collects
 //!   what it receives, for assertions.
 //! - [`forge`]: hostile variants of sealed images.
