@@ -1,18 +1,23 @@
-//! The demo's embedded MQTT broker: rumqttd with an MQTT v5 listener on
-//! 127.0.0.1, TLS with client certificates checked against the demo's
-//! throwaway CA. It lives in the simulator only; the gateway and receiver
-//! binaries talk to whatever broker the hospital runs (mosquitto, EMQX).
+//! The simulator's MQTT brokers, both on a free port of 127.0.0.1 with TLS
+//! and client certificates checked against the run's throwaway CA:
 //!
-//! rumqttd has no access-control lists, so inside the demo any client with
-//! a certificate of the demo CA may use any topic; the access rules a site
-//! runs are in `configs/mosquitto/` and tested in `tests/e2e`.
+//! - [`EmbeddedBroker`]: rumqttd in this process (the demo's default: no
+//!   install needed). It lives in the simulator only; the gateway and
+//!   receiver binaries talk to whatever broker the hospital runs. rumqttd
+//!   has no access-control lists, so any client with a certificate of the
+//!   run's CA may use any topic.
+//! - [`Broker::Mosquitto`]: a mosquitto process (installed; `scripts/
+//!   install-deps` does) with the shipped production access rules
+//!   (`configs/mosquitto/medgate.acl`) and `set_tcp_nodelay`, as a site
+//!   runs it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use medgate_shared::pki::CertFiles;
+use medgate_shared::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_shared::pki::{CertFiles, Pki};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
 /// Largest publication the broker accepts: the daemons' default packet limit.
@@ -33,6 +38,90 @@ pub enum BrokerError {
     /// It did not listen in time (its own error is in the log).
     #[error("embedded broker did not listen on {0} within {START_TIMEOUT:?}")]
     NotListening(SocketAddr),
+}
+
+/// The production access rules, extended below for the simulator's extra
+/// identities.
+const SHIPPED_ACL: &str = include_str!("../../configs/mosquitto/medgate.acl");
+
+/// Which broker a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BrokerKind {
+    /// rumqttd in this process.
+    #[default]
+    Embedded,
+    /// A mosquitto process with the shipped access rules.
+    Mosquitto,
+}
+
+/// A running broker of either kind.
+pub enum Broker {
+    /// rumqttd in this process; it stops with the process.
+    Embedded(EmbeddedBroker),
+    /// A mosquitto child process; killed when dropped.
+    Mosquitto(Mosquitto),
+}
+
+impl Broker {
+    /// Starts a broker of `kind` whose server certificate and client CA come
+    /// from `pki`, with its files in `dir`. `receivers` receivers
+    /// (`receiver-1`, …) and the load generator's ceiling clients
+    /// (`ceiling-pub` writes and `ceiling-sub` reads `medgate-bench/#`) get
+    /// access rules beside the shipped ones.
+    ///
+    /// # Errors
+    /// If the broker does not start; for mosquitto, with its log.
+    pub fn start(
+        kind: BrokerKind,
+        pki: &Pki,
+        dir: &Path,
+        receivers: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(match kind {
+            BrokerKind::Embedded => Self::Embedded(EmbeddedBroker::start(
+                &pki.ca_file(),
+                &pki.server("broker")?,
+            )?),
+            BrokerKind::Mosquitto => {
+                let options = BrokerOptions {
+                    acl: Some(access_rules(receivers)),
+                    ..BrokerOptions::default()
+                };
+                Self::Mosquitto(Mosquitto::start(pki, dir, &options)?)
+            }
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            Self::Embedded(broker) => broker.address(),
+            Self::Mosquitto(broker) => SocketAddr::from((Ipv4Addr::LOCALHOST, broker.port())),
+        }
+    }
+
+    /// What it is, for people.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "rumqttd (embedded)",
+            Self::Mosquitto(_) => "mosquitto (shipped ACL)",
+        }
+    }
+}
+
+/// The shipped rules, the rules of receivers beyond the two it names, and
+/// the ceiling's clients.
+fn access_rules(receivers: usize) -> String {
+    let mut rules = SHIPPED_ACL.to_owned();
+    for k in 3..=receivers {
+        rules.push_str(&format!(
+            "\nuser receiver-{k}\ntopic read medgate/v1/+/+/images/+\ntopic write medgate/v1/+/+/results/+\ntopic write medgate/v1/+/notify/+\ntopic write medgate/v1/+/audit/+\n"
+        ));
+    }
+    rules.push_str(
+        "\n# medgate-sim load: the raw ceiling's clients\nuser ceiling-pub\ntopic write medgate-bench/#\nuser ceiling-sub\ntopic read medgate-bench/#\n",
+    );
+    rules
 }
 
 /// A running embedded broker; it stops with the process.

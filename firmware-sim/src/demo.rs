@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use medgate_shared::dataset::SplitName;
 
+use crate::broker::BrokerKind;
 use crate::sensor::{self, Feed};
 use crate::stats::Latencies;
 use crate::system::{self, GatewayMode, Options, System};
@@ -55,11 +56,12 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         max_batch: 16,
         gateway: GatewayMode::InProcess,
         poll_ms: 1,
+        broker: BrokerKind::Embedded,
     })?;
     eprintln!(
         "running ({:.1} s to start):\n  broker    rumqttd on {} (MQTT v5, TLS with client certificates)\n  receiver  receiver-1, backend {}, shared subscription group \"receivers\"\n  gateway   {}/{}: {} SPI sensor(s) on the virtual bus, spool on disk\n  sensors   {} × {:.1} frames/s of {}×{} chest X-rays\n  files     {} (removed at exit)\n{}",
         begun.elapsed().as_secs_f64(),
-        system.broker(),
+        system.broker().address(),
         system.backend(),
         system::SITE,
         system::GATEWAY,

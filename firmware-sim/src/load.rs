@@ -1,6 +1,7 @@
 //! `medgate-sim load`: the load generator. Simulated sensors capture at a set
-//! total rate through a real `medgate-gateway` process, the embedded broker
-//! (mutual TLS) and an in-process receiver; it reports the images answered
+//! total rate through a real `medgate-gateway` process, a broker (embedded
+//! rumqttd, or mosquitto with the shipped access rules; mutual TLS either
+//! way) and in-process receivers; it reports the images answered
 //! per second end to end, capture→result latency percentiles, the gateway
 //! process's memory and CPU, and, in the same run and through the same
 //! broker, the ceiling: plain TLS QoS 1 publication of the same sealed
@@ -23,6 +24,7 @@ use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event};
 use serde::Serialize;
 
+use crate::broker::BrokerKind;
 use crate::sensor::Feed;
 use crate::stats::{Latencies, Percentiles};
 use crate::system::{GatewayMode, Options, System};
@@ -51,11 +53,15 @@ pub struct LoadOptions {
     pub gateway: (PathBuf, Vec<String>),
     /// How long the ceiling is measured.
     pub ceiling_duration: Duration,
+    /// The broker.
+    pub broker: BrokerKind,
 }
 
 /// The load report (`--json` prints it as one object).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
+    /// The broker.
+    pub broker: String,
     /// Simulated sensors.
     pub sensors: usize,
     /// Receivers.
@@ -163,6 +169,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             args,
         },
         poll_ms: 1,
+        broker: options.broker,
     })?;
     let pid = system
         .gateway_pid()
@@ -219,6 +226,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let ceiling = ceiling(&system, payloads, options.ceiling_duration)?;
     let images_per_s = answered as f64 / seconds;
     let report = LoadReport {
+        broker: system.broker().describe().to_owned(),
         sensors: options.sensors,
         receivers: options.receivers,
         backend: system.backend().to_owned(),
@@ -423,7 +431,7 @@ pub fn render_text(report: &LoadReport) -> String {
         )
     };
     format!(
-        "load: {} sensor(s), {:.1} images/s offered, {}×{} ({} bytes sealed), {} receiver(s) on {}\n\
+        "load: {} sensor(s), {:.1} images/s offered, {}×{} ({} bytes sealed), {} receiver(s) on {}, broker {}\n\
          end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks)\n\
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
@@ -436,6 +444,7 @@ pub fn render_text(report: &LoadReport) -> String {
         report.sealed_bytes,
         report.receivers,
         report.backend,
+        report.broker,
         report.images_per_s,
         report.answered,
         report.captured,

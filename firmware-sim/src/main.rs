@@ -12,6 +12,7 @@ use medgate_shared::keys::DEFAULT_RSA_BITS;
 use medgate_shared::pixels::MAX_DIMENSION;
 use medgate_shared::quality;
 use medgate_shared::service::logging;
+use medgate_sim::broker::BrokerKind;
 use medgate_sim::imageio::{self, Depth};
 use medgate_sim::tools::{self, OpenFileError, SealRequest};
 use medgate_sim::{bench, demo, load, report, sensor};
@@ -55,7 +56,7 @@ enum Command {
         #[arg(long, default_value = "auto")]
         backend: String,
     },
-    /// Load benchmark: sensors → a real gateway process → embedded broker → receiver; images/s,
+    /// Load benchmark: sensors → a real gateway process → broker → receivers; images/s,
     /// latency, gateway memory and CPU, and the broker's raw TLS QoS 1 ceiling in the same run.
     Load {
         /// Simulated sensors.
@@ -89,6 +90,10 @@ enum Command {
         /// Seconds of the ceiling measurement.
         #[arg(long, default_value_t = 10)]
         ceiling_seconds: u64,
+        /// The broker: embedded rumqttd, or a mosquitto process (installed, on PATH or
+        /// $MOSQUITTO) with the shipped access rules.
+        #[arg(long, value_enum, default_value_t = BrokerKind::Embedded)]
+        broker: BrokerKind,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -284,6 +289,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data,
             gateway_bin,
             ceiling_seconds,
+            broker,
             json,
         } => {
             let report = load::run(&load::LoadOptions {
@@ -297,6 +303,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 receivers: usize::from(receivers),
                 gateway: gateway_program(gateway_bin)?,
                 ceiling_duration: std::time::Duration::from_secs(ceiling_seconds.max(1)),
+                broker,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -21,7 +21,7 @@ use medgate_shared::service::mqtt::BrokerSettings;
 use medgate_shared::service::signals;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::EmbeddedBroker;
+use crate::broker::{Broker, BrokerKind};
 use crate::sensor::{Feed, Sensor};
 
 /// The demo site's name in topics.
@@ -66,12 +66,14 @@ pub struct Options {
     pub gateway: GatewayMode,
     /// How often the gateway polls a sensor's data-ready line, ms.
     pub poll_ms: u64,
+    /// The broker.
+    pub broker: BrokerKind,
 }
 
 /// A running system.
 pub struct System {
     sensors: Vec<Sensor>,
-    broker: EmbeddedBroker,
+    broker: Broker,
     ca: PathBuf,
     pki: Pki,
     runtime: tokio::runtime::Runtime,
@@ -105,7 +107,7 @@ impl System {
         let root = dir.path();
         let pki = Pki::new(root, "medgate demo CA (throwaway)")?;
         let ca = pki.ca_file();
-        let broker = EmbeddedBroker::start(&ca, &pki.server("broker")?)?;
+        let broker = Broker::start(options.broker, &pki, root, options.receivers)?;
         let (private_key, receiver_public_key) =
             keys::write_key_pair(&root.join("receiver-keys"), DEFAULT_RSA_BITS)?;
 
@@ -302,9 +304,9 @@ impl System {
         &self.sensors
     }
 
-    /// The broker's address.
-    pub fn broker(&self) -> std::net::SocketAddr {
-        self.broker.address()
+    /// The broker.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The receivers' backend, as they reported it.
