@@ -187,11 +187,31 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
 
 #[test]
 fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
+    let report = load_report("embedded");
+    assert!(
+        report["broker"].as_str().unwrap().contains("rumqttd"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_load_generator_runs_through_mosquitto_with_the_shipped_access_rules() {
+    let report = load_report("mosquitto");
+    assert!(
+        report["broker"].as_str().unwrap().contains("mosquitto"),
+        "{report}"
+    );
+    // mosquitto keeps every QoS 1 message of the ceiling (rumqttd may not).
+    assert_eq!(report["ceiling"]["lost"].as_u64(), Some(0), "{report}");
+}
+
+/// Runs a short load through `broker` and checks what every report holds.
+fn load_report(broker: &str) -> serde_json::Value {
     let (status, out, err) = run(Command::new(SIM)
         // Five sensors: more than the gateway process's blocking pool (4 threads).
         .args(["load", "--sensors", "5", "--rate", "25", "--duration", "3"])
         .args(["--warm-up", "1", "--size", "64", "--ceiling-seconds", "2"])
-        .args(["--backend", "cpu", "--json"])
+        .args(["--backend", "cpu", "--broker", broker, "--json"])
         .env("MEDGATE_DATA_DIR", data_dir()));
     assert!(status.success(), "{status}\n{out}\n{err}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -219,4 +239,5 @@ fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
         (ratio - number("/images_per_s") / ceiling).abs() < 1e-9,
         "{report}"
     );
+    report
 }
