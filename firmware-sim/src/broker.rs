@@ -47,8 +47,10 @@ const SHIPPED_ACL: &str = include_str!("../../configs/mosquitto/medgate.acl");
 /// Which broker a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BrokerKind {
-    /// rumqttd in this process.
+    /// mosquitto when it is installed, else the embedded broker.
     #[default]
+    Auto,
+    /// rumqttd in this process.
     Embedded,
     /// A mosquitto process with the shipped access rules.
     Mosquitto,
@@ -77,18 +79,22 @@ impl Broker {
         dir: &Path,
         receivers: usize,
     ) -> anyhow::Result<Self> {
-        Ok(match kind {
-            BrokerKind::Embedded => Self::Embedded(EmbeddedBroker::start(
+        let use_mosquitto = match kind {
+            BrokerKind::Auto => medgate_shared::mosquitto::installed(),
+            BrokerKind::Embedded => false,
+            BrokerKind::Mosquitto => true,
+        };
+        Ok(if use_mosquitto {
+            let options = BrokerOptions {
+                acl: Some(access_rules(receivers)),
+                ..BrokerOptions::default()
+            };
+            Self::Mosquitto(Mosquitto::start(pki, dir, &options)?)
+        } else {
+            Self::Embedded(EmbeddedBroker::start(
                 &pki.ca_file(),
                 &pki.server("broker")?,
-            )?),
-            BrokerKind::Mosquitto => {
-                let options = BrokerOptions {
-                    acl: Some(access_rules(receivers)),
-                    ..BrokerOptions::default()
-                };
-                Self::Mosquitto(Mosquitto::start(pki, dir, &options)?)
-            }
+            )?)
         })
     }
 

@@ -243,6 +243,18 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Whether a mosquitto program is at hand: `$MOSQUITTO`, Debian's
+/// `/usr/sbin/mosquitto`, or `mosquitto` on `PATH`.
+pub fn installed() -> bool {
+    let program = binary();
+    let path = Path::new(&program);
+    if path.components().count() > 1 {
+        return path.is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|dir| dir.join(path).is_file()))
+}
+
 fn binary() -> String {
     std::env::var("MOSQUITTO").unwrap_or_else(|_| {
         if Path::new("/usr/sbin/mosquitto").exists() {
