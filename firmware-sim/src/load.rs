@@ -85,6 +85,12 @@ pub struct LoadReport {
     pub answered: u64,
     /// Images answered per second, end to end.
     pub images_per_s: f64,
+    /// Frames of the whole run (warm-up included) still without a result
+    /// after the drain: lost by the broker, or a backlog longer than the
+    /// drain when the offered rate is above what the system answers. The
+    /// gateway's result timeout is longer than the drain, so its
+    /// re-publication does not hide a loss.
+    pub unanswered: u64,
     /// Capture→result latency of those results.
     pub latency_ms: Option<Percentiles>,
     /// The gateway process.
@@ -140,6 +146,10 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// How long results of frames captured before the end may still arrive.
 const DRAIN: Duration = Duration::from_secs(10);
+
+// A frame the broker lost must not be answered through the gateway's
+// re-publication before the drain ends.
+const _: () = assert!(crate::system::RESULT_TIMEOUT_SECS > DRAIN.as_secs());
 
 /// Runs the load and returns the report.
 ///
@@ -219,6 +229,12 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         ensure_running(&mut system)?;
         std::thread::sleep(SAMPLE_EVERY);
     }
+    let unanswered = system
+        .sensors()
+        .iter()
+        .map(|s| s.log())
+        .map(|log| u64::from(log.produced).saturating_sub(log.results.len() as u64))
+        .sum();
     system.stop_gateway_process();
 
     let payloads = sealed_payloads(&system, &feed)?;
@@ -238,6 +254,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         missed_ticks: missed,
         answered,
         images_per_s,
+        unanswered,
         latency_ms: latencies.summary_ms(),
         gateway: GatewayFootprint {
             program: program.display().to_string(),
@@ -432,7 +449,7 @@ pub fn render_text(report: &LoadReport) -> String {
     };
     format!(
         "load: {} sensor(s), {:.1} images/s offered, {}×{} ({} bytes sealed), {} receiver(s) on {}, broker {}\n\
-         end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks)\n\
+         end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks; {} unanswered after {} s of drain)\n\
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
          ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, at most {} undelivered, same broker, same payloads; {} of {} lost), {}\n\
@@ -450,6 +467,8 @@ pub fn render_text(report: &LoadReport) -> String {
         report.captured,
         report.seconds,
         report.missed_ticks,
+        report.unanswered,
+        DRAIN.as_secs(),
         latency(report.latency_ms),
         report.gateway.rss_median_mb,
         report.gateway.rss_peak_mb,

@@ -29,6 +29,11 @@ pub const SITE: &str = "demo-site";
 /// The demo gateway's name (and MQTT identity).
 pub const GATEWAY: &str = "gw-demo";
 
+/// The gateway's result timeout: longer than the load generator's drain,
+/// so that an image the broker dropped shows as unanswered instead of being
+/// answered late through the gateway's re-publication.
+pub const RESULT_TIMEOUT_SECS: u64 = 30;
+
 /// How long a receiver may take to connect and subscribe.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -241,7 +246,7 @@ impl System {
         std::fs::write(
             &file,
             format!(
-                "[gateway]\nsite = \"{SITE}\"\nname = \"{GATEWAY}\"\nreceiver_public_key = \"{}\"\nstate_dir = \"{}\"\n\n{mqtt}\n[spool]\ndir = \"{}\"\nresult_timeout_secs = 10\n\n[metrics]\nenabled = false\n{sources}",
+                "[gateway]\nsite = \"{SITE}\"\nname = \"{GATEWAY}\"\nreceiver_public_key = \"{}\"\nstate_dir = \"{}\"\n\n{mqtt}\n[spool]\ndir = \"{}\"\nresult_timeout_secs = {RESULT_TIMEOUT_SECS}\n\n[metrics]\nenabled = false\n{sources}",
                 self.receiver_public_key.display(),
                 root.join("gateway-state").display(),
                 root.join("gateway-spool").display(),

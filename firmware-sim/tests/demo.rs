@@ -187,7 +187,7 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_summary() {
 
 #[test]
 fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
-    let report = load_report("embedded");
+    let report = load_report("embedded", 1);
     assert!(
         report["broker"].as_str().unwrap().contains("rumqttd"),
         "{report}"
@@ -196,7 +196,8 @@ fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
 
 #[test]
 fn the_load_generator_runs_through_mosquitto_with_the_shipped_access_rules() {
-    let report = load_report("mosquitto");
+    // Three receivers: the shipped rules name two, the simulator adds the third's.
+    let report = load_report("mosquitto", 3);
     assert!(
         report["broker"].as_str().unwrap().contains("mosquitto"),
         "{report}"
@@ -205,13 +206,15 @@ fn the_load_generator_runs_through_mosquitto_with_the_shipped_access_rules() {
     assert_eq!(report["ceiling"]["lost"].as_u64(), Some(0), "{report}");
 }
 
-/// Runs a short load through `broker` and checks what every report holds.
-fn load_report(broker: &str) -> serde_json::Value {
+/// Runs a short load through `broker` with `receivers` receivers and checks
+/// what every report holds.
+fn load_report(broker: &str, receivers: u8) -> serde_json::Value {
     let (status, out, err) = run(Command::new(SIM)
         // Five sensors: more than the gateway process's blocking pool (4 threads).
         .args(["load", "--sensors", "5", "--rate", "25", "--duration", "3"])
         .args(["--warm-up", "1", "--size", "64", "--ceiling-seconds", "2"])
         .args(["--backend", "cpu", "--broker", broker, "--json"])
+        .args(["--receivers", &receivers.to_string()])
         .env("MEDGATE_DATA_DIR", data_dir()));
     assert!(status.success(), "{status}\n{out}\n{err}");
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -222,8 +225,12 @@ fn load_report(broker: &str) -> serde_json::Value {
             .unwrap_or_else(|| panic!("{path} missing: {report}"))
     };
     assert_eq!(number("/sensors"), 5.0);
+    assert_eq!(number("/receivers"), f64::from(receivers));
     assert!(number("/captured") > 0.0, "{report}");
     assert!(number("/answered") > 0.0, "{report}");
+    // Every frame answered, none of them through the gateway's re-publication
+    // (its result timeout is longer than the drain): the broker lost nothing.
+    assert_eq!(number("/unanswered"), 0.0, "{report}");
     assert!(number("/images_per_s") > 0.0, "{report}");
     assert!(number("/sealed_bytes") > 64.0 * 64.0, "{report}");
     let (p50, p99) = (number("/latency_ms/p50"), number("/latency_ms/p99"));
