@@ -86,8 +86,9 @@ pub struct LoadReport {
     /// Images answered per second, end to end.
     pub images_per_s: f64,
     /// Frames of the whole run (warm-up included) still without a result
-    /// after the drain: lost by the broker, or a backlog longer than the
-    /// drain when the offered rate is above what the system answers. The
+    /// after capture stopped and the drain ended: lost by the broker, or a
+    /// backlog longer than the drain when the offered rate is above what
+    /// the system answers. The
     /// gateway's result timeout is longer than the drain, so its
     /// re-publication does not hide a loss.
     pub unanswered: u64,
@@ -216,8 +217,13 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         answered += (now.results.len() - then.results.len()) as u64;
         latencies.extend(now.latencies[then.latencies.len()..].iter().copied());
     }
-    // Let what was captured be answered before the gateway goes, so that
-    // the ceiling runs on a quiet broker.
+    // No more frames; let what was captured be answered before the gateway
+    // goes, so that what stays unanswered was lost (or, above what the
+    // system answers, a backlog longer than the drain) and the ceiling runs
+    // on a quiet broker.
+    for sensor in system.sensors() {
+        sensor.stop_capturing();
+    }
     let drained = Instant::now() + DRAIN;
     while Instant::now() < drained
         && system
