@@ -115,14 +115,20 @@ impl Broker {
     }
 }
 
-/// The shipped rules, the rules of receivers beyond the two it names, and
-/// the ceiling's clients.
+/// The shipped rules, the rules of receivers beyond the two it names (a
+/// copy of `receiver-1`'s, so they follow the shipped file), and the
+/// ceiling's clients.
 fn access_rules(receivers: usize) -> String {
+    let receiver_rules: String = SHIPPED_ACL
+        .lines()
+        .skip_while(|line| *line != "user receiver-1")
+        .skip(1)
+        .take_while(|line| line.starts_with("topic "))
+        .map(|line| format!("{line}\n"))
+        .collect();
     let mut rules = SHIPPED_ACL.to_owned();
     for k in 3..=receivers {
-        rules.push_str(&format!(
-            "\nuser receiver-{k}\ntopic read medgate/v1/+/+/images/+\ntopic write medgate/v1/+/+/results/+\ntopic write medgate/v1/+/notify/+\ntopic write medgate/v1/+/audit/+\n"
-        ));
+        rules.push_str(&format!("\nuser receiver-{k}\n{receiver_rules}"));
     }
     rules.push_str(
         "\n# medgate-sim load: the raw ceiling's clients\nuser ceiling-pub\ntopic write medgate-bench/#\nuser ceiling-sub\ntopic read medgate-bench/#\n",

@@ -88,9 +88,8 @@ pub struct LoadReport {
     /// Frames of the whole run (warm-up included) still without a result
     /// after capture stopped and the drain ended: lost by the broker, or a
     /// backlog longer than the drain when the offered rate is above what
-    /// the system answers. The
-    /// gateway's result timeout is longer than the drain, so its
-    /// re-publication does not hide a loss.
+    /// the system answers. The gateway's result timeout is longer than the
+    /// drain, so its re-publication does not hide a loss.
     pub unanswered: u64,
     /// Capture→result latency of those results.
     pub latency_ms: Option<Percentiles>,
