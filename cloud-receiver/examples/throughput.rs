@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use image::imageops::FilterType;
+use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::messages::ResultMessage;
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
@@ -39,8 +40,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     max_wait_ms: u64,
     /// Backend: cpu or wgpu.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -56,13 +57,8 @@ fn main() {
 }
 
 async fn measure(args: Args) {
-    let backend: &'static str = if args.backend == "wgpu" {
-        "wgpu"
-    } else {
-        "cpu"
-    };
     let mut rig = Rig::start(RigOptions {
-        backend,
+        backend: args.backend,
         max_batch: args.max_batch,
         max_wait_ms: args.max_wait_ms,
         receive_maximum: u16::try_from(args.window.max(1)).unwrap_or(u16::MAX),
@@ -120,7 +116,7 @@ async fn measure(args: Args) {
         "size": args.size,
         "payload_bytes": payload_bytes,
         "window": args.window,
-        "backend": backend,
+        "backend": args.backend,
         "max_batch": args.max_batch,
         "seconds": elapsed.as_secs_f64(),
         "messages_per_s": rate,

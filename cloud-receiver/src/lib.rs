@@ -4,13 +4,16 @@
 //! and clinician notifications. It also trains and evaluates the model.
 //!
 //! # Layout
-//! - [`config`]: the config file and its check into typed settings.
 //! - [`keys`]: the receiver's key pair (`medgate-receiver keygen`).
 //! - [`model`]: the classifier, its card, backends, data, metrics,
 //!   `train` and `evaluate`.
-//! - [`daemon`]: the MQTT service (`medgate-receiver run`): batching,
-//!   de-duplication, replay protection, notification rules, metrics.
-pub mod config;
+//! - [`daemon`]: the MQTT service (`medgate-receiver run`): its config,
+//!   batching, de-duplication, replay protection, notification rules,
+//!   metrics.
+//! - [`plotting`]: the font for report plots.
+//! - [`cli`]: the `medgate-receiver` command line.
+pub mod cli;
 pub mod daemon;
 pub mod keys;
 pub mod model;
+pub mod plotting;

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use medgate_medmnist::{SplitName, read_split};
 use medgate_receiver::model::backend::{BackendChoice, select};
+use medgate_receiver::model::infer::predict;
 use medgate_receiver::model::metrics::roc_auc;
-use medgate_receiver::model::train::predict;
 use medgate_receiver::model::{LoadedModel, data::preprocess};
-use medgate_shared::dataset::{SplitName, read_split};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
 fn data_file() -> PathBuf {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::data::preprocess;
-use medgate_receiver::model::train::predict;
+use medgate_receiver::model::infer::predict;
 use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::messages::{AuditRecord, Notification, ResultMessage};
 use medgate_shared::pixels::Pixels;
@@ -235,7 +235,7 @@ async fn the_wgpu_backend_serves_the_same_answers() {
     // On a machine without a GPU this is Mesa's software Vulkan (lavapipe),
     // which scripts/test installs.
     let mut rig = Rig::start(RigOptions {
-        backend: "wgpu",
+        backend: BackendChoice::Wgpu,
         ..RigOptions::default()
     })
     .await;

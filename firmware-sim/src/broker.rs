@@ -16,12 +16,13 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use medgate_shared::mosquitto::{BrokerOptions, Mosquitto};
-use medgate_shared::pki::{CertFiles, Pki};
+use medgate_daemon::mqtt::DEFAULT_MAX_PACKET_BYTES;
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
+use medgate_testkit::pki::{CertFiles, Pki};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
 /// Largest publication the broker accepts: the daemons' default packet limit.
-const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+const MAX_PACKET_BYTES: usize = DEFAULT_MAX_PACKET_BYTES as usize;
 
 /// How long the broker may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +81,7 @@ impl Broker {
         receivers: usize,
     ) -> anyhow::Result<Self> {
         let use_mosquitto = match kind {
-            BrokerKind::Auto => medgate_shared::mosquitto::installed(),
+            BrokerKind::Auto => medgate_testkit::mosquitto::installed(),
             BrokerKind::Embedded => false,
             BrokerKind::Mosquitto => true,
         };

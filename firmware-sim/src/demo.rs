@@ -6,7 +6,8 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use medgate_shared::dataset::SplitName;
+use medgate_medmnist::SplitName;
+use medgate_receiver::model::backend::BackendChoice;
 
 use crate::broker::BrokerKind;
 use crate::sensor::{self, Feed};
@@ -28,7 +29,7 @@ pub struct DemoOptions {
     /// The PneumoniaMNIST file, if not the default place.
     pub data: Option<PathBuf>,
     /// The receiver's backend.
-    pub backend: String,
+    pub backend: BackendChoice,
 }
 
 /// How many validation X-rays the sensors cycle through.
@@ -52,7 +53,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         rate: options.rate,
         feed,
         receivers: 1,
-        backend: options.backend.clone(),
+        backend: options.backend,
         max_batch: 16,
         gateway: GatewayMode::InProcess,
         poll_ms: 1,

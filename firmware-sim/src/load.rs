@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use medgate_shared::dataset::SplitName;
+use medgate_medmnist::SplitName;
+use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::seal::{RotationPolicy, Sealer};
-use medgate_shared::service::procstat;
+use medgate_testkit::procstat;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event};
@@ -46,7 +47,7 @@ pub struct LoadOptions {
     /// The PneumoniaMNIST file, if not the default place.
     pub data: Option<PathBuf>,
     /// The receiver's backend.
-    pub backend: String,
+    pub backend: BackendChoice,
     /// Receivers in the group.
     pub receivers: usize,
     /// The gateway program and its arguments before `run`.
@@ -172,7 +173,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         rate: options.rate / options.sensors as f64,
         feed: feed.clone(),
         receivers: options.receivers,
-        backend: options.backend.clone(),
+        backend: options.backend,
         max_batch: 32,
         gateway: GatewayMode::Process {
             program: program.clone(),
@@ -328,7 +329,7 @@ fn ceiling(system: &System, payloads: Vec<Vec<u8>>, duration: Duration) -> anyho
     let (sub_settings, sub_tls) = system.client("ceiling-sub")?;
     let in_flight = pub_settings.max_inflight;
     system.runtime().block_on(async move {
-        let mut sub_options = sub_settings.options("ceiling-sub", sub_tls);
+        let mut sub_options = sub_settings.options("ceiling-sub", &sub_tls);
         sub_options.set_clean_start(true);
         sub_options.set_receive_maximum(Some(in_flight));
         let (subscriber, mut sub_loop) = AsyncClient::new(sub_options, 64);
@@ -374,7 +375,7 @@ fn ceiling(system: &System, payloads: Vec<Vec<u8>>, duration: Duration) -> anyho
             .await
             .context("the ceiling's subscriber did not subscribe")??;
 
-        let mut pub_options = pub_settings.options("ceiling-pub", pub_tls);
+        let mut pub_options = pub_settings.options("ceiling-pub", &pub_tls);
         pub_options.set_clean_start(true);
         let (publisher, mut pub_loop) = AsyncClient::new(pub_options, 64);
         let pub_task = tokio::spawn(async move {
@@ -487,4 +488,27 @@ pub fn render_text(report: &LoadReport) -> String {
         latency(report.ceiling.latency_ms),
         report.ratio_of_ceiling,
     )
+}
+
+/// The gateway the load generator starts: `--gateway-bin`, else the
+/// `medgate-gateway` built beside this program, else this program's copy.
+///
+/// # Errors
+/// If `explicit` is not a file, or this program's path is unknown.
+pub fn gateway_program(explicit: Option<PathBuf>) -> anyhow::Result<(PathBuf, Vec<String>)> {
+    if let Some(program) = explicit {
+        anyhow::ensure!(
+            program.is_file(),
+            "--gateway-bin {}: no such file",
+            program.display()
+        );
+        return Ok((program, Vec::new()));
+    }
+    let me = std::env::current_exe()?;
+    let beside = me.with_file_name("medgate-gateway");
+    if beside.is_file() {
+        Ok((beside, Vec::new()))
+    } else {
+        Ok((me, vec!["gateway".to_owned()]))
+    }
 }

@@ -62,7 +62,7 @@ pub fn render_text(r: &CipherReport) -> String {
 /// # Errors
 /// A description if drawing or writing fails.
 pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<(), String> {
-    let labels = medgate_shared::plotting::register_font();
+    let labels = medgate_receiver::plotting::register_font();
     if !labels {
         tracing::warn!(
             "no font found (set MEDGATE_FONT to a .ttf file); drawing the plot without labels"

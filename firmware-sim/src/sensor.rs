@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use image::imageops::FilterType;
 use medgate_gateway::sources::spi::registers::{self as reg, FrameInfo, ResultRecord};
 use medgate_gateway::sources::spi::virtual_bus::{self, SpiTarget};
-use medgate_shared::dataset::{self, SplitName};
+use medgate_medmnist::{self as dataset, SplitName};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
 /// Where a sensor's images come from.

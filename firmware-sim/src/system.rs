@@ -7,7 +7,6 @@
 //! The receivers always run in this process. The gateway runs here too, or
 //! as a child process (the load generator measures its memory and CPU).
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,10 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
+use medgate_daemon::signals;
+use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
+use medgate_receiver::daemon::config::ReceiverConfig;
+use medgate_receiver::daemon::rules::{Priority, Rule};
+use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::keys::{self, DEFAULT_RSA_BITS};
-use medgate_shared::pki::{CertFiles, Pki};
-use medgate_shared::service::mqtt::BrokerSettings;
-use medgate_shared::service::signals;
+use medgate_testkit::pki::{CertFiles, Pki};
+use medgate_testkit::write_config;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerKind};
@@ -63,8 +67,8 @@ pub struct Options {
     pub feed: Feed,
     /// Receivers in the shared subscription group.
     pub receivers: usize,
-    /// The receivers' model backend: `auto`, `cpu` or `wgpu`.
-    pub backend: String,
+    /// The receivers' model backend.
+    pub backend: BackendChoice,
     /// Largest inference batch of a receiver.
     pub max_batch: usize,
     /// Where the gateway runs.
@@ -146,7 +150,7 @@ impl System {
         for k in 1..=options.receivers {
             system.start_receiver(&format!("receiver-{k}"), &private_key, options)?;
         }
-        let mut sources = String::new();
+        let mut sensors = Vec::new();
         for k in 1..=options.sensors {
             let name = format!("xr-{k}");
             let socket = system.dir.path().join(format!("{name}.sock"));
@@ -157,41 +161,27 @@ impl System {
             let sensor = Sensor::start_phased(&name, &socket, feed, period, phase, None)
                 .with_context(|| format!("sensor {name} on {}", socket.display()))?;
             system.sensors.push(sensor);
-            let _ = write!(
-                sources,
-                "\n[[spi_sensor]]\ndevice = \"{name}\"\nmodality = \"DX\"\nbus = \"unix:{}\"\npoll_ms = {}\n",
-                socket.display(),
-                options.poll_ms
-            );
+            sensors.push(SpiSensorSection {
+                modality: "DX".to_owned(),
+                poll_ms: options.poll_ms,
+                ..SpiSensorSection::new(&name, &format!("unix:{}", socket.display()))
+            });
         }
-        system.start_gateway(&sources, &options.gateway)?;
+        system.start_gateway(sensors, &options.gateway)?;
         Ok(system)
     }
 
-    fn mqtt(&self, identity: &str) -> anyhow::Result<(BrokerSettings, String)> {
+    /// Settings for the demo broker with `identity`'s certificate, every
+    /// other value at its default.
+    fn mqtt(&self, identity: &str) -> anyhow::Result<BrokerSettings> {
         let CertFiles { cert, key } = self.pki.client(identity)?;
-        let settings = BrokerSettings {
-            host: "127.0.0.1".to_owned(),
-            port: self.broker.address().port(),
-            ca_file: self.ca.clone(),
-            cert_file: cert,
-            key_file: key,
-            server_name: None,
-            client_id: None,
-            keep_alive_secs: 30,
-            max_packet_bytes: medgate_shared::service::mqtt::DEFAULT_MAX_PACKET_BYTES,
-            receive_maximum: 32,
-            max_inflight: 32,
-            session_expiry_secs: 600,
-        };
-        let section = format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            settings.port,
-            settings.ca_file.display(),
-            settings.cert_file.display(),
-            settings.key_file.display()
-        );
-        Ok((settings, section))
+        Ok(BrokerSettings::new(
+            "127.0.0.1",
+            self.broker.address().port(),
+            self.ca.clone(),
+            cert,
+            key,
+        ))
     }
 
     fn start_receiver(
@@ -200,18 +190,20 @@ impl System {
         private_key: &Path,
         options: &Options,
     ) -> anyhow::Result<()> {
-        let (_, mqtt) = self.mqtt(name)?;
+        let mut receiver = ReceiverConfig::new(name, private_key.to_path_buf(), self.mqtt(name)?);
+        receiver.model.backend = options.backend;
+        receiver.model.max_batch = options.max_batch.max(1);
+        receiver.model.max_wait_ms = 2;
+        receiver.metrics.enabled = false;
+        receiver.notify.push(Rule::new(
+            "pneumonia",
+            0.5,
+            "radiology".parse()?,
+            Priority::Routine,
+        ));
         let file = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &file,
-            format!(
-                "[receiver]\nname = \"{name}\"\nprivate_key = \"{}\"\n\n{mqtt}\n[model]\nbackend = \"{}\"\nmax_batch = {}\nmax_wait_ms = 2\n\n[metrics]\nenabled = false\n\n[[notify]]\nlabel = \"pneumonia\"\nmin_probability = 0.5\nward = \"radiology\"\npriority = \"routine\"\n",
-                private_key.display(),
-                options.backend,
-                options.max_batch.max(1),
-            ),
-        )?;
-        let settings = medgate_receiver::config::load(&file)?;
+        write_config(&file, &receiver)?;
+        let settings = medgate_receiver::daemon::config::load(&file)?;
         let stop = self.stop.clone();
         let (started, ready) = tokio::sync::oneshot::channel();
         let task = self.runtime.spawn(async move {
@@ -239,19 +231,25 @@ impl System {
         Ok(())
     }
 
-    fn start_gateway(&mut self, sources: &str, mode: &GatewayMode) -> anyhow::Result<()> {
-        let (_, mqtt) = self.mqtt(GATEWAY)?;
+    fn start_gateway(
+        &mut self,
+        sensors: Vec<SpiSensorSection>,
+        mode: &GatewayMode,
+    ) -> anyhow::Result<()> {
         let root = self.dir.path();
+        let mut gateway = GatewayConfig::new(
+            SITE,
+            GATEWAY,
+            self.receiver_public_key.clone(),
+            root.join("gateway-state"),
+            root.join("gateway-spool"),
+            self.mqtt(GATEWAY)?,
+        );
+        gateway.spool.result_timeout_secs = RESULT_TIMEOUT_SECS;
+        gateway.metrics.enabled = false;
+        gateway.spi_sensor = sensors;
         let file = root.join("gateway.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[gateway]\nsite = \"{SITE}\"\nname = \"{GATEWAY}\"\nreceiver_public_key = \"{}\"\nstate_dir = \"{}\"\n\n{mqtt}\n[spool]\ndir = \"{}\"\nresult_timeout_secs = {RESULT_TIMEOUT_SECS}\n\n[metrics]\nenabled = false\n{sources}",
-                self.receiver_public_key.display(),
-                root.join("gateway-state").display(),
-                root.join("gateway-spool").display(),
-            ),
-        )?;
+        write_config(&file, &gateway)?;
         match mode {
             GatewayMode::InProcess => {
                 let settings = medgate_gateway::config::load(&file)?;
@@ -355,11 +353,9 @@ impl System {
     ///
     /// # Errors
     /// If its certificate cannot be made.
-    pub fn client(
-        &self,
-        identity: &str,
-    ) -> anyhow::Result<(BrokerSettings, Arc<rustls::ClientConfig>)> {
-        let (settings, _) = self.mqtt(identity)?;
+    pub fn client(&self, identity: &str) -> anyhow::Result<(BrokerSettings, ClientTls)> {
+        let mut settings = self.mqtt(identity)?;
+        settings.session_expiry_secs = 600;
         let tls = settings.check(&self.dir.path().join(format!("{identity}.toml")), "mqtt")?;
         Ok((settings, tls))
     }

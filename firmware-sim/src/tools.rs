@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use image::imageops::FilterType;
-use medgate_shared::dataset::{self, SplitName};
+use medgate_medmnist::{self as dataset, SplitName};
 use medgate_shared::envelope::OpenError;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::ids::{MessageId, Name};

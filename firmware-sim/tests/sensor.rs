@@ -9,6 +9,7 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use medgate_gateway::config::SpiSensorSection;
 use medgate_shared::envelope;
 use medgate_sim::sensor::{Feed, Sensor};
 use support::{WAIT, World, answer};
@@ -18,17 +19,17 @@ async fn sensor_images_reach_the_broker_sealed_and_results_reach_the_right_senso
     let sockets = tempfile::tempdir().unwrap();
     let period = Duration::from_millis(20);
     let mut sensors = HashMap::new();
-    let mut extra = String::new();
+    let mut sections = Vec::new();
     for name in ["xr-1", "xr-2"] {
         let socket = sockets.path().join(format!("{name}.sock"));
         let sensor = Sensor::start(name, &socket, Feed::generated(64, 4), period).unwrap();
-        extra.push_str(&format!(
-            "\n[[spi_sensor]]\ndevice = \"{name}\"\nbus = \"unix:{}\"\npoll_ms = 2\n",
-            socket.display()
-        ));
+        sections.push(SpiSensorSection {
+            poll_ms: 2,
+            ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
+        });
         sensors.insert(name.to_owned(), sensor);
     }
-    let world = World::with_extra(64 << 20, 60, &extra);
+    let world = World::with(64 << 20, 60, |config| config.spi_sensor = sections);
     let mut receiver = world.receiver().await;
     let mut opener = world.opener();
     let mut gateway = world.start_in_process();

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medgate_shared::dataset::parse_npy;
+use medgate_medmnist::parse_npy;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_npy(data);

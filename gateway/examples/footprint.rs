@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use medgate_shared::service::procstat::{clock_ticks, cpu_ticks, status_kb};
+use medgate_testkit::procstat::{clock_ticks, cpu_ticks, status_kb};
 use support::{World, answer};
 
 #[derive(Parser)]

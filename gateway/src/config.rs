@@ -7,19 +7,18 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
+use medgate_daemon::settings::{self, SettingsError};
 use medgate_shared::header::Modality;
 use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::pixels::PixelFormat;
 use medgate_shared::seal::RotationPolicy;
-use medgate_shared::service::mqtt::BrokerSettings;
-use medgate_shared::service::settings::{self, SettingsError};
-use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::sources::hot_folder::HotFolder;
 use crate::sources::spi::{SensorBus, SpiSensorConfig};
 
 /// The shipped, commented configuration.
@@ -51,6 +50,42 @@ pub struct GatewayConfig {
     pub spi_sensor: Vec<SpiSensorSection>,
 }
 
+impl GatewayConfig {
+    /// A configuration for gateway `name` of `site` with the receivers'
+    /// public key, its state and spool folders and its broker, every other
+    /// value at its default and no source yet, as a file naming only these
+    /// keys would give.
+    pub fn new(
+        site: &str,
+        name: &str,
+        receiver_public_key: PathBuf,
+        state_dir: PathBuf,
+        spool_dir: PathBuf,
+        mqtt: BrokerSettings,
+    ) -> Self {
+        Self {
+            gateway: GatewaySection {
+                site: site.to_owned(),
+                name: name.to_owned(),
+                receiver_public_key,
+                rotate_after_images: default_rotate_images(),
+                rotate_after_secs: default_rotate_secs(),
+                state_dir,
+            },
+            mqtt,
+            spool: SpoolSection {
+                dir: spool_dir,
+                max_bytes: default_spool_bytes(),
+                result_timeout_secs: default_result_timeout(),
+            },
+            preprocess: PreprocessSection::default(),
+            metrics: MetricsSection::default(),
+            hot_folder: Vec::new(),
+            spi_sensor: Vec::new(),
+        }
+    }
+}
+
 /// One `[[spi_sensor]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +107,20 @@ pub struct SpiSensorSection {
     /// Data-ready polling period, ms.
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
+}
+
+impl SpiSensorSection {
+    /// A sensor for `device` on `bus`, every other value at its default.
+    pub fn new(device: &str, bus: &str) -> Self {
+        Self {
+            device: device.to_owned(),
+            modality: default_sensor_modality(),
+            bus: bus.to_owned(),
+            data_ready: None,
+            speed_hz: default_speed_hz(),
+            poll_ms: default_poll_ms(),
+        }
+    }
 }
 
 /// `[gateway]`.
@@ -169,6 +218,19 @@ pub struct HotFolderSection {
     pub settle_ms: u64,
 }
 
+impl HotFolderSection {
+    /// A hot folder at `path` for `device`, every other value at its default.
+    pub fn new(device: &str, path: PathBuf) -> Self {
+        Self {
+            device: device.to_owned(),
+            path,
+            modality: default_modality(),
+            scan_interval_ms: default_scan_ms(),
+            settle_ms: default_settle_ms(),
+        }
+    }
+}
+
 fn default_rotate_images() -> u64 {
     10_000
 }
@@ -209,22 +271,8 @@ fn default_settle_ms() -> u64 {
     1000
 }
 
-/// A hot folder, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HotFolder {
-    /// Device name.
-    pub device: Name,
-    /// Folder.
-    pub path: PathBuf,
-    /// Modality.
-    pub modality: Modality,
-    /// Scan period.
-    pub scan_interval: Duration,
-    /// Settle time.
-    pub settle: Duration,
-}
-
-/// A checked configuration.
+/// A checked configuration. Its `Debug` leaves out the TLS key.
+#[derive(Debug)]
 pub struct Settings {
     /// Where it came from.
     pub file: PathBuf,
@@ -241,7 +289,7 @@ pub struct Settings {
     /// Broker.
     pub mqtt: BrokerSettings,
     /// TLS.
-    pub tls: Arc<ClientConfig>,
+    pub tls: ClientTls,
     /// Spool folder.
     pub spool_dir: PathBuf,
     /// Spool bound.
@@ -258,20 +306,6 @@ pub struct Settings {
     pub hot_folders: Vec<HotFolder>,
     /// SPI sensors.
     pub spi_sensors: Vec<SpiSensorConfig>,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("file", &self.file)
-            .field("site", &self.site)
-            .field("name", &self.name)
-            .field("mqtt", &self.mqtt)
-            .field("spool_dir", &self.spool_dir)
-            .field("hot_folders", &self.hot_folders)
-            .field("spi_sensors", &self.spi_sensors)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Reads and checks the file at `path` with the process environment.
@@ -293,13 +327,18 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
     let name = name_at("gateway.name", &raw.gateway.name)?;
     let receiver_key = ReceiverPublicKey::read(&raw.gateway.receiver_public_key)
         .map_err(|e| SettingsError::key(file, "gateway.receiver_public_key", e))?;
-    if raw.gateway.rotate_after_images == 0 || raw.gateway.rotate_after_secs == 0 {
-        return Err(SettingsError::key(
-            file,
-            "gateway.rotate_after_images",
-            "rotation limits must be at least 1",
-        ));
-    }
+    settings::in_range(
+        file,
+        "gateway.rotate_after_images",
+        raw.gateway.rotate_after_images,
+        1..,
+    )?;
+    settings::in_range(
+        file,
+        "gateway.rotate_after_secs",
+        raw.gateway.rotate_after_secs,
+        1..,
+    )?;
     let tls = raw.mqtt.check(file, "mqtt")?;
     if raw.spool.max_bytes < 1 << 20 {
         return Err(SettingsError::key(
@@ -311,13 +350,12 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
             ),
         ));
     }
-    if raw.spool.result_timeout_secs == 0 {
-        return Err(SettingsError::key(
-            file,
-            "spool.result_timeout_secs",
-            "must be at least 1",
-        ));
-    }
+    settings::in_range(
+        file,
+        "spool.result_timeout_secs",
+        raw.spool.result_timeout_secs,
+        1..,
+    )?;
     let pixel_format = match raw.preprocess.bit_depth {
         8 => PixelFormat::Gray8,
         16 => PixelFormat::Gray16,
@@ -330,14 +368,12 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         }
     };
     let resize = match raw.preprocess.resize {
-        Some([w, h]) if w == 0 || h == 0 || w > 16_384 || h > 16_384 => {
-            return Err(SettingsError::key(
-                file,
-                "preprocess.resize",
-                "width and height must be 1..=16384",
-            ));
+        Some([w, h]) => {
+            for side in [w, h] {
+                settings::in_range(file, "preprocess.resize", side, 1..=16_384)?;
+            }
+            Some((w, h))
         }
-        Some([w, h]) => Some((w, h)),
         None => None,
     };
     let metrics = if raw.metrics.enabled {
@@ -378,13 +414,7 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
                 format!("{} is not a folder", folder.path.display()),
             ));
         }
-        if folder.scan_interval_ms == 0 {
-            return Err(SettingsError::key(
-                file,
-                key("scan_interval_ms"),
-                "must be at least 1",
-            ));
-        }
+        settings::in_range(file, &key("scan_interval_ms"), folder.scan_interval_ms, 1..)?;
         hot_folders.push(HotFolder {
             device,
             path: folder.path.clone(),
@@ -445,13 +475,7 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
                 ));
             }
         };
-        if sensor.poll_ms == 0 || sensor.poll_ms > 10_000 {
-            return Err(SettingsError::key(
-                file,
-                key("poll_ms"),
-                "must be 1..=10000",
-            ));
-        }
+        settings::in_range(file, &key("poll_ms"), sensor.poll_ms, 1..=10_000)?;
         let frames_dir = raw.gateway.state_dir.join("frames").join(device.as_str());
         spi_sensors.push(SpiSensorConfig {
             frames_dir,

@@ -10,8 +10,8 @@ use medgate_shared::seal::Sealer;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::capture::Capture;
+use crate::messages::{Event, Spooled};
 use crate::metrics::Metrics;
-use crate::publisher::Event;
 use crate::sequence::Sequences;
 use crate::spool::{Spool, SpoolError};
 
@@ -154,16 +154,6 @@ impl IntakeActor {
         self.metrics
             .spool(&self.spool.lock().unwrap_or_else(PoisonError::into_inner));
     }
-}
-
-/// A spooled image, as intake reports it to the publisher.
-pub struct Spooled {
-    /// Its id.
-    pub id: MessageId,
-    /// Its device.
-    pub device: Name,
-    /// Capture time.
-    pub captured_at_ms: u64,
 }
 
 fn seal_and_spool(

@@ -5,11 +5,14 @@
 //! # Layout
 //! - [`config`]: the config file and its check into typed settings.
 //! - [`capture`]: decoding and preparing captured images.
-//! - [`sources`]: image sources behind one trait (hot folder so far).
+//! - [`sources`]: image sources behind one trait (hot folders, SPI sensors).
+//! - [`messages`]: what intake, the publisher and the sources tell each
+//!   other (a leaf module, so that they do not depend on each other).
 //! - [`intake`]: captures become sealed, spooled images, or are refused.
 //! - [`sequence`]: per-device sequence numbers that survive restarts.
 //! - [`spool`]: the durable, bounded spool of sealed images.
-//! - [`publisher`]: publication, acknowledgement, re-publication, results.
+//! - [`publisher`]: the broker link and the core's state machine:
+//!   publication, acknowledgement, re-publication, results.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`service`]: `run`, which ties them together, with systemd notifications.
 //! - [`cli`]: the `medgate-gateway` command line.
@@ -17,6 +20,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod intake;
+pub mod messages;
 pub mod metrics;
 pub mod publisher;
 pub mod sequence;

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use medgate_daemon::metrics as endpoint;
+use medgate_daemon::mqtt;
 use medgate_shared::seal::Sealer;
-use medgate_shared::service::metrics as endpoint;
 use medgate_shared::topics;
 use prometheus_client::registry::Registry;
 use rumqttc::v5::AsyncClient;
@@ -24,7 +24,8 @@ use crate::capture::Preparation;
 use crate::config::Settings;
 use crate::intake;
 use crate::metrics::Metrics;
-use crate::publisher::{self, Core, CoreConfig};
+use crate::publisher::core::{Core, CoreConfig};
+use crate::publisher::{self, link};
 use crate::sequence::{SequenceError, Sequences};
 use crate::sources::Source;
 use crate::sources::hot_folder::HotFolderSource;
@@ -41,13 +42,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Sequence(#[from] SequenceError),
     /// The metrics endpoint could not listen.
-    #[error("metrics endpoint {address}: {source}")]
-    Metrics {
-        /// Address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Metrics(#[from] endpoint::EndpointError),
 }
 
 /// What a started gateway reports (tests use it).
@@ -86,22 +82,9 @@ pub async fn run(
     let sequences = Sequences::open(&settings.state_dir)?;
 
     let stop = CancellationToken::new();
-    let metrics_address = match settings.metrics {
-        Some(address) => {
-            let token = stop.clone();
-            let shutdown = async move { token.cancelled().await };
-            Some(
-                endpoint::spawn(address, registry, shutdown)
-                    .await
-                    .map_err(|source| ServiceError::Metrics { address, source })?,
-            )
-        }
-        None => None,
-    };
+    let metrics_address = endpoint::start(settings.metrics, registry, stop.clone()).await?;
 
-    let mut options = settings
-        .mqtt
-        .options(settings.name.as_str(), settings.tls.clone());
+    let mut options = settings.mqtt.options(settings.name.as_str(), &settings.tls);
     let status_topic = topics::status(&settings.site, &settings.name);
     options.set_last_will(LastWill::new(
         status_topic.clone(),
@@ -138,7 +121,7 @@ pub async fn run(
     }
 
     let link_stop = CancellationToken::new();
-    let link = tokio::spawn(publisher::link(
+    let link = tokio::spawn(link::link(
         eventloop,
         events_tx.clone(),
         link_stop.clone(),
@@ -216,12 +199,7 @@ pub async fn run(
             publisher::status_payload(&settings.name, "offline"),
         )
         .await;
-    let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), link)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the broker did not confirm the disconnect in time");
+    if !mqtt::disconnect(&client, link).await {
         link_stop.cancel();
     }
     stop.cancel();

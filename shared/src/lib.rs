@@ -14,13 +14,9 @@
 //! - [`topics`]: the MQTT topic tree.
 //! - [`messages`]: the JSON results, notifications and audit records.
 //! - [`quality`]: NPCR, UACI, entropy, correlation, MSE/PSNR and the cipher report.
-//! - `dataset` (feature `dataset`): MedMNIST `.npz` reading.
-//! - `pki` (feature `pki`): a throwaway certificate authority.
-//! - `mosquitto` (feature `mosquitto`): a throwaway mosquitto broker on a
-//!   free port with mutual TLS, for tests and the load generator.
-//! - `plotting` (feature `plot`): a font for plot labels.
-//! - `service` (feature `service`): MQTT/TLS options, config files, logging
-//!   and metrics shared by the daemons.
+//!
+//! The daemons' plumbing (config files, MQTT/TLS, metrics, the command-line
+//! skeleton) is the `medgate-daemon` crate in `daemon/` beside this one.
 //!
 //! `FORMAT.md` beside this crate describes the sealed image for a second
 //! implementation; `tests/vectors/` holds the test vectors that pin it.
@@ -35,14 +31,3 @@ pub mod pixels;
 pub mod quality;
 pub mod seal;
 pub mod topics;
-
-#[cfg(feature = "dataset")]
-pub mod dataset;
-#[cfg(feature = "mosquitto")]
-pub mod mosquitto;
-#[cfg(feature = "pki")]
-pub mod pki;
-#[cfg(feature = "plot")]
-pub mod plotting;
-#[cfg(feature = "service")]
-pub mod service;

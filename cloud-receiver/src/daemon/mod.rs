@@ -1,5 +1,6 @@
 //! The receiver daemon (`medgate-receiver run`).
 //!
+//! - [`config`]: the config file and its check into typed settings.
 //! - [`service`]: the MQTT service: event loop, intake, shutdown.
 //! - [`handler`]: one sealed image from receipt to acknowledgement.
 //! - [`acks`]: acknowledgements in arrival order (MQTT 4.6).
@@ -10,6 +11,7 @@
 //! - [`metrics`]: the Prometheus metrics.
 pub mod acks;
 pub mod batcher;
+pub mod config;
 pub mod dedupe;
 pub mod handler;
 pub mod metrics;

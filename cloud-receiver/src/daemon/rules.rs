@@ -23,6 +23,19 @@ pub struct Rule {
     pub sites: Vec<Name>,
 }
 
+impl Rule {
+    /// A rule for results from every site.
+    pub fn new(label: &str, min_probability: f32, ward: Name, priority: Priority) -> Self {
+        Self {
+            label: label.to_owned(),
+            min_probability,
+            ward,
+            priority,
+            sites: Vec::new(),
+        }
+    }
+}
+
 /// Why a set of rules is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuleError {

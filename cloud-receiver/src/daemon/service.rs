@@ -13,8 +13,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use medgate_daemon::metrics as endpoint;
+use medgate_daemon::mqtt::{self, Backoff};
 use medgate_shared::seal::Opener;
-use medgate_shared::service::metrics as endpoint;
 use medgate_shared::topics;
 use prometheus_client::registry::Registry;
 use rumqttc::Outgoing;
@@ -26,19 +27,17 @@ use tokio_util::task::TaskTracker;
 
 use super::acks::Acks;
 use super::batcher::{self, BatchLimits};
+use super::config::Settings;
 use super::dedupe::Dedupe;
 use super::handler::{self, Context, Memory};
 use super::metrics::Metrics;
 use super::replay::ReplayGuard;
-use crate::config::Settings;
 use crate::model::backend::{self, BackendError};
-use crate::model::train::predict;
+use crate::model::infer::predict;
 use crate::model::{LoadedModel, ModelError};
 
 /// Requests queued towards the event loop.
 const CLIENT_QUEUE: usize = 256;
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why the service stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +49,8 @@ pub enum ServiceError {
     #[error("model: {0}")]
     Model(#[from] ModelError),
     /// The metrics endpoint could not listen.
-    #[error("metrics endpoint {address}: {source}")]
-    Metrics {
-        /// The configured address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Metrics(#[from] endpoint::EndpointError),
     /// The inference thread could not start or stopped.
     #[error("inference thread: {0}")]
     Inference(String),
@@ -106,22 +100,9 @@ pub async fn run(
         spawn_inference(settings.batch, model, selected.device.clone(), &metrics)?;
 
     let stop = CancellationToken::new();
-    let metrics_address = match settings.metrics {
-        Some(address) => {
-            let token = stop.clone();
-            let shutdown = async move { token.cancelled().await };
-            Some(
-                endpoint::spawn(address, registry, shutdown)
-                    .await
-                    .map_err(|source| ServiceError::Metrics { address, source })?,
-            )
-        }
-        None => None,
-    };
+    let metrics_address = endpoint::start(settings.metrics, registry, stop.clone()).await?;
 
-    let mut options = settings
-        .mqtt
-        .options(settings.name.as_str(), settings.tls.clone());
+    let mut options = settings.mqtt.options(settings.name.as_str(), &settings.tls);
     options.set_manual_acks(true);
     let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
     let limits = settings.limits.clone();
@@ -183,13 +164,7 @@ pub async fn run(
             "grace period over; unfinished images stay unacknowledged with the broker"
         );
     }
-    let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), driver)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the broker did not confirm the disconnect in time");
-    }
+    mqtt::disconnect(&client, driver).await;
     stop.cancel();
     drop(ctx);
     let joined = tokio::task::spawn_blocking(move || inference_thread.join().is_ok()).await;
@@ -238,7 +213,7 @@ async fn drive(
     stop: CancellationToken,
     most_in_flight: usize,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
@@ -246,7 +221,7 @@ async fn drive(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 ctx.metrics.connections.inc();
                 tracing::info!(
                     session_present = ack.session_present,
@@ -301,12 +276,10 @@ async fn drive(
             Ok(_) => {}
             Err(e) => {
                 ctx.metrics.connection_errors.inc();
-                tracing::warn!(cause = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
+                tracing::warn!(cause = %e, retry_in_ms = backoff.delay().as_millis() as u64, "broker connection failed");
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::LoadedModel;
 use super::backend::Selected;
-use super::train::predict;
+use super::infer::predict;
 
 /// One backend at one batch size.
 #[derive(Debug, Clone, Serialize)]
@@ -87,4 +87,19 @@ pub fn run(
         }
     }
     figures
+}
+
+/// The figures as the table `bench-inference` prints without `--json`.
+pub fn render_table(figures: &[InferenceFigure]) -> String {
+    let mut table = format!(
+        "{:<28} {:>6} {:>12} {:>10} {:>7}\n",
+        "backend", "batch", "images/s", "ms/call", "rounds"
+    );
+    for f in figures {
+        table.push_str(&format!(
+            "{:<28} {:>6} {:>12.0} {:>10.3} {:>7}\n",
+            f.backend, f.batch, f.images_per_s, f.ms_per_call, f.rounds
+        ));
+    }
+    table
 }

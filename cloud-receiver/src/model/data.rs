@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use image::imageops::FilterType;
-use medgate_shared::dataset::Split;
+use medgate_medmnist::Split;
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use rand::Rng;
 use sha2::{Digest, Sha256};

@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use medgate_shared::dataset::{self, SplitName};
+use medgate_medmnist::{self as dataset, SplitName};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
 use super::LoadedModel;
 use super::backend::Selected;
+use super::infer::predict;
 use super::metrics::{Confusion, roc_auc, roc_curve};
-use super::train::predict;
 
 /// The evaluation report, with exactly the fields of `evaluate --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -136,7 +136,7 @@ pub fn render_text(r: &EvalReport, split: SplitName) -> String {
 /// # Errors
 /// A description if drawing or writing fails.
 pub fn plot(report: &EvalReport, scored: &Scored, out: &Path) -> Result<(), String> {
-    let labels = medgate_shared::plotting::register_font();
+    let labels = crate::plotting::register_font();
     let root = BitMapBackend::new(out, (1300, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(600);

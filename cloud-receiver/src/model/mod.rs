@@ -5,6 +5,7 @@
 //! - [`backend`]: choosing the device (wgpu or CPU) at start.
 //! - [`bench`]: inference speed per backend and batch size.
 //! - [`data`]: MedMNIST splits as tensors, normalisation, augmentation.
+//! - [`infer`]: positive-class probabilities for batches of images.
 //! - [`metrics`]: accuracy, sensitivity, specificity, ROC AUC, thresholds.
 //! - [`train`] and [`evaluate`]: the `train` and `evaluate` subcommands.
 //!
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod data;
 pub mod evaluate;
+pub mod infer;
 pub mod metrics;
 pub mod train;
 

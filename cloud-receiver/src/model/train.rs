@@ -16,15 +16,15 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Device;
-use burn::tensor::activation::softmax;
 use indicatif::{ProgressBar, ProgressStyle};
-use medgate_shared::dataset::{self, SplitName};
+use medgate_medmnist::{self as dataset, SplitName};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::data::{augment, fingerprint, images_tensor, labels_tensor, normalisation_of};
+use super::infer::predict;
 use super::metrics::{Confusion, balanced_threshold, roc_auc};
-use super::{Architecture, CARD_FORMAT, Classifier, ModelCard, Normalisation, TrainingRecord};
+use super::{Architecture, CARD_FORMAT, Classifier, ModelCard, TrainingRecord};
 use crate::model::backend::{BackendChoice, select};
 
 /// Settings of one training run.
@@ -89,28 +89,6 @@ pub struct EpochLog {
     pub val_balanced_accuracy: f64,
     /// Seconds the epoch took.
     pub seconds: f64,
-}
-
-/// Probabilities of the positive class for square 8-bit images, in batches.
-pub fn predict(
-    network: &Classifier,
-    images: &[u8],
-    side: usize,
-    norm: Normalisation,
-    device: &Device,
-    batch: usize,
-) -> Vec<f32> {
-    let per_image = side * side;
-    let mut scores = Vec::with_capacity(images.len() / per_image);
-    for chunk in images.chunks(per_image * batch.max(1)) {
-        let logits = network.forward(images_tensor(chunk, side, norm, device));
-        let probs = softmax(logits, 1);
-        let data = probs.into_data().convert::<f32>();
-        // `convert` fixes the element type, so this read cannot fail.
-        let values: Vec<f32> = data.try_to_vec().unwrap_or_default();
-        scores.extend(values.chunks_exact(2).map(|p| p[1]));
-    }
-    scores
 }
 
 /// Trains, selects on val, writes the model folder and returns the card

@@ -7,9 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use medgate_receiver::config;
+use medgate_daemon::mqtt::BrokerSettings;
+use medgate_medmnist::{SplitName, read_split};
+use medgate_receiver::daemon::config::{self, ReceiverConfig};
+use medgate_receiver::daemon::rules::{Priority, Rule};
 use medgate_receiver::daemon::service::{self, ServiceError, Started};
-use medgate_shared::dataset::{SplitName, read_split};
+use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::ReceiverPrivateKey;
@@ -17,6 +20,7 @@ use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
+use medgate_testkit::write_config;
 use tokio::sync::oneshot;
 
 /// Deadline of every wait (a failure bound, not a synchronisation).
@@ -29,7 +33,7 @@ pub const GATEWAY: &str = "gw-1";
 /// Receiver options a test may set.
 pub struct RigOptions {
     /// `model.backend`.
-    pub backend: &'static str,
+    pub backend: BackendChoice,
     /// `model.max_batch`.
     pub max_batch: usize,
     /// `model.max_wait_ms`.
@@ -41,7 +45,7 @@ pub struct RigOptions {
 impl Default for RigOptions {
     fn default() -> Self {
         Self {
-            backend: "cpu",
+            backend: BackendChoice::Cpu,
             max_batch: 16,
             max_wait_ms: 20,
             receive_maximum: 32,
@@ -72,49 +76,22 @@ impl Rig {
         let key_path = dir.path().join("receiver.pem");
         std::fs::write(&key_path, key.to_pem().unwrap().as_bytes()).unwrap();
         let tls = pki.client("receiver-1").unwrap();
+        let mut mqtt =
+            BrokerSettings::new("127.0.0.1", broker.port(), pki.ca_file(), tls.cert, tls.key);
+        mqtt.receive_maximum = options.receive_maximum;
+        let mut receiver = ReceiverConfig::new("receiver-1", key_path, mqtt);
+        receiver.model.backend = options.backend;
+        receiver.model.max_batch = options.max_batch;
+        receiver.model.max_wait_ms = options.max_wait_ms;
+        receiver.metrics.listen = "127.0.0.1:0".into();
+        receiver.notify.push(Rule::new(
+            "pneumonia",
+            0.5,
+            "radiology".parse().unwrap(),
+            Priority::Urgent,
+        ));
         let config_path = dir.path().join("receiver.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                r#"
-[receiver]
-name = "receiver-1"
-private_key = "{key}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-cert_file = "{cert}"
-key_file = "{tls_key}"
-receive_maximum = {receive_maximum}
-
-[model]
-backend = "{backend}"
-max_batch = {max_batch}
-max_wait_ms = {max_wait_ms}
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[[notify]]
-label = "pneumonia"
-min_probability = 0.5
-ward = "radiology"
-priority = "urgent"
-"#,
-                key = key_path.display(),
-                port = broker.port(),
-                ca = pki.ca_file().display(),
-                cert = tls.cert.display(),
-                tls_key = tls.key.display(),
-                receive_maximum = options.receive_maximum,
-                backend = options.backend,
-                max_batch = options.max_batch,
-                max_wait_ms = options.max_wait_ms,
-            ),
-        )
-        .unwrap();
+        write_config(&config_path, &receiver).unwrap();
         let settings = config::load(&config_path).unwrap();
         let mark = broker.log_len();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -15,16 +15,32 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use medgate_shared::header::Modality;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::messages::ResultMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Source, SourceTask};
+use super::{Source, SourceTask};
 use crate::capture::{self, Capture, Preparation};
-use crate::config::HotFolder;
 use crate::intake::{Intake, Refusal};
+use crate::messages::Delivery;
 use crate::metrics::Metrics;
+
+/// A hot folder, as the config check makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HotFolder {
+    /// Device name.
+    pub device: Name,
+    /// Folder.
+    pub path: PathBuf,
+    /// Modality.
+    pub modality: Modality,
+    /// Scan period.
+    pub scan_interval: Duration,
+    /// Settle time.
+    pub settle: Duration,
+}
 
 /// A hot-folder source.
 pub struct HotFolderSource {

@@ -12,23 +12,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use medgate_shared::ids::Name;
-use medgate_shared::messages::ResultMessage;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::Intake;
-
-/// A result on its way to the device that captured the image. The source
-/// answers on `done` once the device has it (register written, file
-/// written); only then does the spool let go of the image. A delivery
-/// dropped without an answer leaves the image spooled, to be published
-/// and answered again.
-pub struct Delivery {
-    /// The result.
-    pub result: ResultMessage,
-    /// Answered when delivered.
-    pub done: oneshot::Sender<()>,
-}
+use crate::messages::Delivery;
 
 /// A boxed source task.
 pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;

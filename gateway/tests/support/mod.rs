@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use medgate_gateway::config;
+use medgate_daemon::mqtt::BrokerSettings;
+use medgate_gateway::config::{self, GatewayConfig, HotFolderSection};
 use medgate_gateway::service::{self, ServiceError, Started};
 use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::messages::{ResultMessage, Timings};
@@ -18,6 +19,7 @@ use medgate_shared::seal::Opener;
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
+use medgate_testkit::write_config;
 use tokio::sync::oneshot;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -33,11 +35,15 @@ pub struct World {
 
 impl World {
     pub fn new(spool_bytes: u64, result_timeout_secs: u64) -> World {
-        Self::with_extra(spool_bytes, result_timeout_secs, "")
+        Self::with(spool_bytes, result_timeout_secs, |_| {})
     }
 
-    /// As [`World::new`], with `extra` appended to the config (more sources).
-    pub fn with_extra(spool_bytes: u64, result_timeout_secs: u64, extra: &str) -> World {
+    /// As [`World::new`], with `edit` applied to the config (more sources).
+    pub fn with(
+        spool_bytes: u64,
+        result_timeout_secs: u64,
+        edit: impl FnOnce(&mut GatewayConfig),
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "medgate test CA").unwrap();
         let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
@@ -47,51 +53,26 @@ impl World {
         let tls = pki.client("gw-1").unwrap();
         let inbox = dir.path().join("inbox");
         std::fs::create_dir_all(&inbox).unwrap();
+        let mut gateway = GatewayConfig::new(
+            "site-a",
+            "gw-1",
+            public,
+            dir.path().join("state"),
+            dir.path().join("spool"),
+            BrokerSettings::new("127.0.0.1", broker.port(), pki.ca_file(), tls.cert, tls.key),
+        );
+        gateway.spool.max_bytes = spool_bytes;
+        gateway.spool.result_timeout_secs = result_timeout_secs;
+        gateway.metrics.listen = "127.0.0.1:0".into();
+        gateway.hot_folder.push(HotFolderSection {
+            modality: "DX".into(),
+            scan_interval_ms: 20,
+            settle_ms: 0,
+            ..HotFolderSection::new("scanner-1", inbox.clone())
+        });
+        edit(&mut gateway);
         let config = dir.path().join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[gateway]
-site = "site-a"
-name = "gw-1"
-receiver_public_key = "{public}"
-state_dir = "{state}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-ca_file = "{ca}"
-cert_file = "{cert}"
-key_file = "{tls_key}"
-
-[spool]
-dir = "{spool}"
-max_bytes = {spool_bytes}
-result_timeout_secs = {result_timeout_secs}
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[[hot_folder]]
-device = "scanner-1"
-path = "{inbox}"
-modality = "DX"
-scan_interval_ms = 20
-settle_ms = 0
-{extra}
-"#,
-                public = public.display(),
-                state = dir.path().join("state").display(),
-                port = broker.port(),
-                ca = pki.ca_file().display(),
-                cert = tls.cert.display(),
-                tls_key = tls.key.display(),
-                spool = dir.path().join("spool").display(),
-                inbox = inbox.display(),
-            ),
-        )
-        .unwrap();
+        write_config(&config, &gateway).unwrap();
         World {
             dir,
             broker,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use medgate_shared::service::mqtt;
+use medgate_daemon::mqtt;
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
@@ -185,7 +185,7 @@ async fn clients_without_a_certificate_of_the_site_cannot_connect() {
     let settings = client::settings(&pki, &broker, "gw-1").unwrap();
     let tls = settings.check(Path::new("<test>"), "mqtt").unwrap();
     assert!(
-        connects(settings.options("gw-1", tls)).await,
+        connects(settings.options("gw-1", &tls)).await,
         "the site's own certificate works"
     );
 }

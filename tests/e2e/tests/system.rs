@@ -20,7 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use medgate_shared::dataset::SplitName;
+use medgate_daemon::mqtt::BrokerSettings;
+use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
+use medgate_medmnist::SplitName;
+use medgate_receiver::daemon::config::ReceiverConfig;
+use medgate_receiver::daemon::rules::{Priority, Rule};
+use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::envelope;
 use medgate_shared::ids::MessageId;
 use medgate_shared::keys::ReceiverPublicKey;
@@ -31,7 +36,7 @@ use medgate_sim::sensor::{Feed, Sensor};
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
-use medgate_testkit::{forge, free_port, metrics};
+use medgate_testkit::{forge, free_port, metrics, write_config};
 
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -64,14 +69,14 @@ impl Drop for Killed {
     }
 }
 
-fn mqtt_section(pki: &Pki, broker: &Mosquitto, name: &str) -> String {
+fn mqtt(pki: &Pki, broker: &Mosquitto, name: &str) -> BrokerSettings {
     let files = pki.client(name).unwrap();
-    format!(
-        "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+    BrokerSettings::new(
+        "127.0.0.1",
         broker.port(),
-        pki.ca_file().display(),
-        files.cert.display(),
-        files.key.display()
+        pki.ca_file(),
+        files.cert,
+        files.key,
     )
 }
 
@@ -83,16 +88,21 @@ fn start_receiver(
     key: &Path,
 ) -> (Killed, SocketAddr) {
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut mqtt = mqtt(pki, broker, name);
+    mqtt.receive_maximum = 8;
+    let mut receiver = ReceiverConfig::new(name, key.to_path_buf(), mqtt);
+    receiver.model.backend = BackendChoice::Cpu;
+    receiver.model.max_batch = 8;
+    receiver.model.max_wait_ms = 5;
+    receiver.metrics.listen = metrics.to_string();
+    receiver.notify.push(Rule::new(
+        "pneumonia",
+        0.5,
+        "radiology".parse().unwrap(),
+        Priority::Urgent,
+    ));
     let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[receiver]\nname = \"{name}\"\nprivate_key = \"{}\"\n\n{}receive_maximum = 8\n\n[model]\nbackend = \"cpu\"\nmax_batch = 8\nmax_wait_ms = 5\n\n[metrics]\nlisten = \"{metrics}\"\n\n[[notify]]\nlabel = \"pneumonia\"\nmin_probability = 0.5\nward = \"radiology\"\npriority = \"urgent\"\n",
-            key.display(),
-            mqtt_section(pki, broker, name)
-        ),
-    )
-    .unwrap();
+    write_config(&config, &receiver).unwrap();
     let mark = broker.log_len();
     let child = Command::new(binary("medgate-receiver"))
         .args(["run", "--config", config.to_str().unwrap()])
@@ -147,29 +157,28 @@ impl Rig {
             .unzip();
         let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
         let mut sensors = Vec::new();
-        let mut sources = String::new();
+        let mut gateway = GatewayConfig::new(
+            "site-a",
+            "gw-1",
+            keys.join("receiver.pub.pem"),
+            dir.path().join("state"),
+            dir.path().join("spool"),
+            mqtt(&pki, &broker, "gw-1"),
+        );
+        gateway.spool.result_timeout_secs = 3;
+        gateway.metrics.enabled = false;
         for name in ["xr-1", "xr-2"] {
             let socket = dir.path().join(format!("{name}.sock"));
             sensors.push(
                 Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap(),
             );
-            sources.push_str(&format!(
-                "\n[[spi_sensor]]\ndevice = \"{name}\"\nbus = \"unix:{}\"\npoll_ms = 2\n",
-                socket.display()
-            ));
+            gateway.spi_sensor.push(SpiSensorSection {
+                poll_ms: 2,
+                ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
+            });
         }
         let gateway_config = dir.path().join("gateway.toml");
-        std::fs::write(
-            &gateway_config,
-            format!(
-                "[gateway]\nsite = \"site-a\"\nname = \"gw-1\"\nreceiver_public_key = \"{}\"\nstate_dir = \"{}\"\n\n{}\n[spool]\ndir = \"{}\"\nresult_timeout_secs = 3\n\n[metrics]\nenabled = false\n{sources}",
-                keys.join("receiver.pub.pem").display(),
-                dir.path().join("state").display(),
-                mqtt_section(&pki, &broker, "gw-1"),
-                dir.path().join("spool").display(),
-            ),
-        )
-        .unwrap();
+        write_config(&gateway_config, &gateway).unwrap();
         let mut rig = Rig {
             pki,
             broker,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use medgate_shared::service::mqtt::BrokerSettings;
+use medgate_daemon::mqtt::{BrokerSettings, DEFAULT_MAX_PACKET_BYTES};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event};
@@ -72,7 +72,7 @@ pub fn settings(pki: &Pki, broker: &Mosquitto, name: &str) -> Result<BrokerSetti
         server_name: None,
         client_id: None,
         keep_alive_secs: 30,
-        max_packet_bytes: 16 * 1024 * 1024,
+        max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
         receive_maximum: 512,
         max_inflight: 256,
         session_expiry_secs: 0,
@@ -94,7 +94,7 @@ impl TestClient {
         let tls = settings
             .check(Path::new("<test client>"), "mqtt")
             .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let (client, mut eventloop) = AsyncClient::new(settings.options(name, tls), 1024);
+        let (client, mut eventloop) = AsyncClient::new(settings.options(name, &tls), 1024);
         let (tx, inbox) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = oneshot::channel::<Result<(), String>>();
         let wanted = filters.len();

@@ -30,9 +30,10 @@ use self::driver::{SensorError, SpiSensor};
 use self::frames::FrameMap;
 use self::registers::ResultRecord;
 use self::virtual_bus::VirtualBus;
-use super::{Delivery, Source, SourceTask};
+use super::{Source, SourceTask};
 use crate::capture::{self, Capture};
 use crate::intake::{Intake, Refusal};
+use crate::messages::Delivery;
 use crate::metrics::Metrics;
 
 /// How an SPI sensor is reached.

@@ -3,7 +3,13 @@
 //! labels `uint8` of shape (N, 1). Only what these files use is read:
 //! `.npy` version 1–3, dtype `|u1` (or `<u1`), C order.
 //!
-//! Enabled by the `dataset` feature.
+//! A crate of its own so that its users (the receiver's `train` and
+//! `evaluate`, the simulator's sensors, the `npy` fuzz target) share one
+//! reader without building Burn or the daemons.
+//!
+//! # Layout
+//! One module: [`read_split`] and [`read_array`] for files, [`parse_npy`]
+//! for one array's bytes (untrusted input: it has a fuzz target).
 
 use std::fs::File;
 use std::io::Read;

@@ -1,150 +1,62 @@
-//! The publisher: everything between the spool and the broker.
-//!
-//! Two tasks. The *link* owns the rumqttc event loop and only polls it,
-//! forwarding what matters (connection up or down, publications sent and
-//! acknowledged, results) to the *core*. The core owns the publication
-//! state: it publishes each spooled image (QoS 1), marks it acknowledged on
-//! PUBACK, publishes it again with the same message id when no result came
-//! within the timeout or the connection was re-established, and deletes it
-//! from the spool only when the source that captured the image confirms
-//! its device has the result.
-//!
-//! The core never waits on the client's request queue (it uses
-//! `try_publish`; what does not fit is published on a later tick), so the
-//! link can always hand it events: no cycle can block both.
+//! The publisher's core: the state of every spooled image between intake
+//! and its device (never published, published and waiting for PUBACK,
+//! acknowledged and waiting for the result, result on its way to the
+//! device), driven by [`Event`]s and a tick that re-publishes what is
+//! overdue. It talks to the broker only through [`Requests`], which never
+//! waits, so tests drive it without one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::messages::ResultMessage;
 use medgate_shared::topics;
-use rumqttc::Outgoing;
+use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
-use rumqttc::v5::{AsyncClient, Event as MqttEvent, EventLoop};
-use serde::Serialize;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::status_payload;
 use crate::capture::now_ms;
-use crate::intake::Spooled;
+use crate::messages::{Delivery, Event};
 use crate::metrics::Metrics;
-use crate::sources::Delivery;
 use crate::spool::Spool;
 
 /// How often the core looks for images to (re)publish.
 const TICK: Duration = Duration::from_millis(200);
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What the core hears about.
-pub enum Event {
-    /// Intake spooled a new image.
-    Spooled(Spooled),
-    /// The broker accepted the connection.
-    Connected {
-        /// Whether it kept our session (subscriptions).
-        session_present: bool,
-    },
-    /// The connection dropped.
-    Disconnected,
-    /// A publication went out with this packet id.
-    Sent(u16),
-    /// The broker acknowledged (or refused) a publication.
-    Acked {
-        /// Packet id.
-        pkid: u16,
-        /// The broker's verdict.
-        reason: PubAckReason,
-    },
-    /// A result reached its device (`true`) or could not be delivered.
-    Delivered {
-        /// The image.
-        id: MessageId,
-        /// Whether the device has it (and the spool let go of the image).
-        delivered: bool,
-    },
-    /// A message on our results topics.
-    Result {
-        /// Its topic.
-        topic: String,
-        /// Its payload.
-        payload: Vec<u8>,
-    },
+/// The client's request queue is full; the request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the MQTT client's request queue is full")]
+pub struct QueueFull;
+
+/// What the core asks of the MQTT client: requests queued without
+/// waiting (QoS 1), so that the core never blocks the link.
+pub trait Requests: Send {
+    /// Queues a publication.
+    ///
+    /// # Errors
+    /// [`QueueFull`]; the caller tries again later.
+    fn try_publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), QueueFull>;
+
+    /// Queues a subscription.
+    ///
+    /// # Errors
+    /// [`QueueFull`].
+    fn try_subscribe(&self, filter: String) -> Result<(), QueueFull>;
 }
 
-/// The gateway's retained status message.
-#[derive(Debug, Serialize)]
-struct Status<'a> {
-    state: &'a str,
-    gateway: &'a str,
-    version: &'a str,
-    at_ms: u64,
-}
+impl Requests for AsyncClient {
+    fn try_publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), QueueFull> {
+        AsyncClient::try_publish(self, topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|_| QueueFull)
+    }
 
-/// The retained status payload for `state` ("online" / "offline").
-pub fn status_payload(gateway: &Name, state: &str) -> Vec<u8> {
-    serde_json::to_vec(&Status {
-        state,
-        gateway: gateway.as_str(),
-        version: crate::VERSION,
-        at_ms: now_ms(),
-    })
-    .unwrap_or_default()
-}
-
-/// Polls the event loop until `stop`, forwarding events to the core.
-pub async fn link(
-    mut eventloop: EventLoop,
-    events: mpsc::Sender<Event>,
-    stop: CancellationToken,
-    metrics: Metrics,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let polled = tokio::select! {
-            polled = eventloop.poll() => polled,
-            () = stop.cancelled() => return,
-        };
-        let event = match polled {
-            Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
-                Event::Connected {
-                    session_present: ack.session_present,
-                }
-            }
-            Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => Event::Acked {
-                pkid: ack.pkid,
-                reason: ack.reason,
-            },
-            Ok(MqttEvent::Incoming(Packet::Publish(p))) => Event::Result {
-                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                payload: p.payload.to_vec(),
-            },
-            Ok(MqttEvent::Incoming(Packet::Disconnect(d))) => {
-                tracing::warn!(reason = ?d.reason_code, "the broker closed the connection");
-                Event::Disconnected
-            }
-            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => Event::Sent(pkid),
-            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return,
-            Ok(_) => continue,
-            Err(e) => {
-                metrics.error("connection");
-                tracing::warn!(cause = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
-                let _ = events.send(Event::Disconnected).await;
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        if events.send(event).await.is_err() {
-            return;
-        }
+    fn try_subscribe(&self, filter: String) -> Result<(), QueueFull> {
+        AsyncClient::try_subscribe(self, filter, QoS::AtLeastOnce).map_err(|_| QueueFull)
     }
 }
 
@@ -167,10 +79,11 @@ pub struct CoreConfig {
     pub max_packet_bytes: u32,
 }
 
-/// The core actor.
-pub struct Core {
+/// The core actor, publishing through `C` (the rumqttc client in the
+/// daemon).
+pub struct Core<C> {
     config: CoreConfig,
-    client: AsyncClient,
+    client: C,
     events: mpsc::Receiver<Event>,
     spool: Arc<Mutex<Spool>>,
     routes: HashMap<Name, mpsc::Sender<Delivery>>,
@@ -187,12 +100,12 @@ pub struct Core {
     by_pkid: HashMap<u16, MessageId>,
 }
 
-impl Core {
+impl<C: Requests> Core<C> {
     /// A core for `spool`, answering results to `routes` (device → source).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: CoreConfig,
-        client: AsyncClient,
+        client: C,
         events: mpsc::Receiver<Event>,
         feedback: mpsc::Sender<Event>,
         spool: Arc<Mutex<Spool>>,
@@ -261,17 +174,13 @@ impl Core {
                 }
                 if !session_present {
                     let filter = topics::results_filter(&self.config.site, &self.config.gateway);
-                    if let Err(e) = self.client.try_subscribe(filter, QoS::AtLeastOnce) {
+                    if let Err(e) = self.client.try_subscribe(filter) {
                         tracing::error!(cause = %e, "cannot subscribe to results");
                     }
                 }
                 let status = topics::status(&self.config.site, &self.config.gateway);
                 let payload = status_payload(&self.config.gateway, "online");
-                if self
-                    .client
-                    .try_publish(status, QoS::AtLeastOnce, true, payload)
-                    .is_ok()
-                {
+                if self.client.try_publish(status, true, payload).is_ok() {
                     self.awaiting_pkid.push_back(None);
                 }
                 self.publish_due().await;
@@ -371,10 +280,7 @@ impl Core {
             tracing::error!(message = %id, bytes = bytes.len(), limit = self.config.max_packet_bytes, "sealed image larger than mqtt.max_packet_bytes; raise it (and the broker's max_packet_size) or resize images");
         }
         let topic = topics::images(&self.config.site, &self.config.gateway, device);
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, bytes)
-        {
+        match self.client.try_publish(topic, false, bytes) {
             Ok(()) => {
                 self.awaiting_pkid.push_back(Some(id));
                 let publication = self.publications.entry(id).or_default();

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// Longest request head read before answering.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -61,6 +62,36 @@ pub async fn spawn(
     tokio::spawn(serve(listener, Arc::new(registry), shutdown));
     tracing::info!(address = %bound, "metrics endpoint listening");
     Ok(bound)
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics endpoint {address}: {source}")]
+pub struct EndpointError {
+    /// The configured address.
+    pub address: SocketAddr,
+    /// Why it could not be bound.
+    pub source: std::io::Error,
+}
+
+/// Starts the endpoint of a daemon whose config enables it (`address`),
+/// serving until `stop` is cancelled; returns the bound address.
+///
+/// # Errors
+/// [`EndpointError`] if the address cannot be bound.
+pub async fn start(
+    address: Option<SocketAddr>,
+    registry: Registry,
+    stop: CancellationToken,
+) -> Result<Option<SocketAddr>, EndpointError> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let shutdown = async move { stop.cancelled().await };
+    spawn(address, registry, shutdown)
+        .await
+        .map(Some)
+        .map_err(|source| EndpointError { address, source })
 }
 
 async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
@@ -111,7 +112,11 @@ pub fn load_with_env<T: DeserializeOwned>(
 ///
 /// # Errors
 /// [`SettingsError`] naming `file` and `key`.
-pub fn name(file: &Path, key: &str, value: &str) -> Result<crate::ids::Name, SettingsError> {
+pub fn name(
+    file: &Path,
+    key: &str,
+    value: &str,
+) -> Result<medgate_shared::ids::Name, SettingsError> {
     value.parse().map_err(|e| SettingsError::key(file, key, e))
 }
 
@@ -131,6 +136,34 @@ pub fn socket_address(
             format!("{value:?} is not an address such as 127.0.0.1:9464: {e}"),
         )
     })
+}
+
+/// Checks that the number at `key` lies in `range` (`1..`, `..=10000`,
+/// `1..=1024`); the error says which range.
+///
+/// # Errors
+/// [`SettingsError`] naming `file` and `key`.
+pub fn in_range<T, R>(file: &Path, key: &str, value: T, range: R) -> Result<T, SettingsError>
+where
+    T: PartialOrd + fmt::Display,
+    R: RangeBounds<T>,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let low = match range.start_bound() {
+        Bound::Included(low) => format!("{low}"),
+        Bound::Excluded(low) => format!("more than {low}"),
+        Bound::Unbounded => String::new(),
+    };
+    let reason = match (low.as_str(), range.end_bound()) {
+        (low, Bound::Unbounded) => format!("must be at least {low}"),
+        ("", Bound::Included(high)) => format!("must be at most {high}"),
+        ("", Bound::Excluded(high)) => format!("must be less than {high}"),
+        (low, Bound::Included(high)) => format!("must be {low}..={high}"),
+        (low, Bound::Excluded(high)) => format!("must be {low}..{high}"),
+    };
+    Err(SettingsError::key(file, key, reason))
 }
 
 /// The lower-case section an override variable names, if it is one.
@@ -189,6 +222,23 @@ mod tests {
         let top: Top = load_with_env(f.path(), &["mqtt"], env).unwrap();
         assert_eq!(top.mqtt.port, 8884);
         assert_eq!(top.mqtt.host, "broker");
+    }
+
+    #[test]
+    fn ranges_are_checked_and_named() {
+        let file = Path::new("/etc/medgate/x.toml");
+        assert_eq!(in_range(file, "a.b", 5u64, 1..=10).unwrap(), 5);
+        let e = in_range(file, "model.max_batch", 0usize, 1..=1024).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("model.max_batch"));
+        assert_eq!(e.reason, "must be 1..=1024");
+        let e = in_range(file, "a.b", 0u16, 1..).unwrap_err();
+        assert_eq!(e.reason, "must be at least 1");
+        let e = in_range(file, "a.b", 10_001u64, ..=10_000).unwrap_err();
+        assert_eq!(e.reason, "must be at most 10000");
+        assert!(
+            e.to_string().starts_with("/etc/medgate/x.toml: key `a.b`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Fonts for plots (cipher reports, evaluation reports): plotters draws text
 //! only with a registered font, and medgate ships none, so one is looked up
-//! on the system. Enabled by the `plot` feature.
+//! on the system. Used by `evaluate --plot` and the simulator's cipher
+//! report.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

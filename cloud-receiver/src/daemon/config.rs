@@ -5,23 +5,21 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
+use medgate_daemon::settings::{self, SettingsError};
 use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPrivateKey;
-use medgate_shared::service::mqtt::BrokerSettings;
-use medgate_shared::service::settings::{self, SettingsError};
-use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::batcher::BatchLimits;
-use crate::daemon::rules::{self, Rule, RuleError};
+use super::batcher::BatchLimits;
+use super::rules::{self, Rule, RuleError};
 use crate::model::LoadedModel;
 use crate::model::backend::BackendChoice;
 
 /// The shipped, commented configuration.
-pub const DEFAULT_CONFIG: &str = include_str!("../../configs/receiver.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/receiver.toml");
 
 /// The file's top-level sections.
 const SECTIONS: &[&str] = &["receiver", "mqtt", "model", "limits", "metrics"];
@@ -46,6 +44,27 @@ pub struct ReceiverConfig {
     /// Notification rules.
     #[serde(default)]
     pub notify: Vec<Rule>,
+}
+
+impl ReceiverConfig {
+    /// A configuration for receiver `name` with its private key and broker,
+    /// every other value at its default and no notification rules, as a
+    /// file naming only these keys would give.
+    pub fn new(name: &str, private_key: PathBuf, mqtt: BrokerSettings) -> Self {
+        Self {
+            receiver: ReceiverSection {
+                name: name.to_owned(),
+                group: default_group(),
+                private_key,
+                audit_site: default_audit_site(),
+            },
+            mqtt,
+            model: ModelSection::default(),
+            limits: LimitsSection::default(),
+            metrics: MetricsSection::default(),
+            notify: Vec::new(),
+        }
+    }
 }
 
 /// `[receiver]`.
@@ -191,7 +210,9 @@ fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
 
-/// A checked configuration, ready to run.
+/// A checked configuration, ready to run. Its `Debug` leaves out the
+/// private key and the TLS key.
+#[derive(Debug)]
 pub struct Settings {
     /// Where it came from.
     pub file: PathBuf,
@@ -204,7 +225,7 @@ pub struct Settings {
     /// Broker settings.
     pub mqtt: BrokerSettings,
     /// TLS client configuration built from them.
-    pub tls: Arc<ClientConfig>,
+    pub tls: ClientTls,
     /// The private key.
     pub private_key: ReceiverPrivateKey,
     /// Model folder, or the built-in model.
@@ -219,23 +240,6 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Notification rules, checked against the model's classes.
     pub rules: Vec<Rule>,
-}
-
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The private key and TLS state stay out of any log line.
-        f.debug_struct("Settings")
-            .field("file", &self.file)
-            .field("name", &self.name)
-            .field("group", &self.group)
-            .field("mqtt", &self.mqtt)
-            .field("model_dir", &self.model_dir)
-            .field("backend", &self.backend)
-            .field("batch", &self.batch)
-            .field("limits", &self.limits)
-            .field("metrics", &self.metrics)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Reads and checks the file at `path` with the process environment.
@@ -269,35 +273,16 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         SettingsError::key(file, format!("notify[{index}]"), e)
     })?;
     let model = &raw.model;
-    if model.max_batch == 0 || model.max_batch > 1024 {
-        return Err(SettingsError::key(
-            file,
-            "model.max_batch",
-            "must be 1..=1024",
-        ));
-    }
-    if model.max_wait_ms > 10_000 {
-        return Err(SettingsError::key(
-            file,
-            "model.max_wait_ms",
-            "must be at most 10000",
-        ));
-    }
-    if model.queue == 0 {
-        return Err(SettingsError::key(
-            file,
-            "model.queue",
-            "must be at least 1",
-        ));
-    }
+    settings::in_range(file, "model.max_batch", model.max_batch, 1..=1024)?;
+    settings::in_range(file, "model.max_wait_ms", model.max_wait_ms, ..=10_000)?;
+    settings::in_range(file, "model.queue", model.queue, 1..)?;
     let limits = &raw.limits;
-    if limits.replay_window == 0 || limits.replay_window > 1 << 20 {
-        return Err(SettingsError::key(
-            file,
-            "limits.replay_window",
-            "must be 1..=1048576",
-        ));
-    }
+    settings::in_range(
+        file,
+        "limits.replay_window",
+        limits.replay_window,
+        1..=1 << 20,
+    )?;
     let metrics = if raw.metrics.enabled {
         Some(settings::socket_address(
             file,

@@ -10,14 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::MqttOptions;
+use rumqttc::v5::{AsyncClient, MqttOptions};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::settings::SettingsError;
+use crate::settings::{self, SettingsError};
 
 /// Default TLS port of MQTT.
 pub const DEFAULT_PORT: u16 = 8883;
@@ -102,14 +104,52 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// A checked TLS client set-up (CA, certificate and key), ready for
+/// [`BrokerSettings::options`]. Its `Debug` shows nothing of it, so that a
+/// daemon's settings can be printed whole without the key.
+#[derive(Clone)]
+pub struct ClientTls(Arc<ClientConfig>);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls(..)")
+    }
+}
+
 impl BrokerSettings {
+    /// Settings for the broker at `host:port` with the TLS files given and
+    /// every other value at its documented default, as a file naming only
+    /// these keys would give.
+    pub fn new(
+        host: &str,
+        port: u16,
+        ca_file: PathBuf,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    ) -> Self {
+        Self {
+            host: host.to_owned(),
+            port,
+            ca_file,
+            cert_file,
+            key_file,
+            server_name: None,
+            client_id: None,
+            keep_alive_secs: default_keep_alive(),
+            max_packet_bytes: default_max_packet(),
+            receive_maximum: default_receive_maximum(),
+            max_inflight: default_max_inflight(),
+            session_expiry_secs: default_session_expiry(),
+        }
+    }
+
     /// Checks the values that serde cannot: a usable port, sane limits and
     /// TLS files that exist and parse. `section` is the config section's
     /// name, for the error's key.
     ///
     /// # Errors
     /// [`SettingsError`] naming `file` and the offending key.
-    pub fn check(&self, file: &Path, section: &str) -> Result<Arc<ClientConfig>, SettingsError> {
+    pub fn check(&self, file: &Path, section: &str) -> Result<ClientTls, SettingsError> {
         let key = |k: &str| format!("{section}.{k}");
         if self.host.trim().is_empty() {
             return Err(SettingsError::key(file, key("host"), "must not be empty"));
@@ -131,13 +171,7 @@ impl BrokerSettings {
                 ),
             ));
         }
-        if self.receive_maximum == 0 {
-            return Err(SettingsError::key(
-                file,
-                key("receive_maximum"),
-                "must be at least 1",
-            ));
-        }
+        settings::in_range(file, &key("receive_maximum"), self.receive_maximum, 1..)?;
         let roots =
             read_roots(&self.ca_file).map_err(|e| SettingsError::key(file, key("ca_file"), e))?;
         let chain = read_chain(&self.cert_file)
@@ -145,13 +179,13 @@ impl BrokerSettings {
         let private =
             read_key(&self.key_file).map_err(|e| SettingsError::key(file, key("key_file"), e))?;
         client_config(roots, chain, private)
-            .map(Arc::new)
+            .map(|config| ClientTls(Arc::new(config)))
             .map_err(|e| SettingsError::key(file, key("key_file"), e))
     }
 
     /// MQTT v5 options for this broker: TLS with `tls`, the limits above,
     /// manual acknowledgement as asked.
-    pub fn options(&self, client_id: &str, tls: Arc<ClientConfig>) -> MqttOptions {
+    pub fn options(&self, client_id: &str, tls: &ClientTls) -> MqttOptions {
         let id = self
             .client_id
             .clone()
@@ -169,7 +203,9 @@ impl BrokerSettings {
         network.set_tcp_nodelay(true);
         options.set_network_options(network);
         options
-            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.0.clone(),
+            )))
             .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs.max(5))))
             .set_max_packet_size(Some(self.max_packet_bytes))
             .set_receive_maximum(Some(self.receive_maximum))
@@ -178,6 +214,68 @@ impl BrokerSettings {
             .set_session_expiry_interval(Some(self.session_expiry_secs));
         options
     }
+}
+
+/// The pause before polling a failed connection's event loop again (which
+/// is how rumqttc reconnects): 100 ms, doubling up to 30 s, back to 100 ms
+/// once the broker accepts the connection.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// The first pause.
+    pub const FIRST: Duration = Duration::from_millis(100);
+    /// The longest pause.
+    pub const LONGEST: Duration = Duration::from_secs(30);
+
+    /// A backoff at its first pause.
+    pub fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    /// The connection is up: the next failure waits the first pause again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The pause the next [`wait`](Self::wait) takes.
+    pub fn delay(&self) -> Duration {
+        self.next
+    }
+
+    /// Waits the pause, then doubles it; false when `stop` came first.
+    pub async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let waited = tokio::select! {
+            () = tokio::time::sleep(self.next) => true,
+            () = stop.cancelled() => false,
+        };
+        self.next = (self.next * 2).min(Self::LONGEST);
+        waited
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How long a daemon waits for its DISCONNECT to go out at shutdown.
+pub const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks `client` to disconnect and waits, at most [`DISCONNECT_WAIT`], for
+/// `poller` (the task that polls the client's event loop and ends once the
+/// DISCONNECT is sent) to finish. False, with a warning, when it did not in
+/// time: the caller then stops the poller itself.
+pub async fn disconnect(client: &AsyncClient, poller: JoinHandle<()>) -> bool {
+    let _ = client.disconnect().await;
+    let confirmed = tokio::time::timeout(DISCONNECT_WAIT, poller).await.is_ok();
+    if !confirmed {
+        tracing::warn!("the broker did not confirm the disconnect in time");
+    }
+    confirmed
 }
 
 /// A rustls client configuration with the ring provider and a client
@@ -237,5 +335,30 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File {
         path: path.to_path_buf(),
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_its_limit_and_starts_over_on_reset() {
+        let stop = CancellationToken::new();
+        let mut backoff = Backoff::new();
+        let mut pauses = Vec::new();
+        for _ in 0..12 {
+            pauses.push(backoff.delay());
+            let before = tokio::time::Instant::now();
+            assert!(backoff.wait(&stop).await);
+            assert_eq!(before.elapsed(), *pauses.last().unwrap());
+        }
+        assert_eq!(pauses[0], Backoff::FIRST);
+        assert_eq!(pauses[1], Duration::from_millis(200));
+        assert_eq!(pauses[11], Backoff::LONGEST);
+        backoff.reset();
+        assert_eq!(backoff.delay(), Backoff::FIRST);
+        stop.cancel();
+        assert!(!backoff.wait(&stop).await, "a stop ends the wait");
     }
 }

@@ -1,0 +1,262 @@
+//! The `medgate-receiver` command line: the daemon skeleton of
+//! `medgate_daemon::cli` (`run`, `check-config`, `print-default-config`)
+//! with the receiver's settings and service, plus the model's own
+//! subcommands (`train`, `evaluate`, `bench-inference`) and `keygen`.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use medgate_daemon::cli::{self, Daemon, DaemonCommand};
+use medgate_daemon::logging;
+use medgate_daemon::settings::SettingsError;
+use medgate_medmnist::SplitName;
+use medgate_shared::keys::DEFAULT_RSA_BITS;
+
+use crate::daemon::config::{self, Settings};
+use crate::daemon::service::{self, ServiceError};
+use crate::model::backend::{self, BackendChoice};
+use crate::model::train::{self, TrainOptions};
+use crate::model::{Architecture, LoadedModel, bench, evaluate};
+
+#[derive(Parser)]
+#[command(
+    name = "medgate-receiver",
+    version,
+    about = "medgate cloud receiver: consume sealed images, classify, publish results"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Daemon(DaemonCommand),
+    /// Measure inference speed (images/s) per backend and batch size, interleaved in one run.
+    BenchInference {
+        /// Backends to compare, e.g. cpu or cpu,wgpu.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "cpu")]
+        backend: Vec<BackendChoice>,
+        /// Batch sizes, e.g. 1,64,256.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        batch: Vec<usize>,
+        /// Seconds of measurement in total.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the receiver key pair: DIR/receiver.pem (0600) and DIR/receiver.pub.pem.
+    Keygen {
+        /// Folder for the two files (created if missing; existing keys are never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// RSA modulus size.
+        #[arg(long, default_value_t = DEFAULT_RSA_BITS)]
+        bits: usize,
+    },
+    /// Train the chest X-ray classifier on a MedMNIST .npz file (selects on val only).
+    Train(TrainArgs),
+    /// Evaluate a model on one split of a MedMNIST .npz file.
+    Evaluate {
+        /// The .npz file.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which split: val or test (train works too).
+        #[arg(long)]
+        split: SplitName,
+        /// A model folder (model.json + model.bpk); default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Backend: auto (GPU if present), wgpu, cpu.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+        backend: BackendChoice,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the confusion matrix and ROC curve into this PNG.
+        #[arg(long, value_name = "OUT.png")]
+        plot: Option<PathBuf>,
+    },
+}
+
+/// `train`'s arguments.
+#[derive(Args)]
+struct TrainArgs {
+    /// The .npz file with train_* and val_* arrays.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder to write model.json, model.bpk and training-log.json into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Backend: auto (GPU if present), wgpu, cpu.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// Channels of the three convolution stages, e.g. 24,48,96.
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<usize>>,
+    /// Version written into the model card.
+    #[arg(long)]
+    version: Option<String>,
+}
+
+impl TrainArgs {
+    /// The training run these arguments ask for.
+    fn options(self) -> anyhow::Result<TrainOptions> {
+        let mut options = TrainOptions::defaults(self.data, self.out);
+        options.epochs = self.epochs;
+        options.seed = self.seed;
+        options.backend = self.backend;
+        options.progress = std::io::stderr().is_terminal();
+        if let Some(c) = self.channels {
+            let [a, b, c] = c[..] else {
+                anyhow::bail!("--channels takes three numbers, e.g. 24,48,96");
+            };
+            options.architecture = Architecture {
+                channels: [a, b, c],
+                ..options.architecture
+            };
+        }
+        if let Some(v) = self.version {
+            options.version = v;
+        }
+        Ok(options)
+    }
+}
+
+/// The receiver as the daemon skeleton sees it.
+pub struct Receiver;
+
+impl Daemon for Receiver {
+    const PROGRAM: &'static str = "medgate-receiver";
+    const DEFAULT_CONFIG: &'static str = config::DEFAULT_CONFIG;
+    type Settings = Settings;
+    type Error = ServiceError;
+
+    fn load(file: &Path) -> Result<Settings, SettingsError> {
+        config::load(file)
+    }
+
+    fn summary(settings: &Settings) -> String {
+        format!(
+            "receiver {}, group {}, broker {}:{}",
+            settings.name, settings.group, settings.mqtt.host, settings.mqtt.port
+        )
+    }
+
+    fn serve(
+        settings: Settings,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = Result<(), ServiceError>> {
+        service::run(settings, shutdown, None)
+    }
+}
+
+/// Runs the command line `args` (the program's name first) and returns the
+/// process's exit status.
+pub fn main<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    logging::init("info");
+    match run(Cli::parse_from(args).command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}: error: {e:#}", Receiver::PROGRAM);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Daemon(command) => return Ok(cli::execute::<Receiver>(command)),
+        Command::BenchInference {
+            backend,
+            batch,
+            seconds,
+            json,
+        } => {
+            anyhow::ensure!(
+                batch.iter().all(|&b| (1..=4096).contains(&b)),
+                "--batch sizes must be 1..=4096"
+            );
+            let mut backends = Vec::new();
+            for choice in backend {
+                let selected = backend::select(choice)?;
+                let model = LoadedModel::shipped(&selected.device)?;
+                backends.push((selected, model));
+            }
+            let figures = bench::run(&backends, &batch, std::time::Duration::from_secs(seconds));
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                print!("{}", bench::render_table(&figures));
+            }
+        }
+        Command::Keygen { out, bits } => {
+            let (private, public) = crate::keys::generate(&out, bits)?;
+            println!(
+                "private key: {} (mode 0600; never leaves the receiver)",
+                private.display()
+            );
+            println!(
+                "public key:  {} (install on every gateway)",
+                public.display()
+            );
+        }
+        Command::Train(args) => {
+            let options = args.options()?;
+            let (card, log) = train::train(&options)?;
+            train::write_log(&options.out, &log)?;
+            println!(
+                "kept epoch {} of {}: val AUC {:.4}, val balanced accuracy {:.4} at threshold {:.4}; model written to {}",
+                card.training.best_epoch,
+                card.training.epochs,
+                card.training.val_auc,
+                card.training.val_balanced_accuracy,
+                card.threshold,
+                options.out.display()
+            );
+        }
+        Command::Evaluate {
+            data,
+            split,
+            model,
+            backend,
+            json,
+            plot,
+        } => {
+            let selected = backend::select(backend)?;
+            let loaded = match &model {
+                Some(dir) => LoadedModel::from_dir(dir, &selected.device)?,
+                None => LoadedModel::shipped(&selected.device)?,
+            };
+            let (report, scored) = evaluate::evaluate(&loaded, &selected, &data, split)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", evaluate::render_text(&report, split));
+            }
+            if let Some(out) = plot {
+                evaluate::plot(&report, &scored, &out)
+                    .map_err(|e| anyhow::anyhow!("drawing {}: {e}", out.display()))?;
+                eprintln!("plot written to {}", out.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

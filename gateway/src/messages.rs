@@ -1,0 +1,68 @@
+//! The messages between the gateway's parts: intake tells the publisher's
+//! core what it spooled, the link tells it what the broker did, and the
+//! core hands each result to the source of its device. A leaf module: it
+//! uses none of those parts, so that they depend on it and not on each other.
+
+use medgate_shared::ids::{MessageId, Name};
+use medgate_shared::messages::ResultMessage;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use tokio::sync::oneshot;
+
+/// What the publisher's core hears about.
+pub enum Event {
+    /// Intake spooled a new image.
+    Spooled(Spooled),
+    /// The broker accepted the connection.
+    Connected {
+        /// Whether it kept our session (subscriptions).
+        session_present: bool,
+    },
+    /// The connection dropped.
+    Disconnected,
+    /// A publication went out with this packet id.
+    Sent(u16),
+    /// The broker acknowledged (or refused) a publication.
+    Acked {
+        /// Packet id.
+        pkid: u16,
+        /// The broker's verdict.
+        reason: PubAckReason,
+    },
+    /// A result reached its device (`true`) or could not be delivered.
+    Delivered {
+        /// The image.
+        id: MessageId,
+        /// Whether the device has it (and the spool let go of the image).
+        delivered: bool,
+    },
+    /// A message on our results topics.
+    Result {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// A spooled image, as intake reports it to the publisher.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// Its id.
+    pub id: MessageId,
+    /// Its device.
+    pub device: Name,
+    /// Capture time.
+    pub captured_at_ms: u64,
+}
+
+/// A result on its way to the device that captured the image. The source
+/// answers on `done` once the device has it (register written, file
+/// written); only then does the spool let go of the image. A delivery
+/// dropped without an answer leaves the image spooled, to be published
+/// and answered again.
+pub struct Delivery {
+    /// The result.
+    pub result: ResultMessage,
+    /// Answered when delivered.
+    pub done: oneshot::Sender<()>,
+}

@@ -1,0 +1,41 @@
+//! The publisher: everything between the spool and the broker.
+//!
+//! Two tasks. The *link* ([`link`]) owns the rumqttc event loop and only
+//! polls it, forwarding what matters to the *core* ([`core`]). The core owns
+//! the publication state: it publishes each spooled image (QoS 1), marks it
+//! acknowledged on PUBACK, publishes it again with the same message id when
+//! no result came within the timeout or the connection was re-established,
+//! and deletes it from the spool only when the source that captured the
+//! image confirms its device has the result.
+//!
+//! The core never waits on the client's request queue (it uses
+//! `try_publish`; what does not fit is published on a later tick), so the
+//! link can always hand it events: no cycle can block both.
+
+pub mod core;
+pub mod link;
+
+use medgate_shared::ids::Name;
+use serde::Serialize;
+
+use crate::capture::now_ms;
+
+/// The gateway's retained status message.
+#[derive(Debug, Serialize)]
+struct Status<'a> {
+    state: &'a str,
+    gateway: &'a str,
+    version: &'a str,
+    at_ms: u64,
+}
+
+/// The retained status payload for `state` ("online" / "offline").
+pub fn status_payload(gateway: &Name, state: &str) -> Vec<u8> {
+    serde_json::to_vec(&Status {
+        state,
+        gateway: gateway.as_str(),
+        version: crate::VERSION,
+        at_ms: now_ms(),
+    })
+    .unwrap_or_default()
+}
