@@ -384,3 +384,6 @@ impl<C: Requests> Core<C> {
             .spool(&self.spool.lock().unwrap_or_else(PoisonError::into_inner));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! The core's state machine, driven event by event against a real spool
+//! and a recording client: spool entry states, re-publication, result
+//! matching.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use medgate_shared::messages::Timings;
+use prometheus_client::registry::Registry;
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the core asked of the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Request {
+    Publish {
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    },
+    Subscribe(String),
+}
+
+/// A client that records requests; `full` makes its queue refuse them.
+#[derive(Clone, Default)]
+struct Recorder {
+    requests: Arc<Mutex<Vec<Request>>>,
+    full: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Request> {
+        std::mem::take(&mut *self.requests.lock().unwrap())
+    }
+}
+
+impl Requests for Recorder {
+    fn try_publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), QueueFull> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(QueueFull);
+        }
+        self.requests.lock().unwrap().push(Request::Publish {
+            topic,
+            retain,
+            payload,
+        });
+        Ok(())
+    }
+
+    fn try_subscribe(&self, filter: String) -> Result<(), QueueFull> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(QueueFull);
+        }
+        self.requests
+            .lock()
+            .unwrap()
+            .push(Request::Subscribe(filter));
+        Ok(())
+    }
+}
+
+/// A core over a real spool in a temporary folder, with one device
+/// (`xr-1`) whose deliveries the test receives.
+struct Harness {
+    core: Core<Recorder>,
+    broker: Recorder,
+    spool: Arc<Mutex<Spool>>,
+    deliveries: mpsc::Receiver<Delivery>,
+    metrics: Metrics,
+    pkid: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn name(text: &str) -> Name {
+    text.parse().unwrap()
+}
+
+impl Harness {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
+        let spool = Arc::new(Mutex::new(spool));
+        let metrics = Metrics::register(&mut Registry::default());
+        let (events_tx, events_rx) = mpsc::channel(16);
+        let (route, deliveries) = mpsc::channel(16);
+        let broker = Recorder::default();
+        let core = Core::new(
+            CoreConfig {
+                site: name("site-a"),
+                gateway: name("gw-1"),
+                result_timeout: TIMEOUT,
+                max_packet_bytes: 1 << 20,
+            },
+            broker.clone(),
+            events_rx,
+            events_tx,
+            spool.clone(),
+            HashMap::from([(name("xr-1"), route)]),
+            metrics.clone(),
+        );
+        Self {
+            core,
+            broker,
+            spool,
+            deliveries,
+            metrics,
+            pkid: 0,
+            _dir: dir,
+        }
+    }
+
+    async fn connect(&mut self, session_present: bool) {
+        self.core.handle(Event::Connected { session_present }).await;
+    }
+
+    /// Spools an image for `xr-1` and tells the core, as intake does.
+    async fn spool_image(&mut self, bytes: &[u8]) -> MessageId {
+        let id = MessageId::random();
+        self.spool
+            .lock()
+            .unwrap()
+            .put(id, &name("xr-1"), bytes)
+            .unwrap();
+        self.core
+            .handle(Event::Spooled(crate::messages::Spooled {
+                id,
+                device: name("xr-1"),
+                captured_at_ms: now_ms(),
+            }))
+            .await;
+        id
+    }
+
+    /// The link reports the next queued publication as sent and its
+    /// PUBACK with `reason`.
+    async fn broker_answers(&mut self, reason: PubAckReason) {
+        self.pkid += 1;
+        self.core.handle(Event::Sent(self.pkid)).await;
+        self.core
+            .handle(Event::Acked {
+                pkid: self.pkid,
+                reason,
+            })
+            .await;
+    }
+
+    async fn result_arrives(&mut self, payload: Vec<u8>) {
+        let topic = topics::results(&name("site-a"), &name("gw-1"), &name("xr-1"));
+        self.core.handle(Event::Result { topic, payload }).await;
+    }
+
+    /// Hands the core the feedback its delivery task sends.
+    async fn feedback(&mut self) {
+        let event = self.core.events.recv().await.unwrap();
+        assert!(matches!(event, Event::Delivered { .. }));
+        self.core.handle(event).await;
+    }
+
+    fn spooled(&self, id: &MessageId) -> bool {
+        self.spool.lock().unwrap().contains(id)
+    }
+
+    fn errors(&self, kind: &str) -> u64 {
+        self.metrics
+            .errors
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .get()
+    }
+}
+
+fn image_topic() -> String {
+    topics::images(&name("site-a"), &name("gw-1"), &name("xr-1"))
+}
+
+fn published(payload: &[u8]) -> Request {
+    Request::Publish {
+        topic: image_topic(),
+        retain: false,
+        payload: payload.to_vec(),
+    }
+}
+
+fn result_for(id: MessageId) -> Vec<u8> {
+    serde_json::to_vec(&ResultMessage {
+        message_id: id.to_string(),
+        site: "site-a".into(),
+        gateway: "gw-1".into(),
+        device: "xr-1".into(),
+        sequence: 1,
+        captured_at_ms: now_ms(),
+        label: "pneumonia".into(),
+        probabilities: BTreeMap::from([("pneumonia".into(), 0.9), ("normal".into(), 0.1)]),
+        threshold: 0.5,
+        model_version: "test".into(),
+        sha512: "00".repeat(64),
+        receiver: "receiver-1".into(),
+        timings: Timings {
+            open_ms: 1.0,
+            queue_ms: 1.0,
+            inference_ms: 1.0,
+            batch_size: 1,
+            total_ms: 3.0,
+        },
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_session_subscribes_to_results_and_says_online() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let requests = h.broker.take();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        requests[0],
+        Request::Subscribe("medgate/v1/site-a/gw-1/results/+".into())
+    );
+    let Request::Publish {
+        topic,
+        retain,
+        payload,
+    } = &requests[1]
+    else {
+        panic!("{requests:?}");
+    };
+    assert_eq!(topic, "medgate/v1/site-a/gw-1/status");
+    assert!(retain);
+    let status: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(status["state"], "online");
+
+    // A session the broker kept still has the subscription.
+    h.core.handle(Event::Disconnected).await;
+    h.connect(true).await;
+    let requests = h.broker.take();
+    assert!(
+        !requests.iter().any(|r| matches!(r, Request::Subscribe(_))),
+        "{requests:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledged_image_is_published_again_only_after_the_result_timeout() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await; // the status
+    h.broker.take();
+
+    let id = h.spool_image(b"sealed image").await;
+    assert_eq!(h.broker.take(), vec![published(b"sealed image")]);
+    h.broker_answers(PubAckReason::Success).await;
+    assert_eq!(
+        h.metrics.acknowledged.get(),
+        1,
+        "images only, not the status"
+    );
+
+    h.core.publish_due().await;
+    tokio::time::advance(TIMEOUT - Duration::from_secs(1)).await;
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), Vec::new(), "not before the timeout");
+
+    tokio::time::advance(Duration::from_secs(1)).await;
+    h.core.publish_due().await;
+    // The same bytes, so the same message id: receivers answer it from
+    // their memory instead of classifying it again.
+    assert_eq!(h.broker.take(), vec![published(b"sealed image")]);
+    assert_eq!(h.metrics.republished.get(), 1);
+    assert_eq!(h.metrics.published.get(), 2);
+    assert!(h.spooled(&id));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_publishes_again_what_the_broker_had_not_acknowledged() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await;
+    let first = h.spool_image(b"first").await;
+    h.broker_answers(PubAckReason::Success).await;
+    let second = h.spool_image(b"second").await;
+    h.broker.take();
+
+    // The connection drops before the second image's PUBACK.
+    h.core.handle(Event::Disconnected).await;
+    let _ = h.spool_image(b"while offline").await;
+    assert_eq!(h.broker.take(), Vec::new(), "nothing is sent offline");
+    h.connect(true).await;
+    let images: Vec<Request> = h
+        .broker
+        .take()
+        .into_iter()
+        .filter(|r| matches!(r, Request::Publish { topic, .. } if *topic == image_topic()))
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    assert!(images.contains(&published(b"second")));
+    assert!(images.contains(&published(b"while offline")));
+    assert!(h.spooled(&first) && h.spooled(&second));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_publication_stays_spooled_and_is_tried_again() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await;
+    let id = h.spool_image(b"image").await;
+    h.broker.take();
+    h.broker_answers(PubAckReason::NotAuthorized).await;
+    assert_eq!(h.errors("publish_refused"), 1);
+    assert_eq!(h.metrics.acknowledged.get(), 0);
+    assert!(h.spooled(&id));
+
+    tokio::time::advance(TIMEOUT).await;
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), vec![published(b"image")]);
+}
+
+#[tokio::test]
+async fn a_full_client_queue_leaves_the_image_for_a_later_tick() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    h.broker.take();
+    h.broker.full.store(true, Ordering::SeqCst);
+    let _ = h.spool_image(b"image").await;
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), Vec::new());
+    assert_eq!(h.metrics.published.get(), 0);
+
+    h.broker.full.store(false, Ordering::SeqCst);
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), vec![published(b"image")]);
+}
+
+#[tokio::test]
+async fn a_result_reaches_its_device_and_only_then_the_image_leaves_the_spool() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let id = h.spool_image(b"image").await;
+    h.broker_answers(PubAckReason::Success).await;
+    h.broker_answers(PubAckReason::Success).await;
+
+    h.result_arrives(result_for(id)).await;
+    let delivery = h.deliveries.recv().await.unwrap();
+    assert_eq!(delivery.result.message_id, id.to_string());
+    assert_eq!(delivery.result.label, "pneumonia");
+    assert!(h.spooled(&id), "kept until the device has it");
+    assert_eq!(h.metrics.results.get(), 1);
+
+    // The same result again while the first is being delivered.
+    h.result_arrives(result_for(id)).await;
+    assert!(h.deliveries.try_recv().is_err(), "delivered once");
+
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
+    assert!(!h.spooled(&id));
+    assert!(h.core.publications.is_empty());
+
+    // A late duplicate of an answered image is ignored.
+    h.result_arrives(result_for(id)).await;
+    assert!(h.deliveries.try_recv().is_err());
+    assert_eq!(h.metrics.results.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_device_did_not_take_leaves_the_image_to_be_answered_again() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let id = h.spool_image(b"image").await;
+    h.broker_answers(PubAckReason::Success).await;
+    h.broker_answers(PubAckReason::Success).await;
+    h.broker.take();
+
+    h.result_arrives(result_for(id)).await;
+    drop(h.deliveries.recv().await.unwrap()); // the source gave up
+    h.feedback().await;
+    assert!(h.spooled(&id));
+
+    tokio::time::advance(TIMEOUT).await;
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), vec![published(b"image")]);
+    h.result_arrives(result_for(id)).await;
+    assert!(h.deliveries.recv().await.is_some(), "answered again");
+}
+
+#[tokio::test]
+async fn results_for_no_spooled_image_or_unreadable_ones_reach_no_device() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let _ = h.spool_image(b"image").await;
+
+    h.result_arrives(result_for(MessageId::random())).await;
+    h.result_arrives(b"not json".to_vec()).await;
+    let mut unreadable_id: serde_json::Value =
+        serde_json::from_slice(&result_for(MessageId::random())).unwrap();
+    unreadable_id["message_id"] = "zz".into();
+    h.result_arrives(serde_json::to_vec(&unreadable_id).unwrap())
+        .await;
+
+    assert!(h.deliveries.try_recv().is_err());
+    assert_eq!(h.errors("bad_result"), 2);
+    assert_eq!(h.metrics.results.get(), 0);
+}
