@@ -1,8 +1,10 @@
 //! `medgate-receiver run`: the MQTT service that ties the building blocks
 //! together.
 //!
-//! One task owns the rumqttc event loop and only polls it: it subscribes
-//! when the broker has no session for us, hands each image to a handler
+//! One task owns the rumqttc event loop and only polls it: it subscribes at
+//! every connection (a session the broker kept is no proof that it still
+//! holds the subscription: a graceful stop unsubscribes, and an operator or
+//! a broker may drop one), hands each image to a handler
 //! task (the broker's receive maximum bounds how many there are), and
 //! reconnects with backoff by polling again after an error. Inference runs
 //! on the batcher's own thread. Shutdown stops intake, unsubscribes, lets
@@ -64,7 +66,7 @@ pub struct Started {
     /// The backend in use.
     pub backend: String,
     /// Becomes `true` once the broker holds the shared subscription (after
-    /// its SUBACK, or at a connection that found the session).
+    /// its SUBACK), `false` again while a connection is being re-made.
     pub subscribed: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -227,10 +229,8 @@ async fn drive(
                     session_present = ack.session_present,
                     "connected to the broker"
                 );
-                if ack.session_present {
-                    subscribed.send_replace(true);
-                }
-                if !ack.session_present && !intake.is_cancelled() {
+                subscribed.send_replace(false);
+                if !intake.is_cancelled() {
                     // Through a task: the request queue is drained by this
                     // very loop, so waiting on it here could deadlock.
                     let client = ctx.client.clone();

@@ -172,11 +172,11 @@ impl<C: Requests> Core<C> {
                         publication.published_at = None;
                     }
                 }
-                if !session_present {
-                    let filter = topics::results_filter(&self.config.site, &self.config.gateway);
-                    if let Err(e) = self.client.try_subscribe(filter) {
-                        tracing::error!(cause = %e, "cannot subscribe to results");
-                    }
+                // At every connection: a kept session is no proof that the
+                // broker still holds the subscription.
+                let filter = topics::results_filter(&self.config.site, &self.config.gateway);
+                if let Err(e) = self.client.try_subscribe(filter) {
+                    tracing::error!(cause = %e, "cannot subscribe to results");
                 }
                 let status = topics::status(&self.config.site, &self.config.gateway);
                 let payload = status_payload(&self.config.gateway, "online");

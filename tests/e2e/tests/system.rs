@@ -128,7 +128,7 @@ struct Rig {
     sensors: Vec<Sensor>,
     frames: u32,
     // Last: the processes above are gone before their files are.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Rig {
@@ -189,7 +189,7 @@ impl Rig {
             gateway_config,
             sensors,
             frames,
-            _dir: dir,
+            dir,
         };
         rig.start_gateway();
         rig
@@ -204,6 +204,38 @@ impl Rig {
                 .spawn()
                 .unwrap(),
         ));
+    }
+
+    /// Stops receiver `index` the way systemd does (SIGTERM, then a clean
+    /// exit) and starts it again from the same config; returns once the
+    /// broker has its shared subscription again.
+    fn restart_receiver_gracefully(&mut self, index: usize) {
+        let name = format!("receiver-{}", index + 1);
+        let child = &mut self.receivers[index].0;
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        assert!(
+            child.wait().unwrap().success(),
+            "{name} exits cleanly on SIGTERM"
+        );
+        let config = self.dir.path().join(format!("{name}.toml"));
+        let mark = self.broker.log_len();
+        self.receivers[index] = Killed(
+            Command::new(binary("medgate-receiver"))
+                .args(["run", "--config", config.to_str().unwrap()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        // Its session outlived the stop (session_present at the new
+        // connection), but not the subscription it took back at the stop.
+        self.broker
+            .wait_for_log(&format!("{name} 1 $share/receivers/"), mark, WAIT)
+            .unwrap_or_else(|e| panic!("{name} did not subscribe again after a restart: {e}"));
     }
 
     /// Waits until the first sensor has `count` results.
@@ -312,6 +344,15 @@ fn sensors_to_receivers_and_back_with_a_receiver_killed_mid_stream() {
             "{line}"
         );
     }
+}
+
+#[test]
+fn a_receiver_restarted_with_sigterm_subscribes_again_and_answers_every_frame() {
+    // One receiver: were the restarted one deaf, nobody would answer.
+    let mut rig = Rig::start_with(40, Duration::from_millis(30), 1);
+    rig.results_flow(5);
+    rig.restart_receiver_gracefully(0);
+    rig.every_frame_answered_once();
 }
 
 #[test]
