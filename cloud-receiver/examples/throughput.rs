@@ -19,7 +19,6 @@ use image::imageops::FilterType;
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::messages::ResultMessage;
 use medgate_shared::pixels::{PixelFormat, Pixels};
-use medgate_shared::seal::{RotationPolicy, Sealer};
 use support::{GATEWAY, Rig, RigOptions, SITE, meta, xrays};
 
 #[derive(Parser)]
@@ -64,7 +63,7 @@ async fn measure(args: Args) {
         receive_maximum: u16::try_from(args.window.max(1)).unwrap_or(u16::MAX),
     })
     .await;
-    let mut sealer = Sealer::new(rig.key.public().clone(), RotationPolicy::default());
+    let mut sealer = rig.sealer();
     let sources = xrays(64);
     let devices = 8;
     let sealed: Vec<(String, String, Vec<u8>)> = (0..args.images)
@@ -73,7 +72,7 @@ async fn measure(args: Args) {
             let pixels = upscale(pixels, args.size);
             let device = format!("cam-{}", i % devices);
             let meta = meta(&device, i as u64);
-            let bytes = sealer.seal(&meta, &pixels).unwrap();
+            let bytes = sealer.seal(&meta, &pixels).unwrap().bytes;
             (meta.message_id.to_string(), device, bytes)
         })
         .collect();

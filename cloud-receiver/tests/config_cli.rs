@@ -29,9 +29,12 @@ fn valid_config(dir: &Path) -> String {
     let keys = dir.join("keys");
     let out = receiver(&["keygen", "--out", keys.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let trust = dir.join("gateways.toml");
+    std::fs::write(&trust, "# no gateway enrolled yet\n").unwrap();
     format!(
-        "[receiver]\nname = \"receiver-1\"\nprivate_key = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        "[receiver]\nname = \"receiver-1\"\nprivate_key = \"{}\"\ntrusted_gateways = \"{}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         keys.join("receiver.pem").display(),
+        trust.display(),
         pki.ca_file().display(),
         tls.cert.display(),
         tls.key.display()
@@ -92,6 +95,16 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             "not a key",
             good.replace("keys/receiver.pem", "keys/receiver.pub.pem"),
             "receiver.private_key",
+        ),
+        (
+            "missing trust list",
+            good.replace("gateways.toml", "absent.toml"),
+            "receiver.trusted_gateways",
+        ),
+        (
+            "trust list that is not one",
+            good.replace("gateways.toml", "keys/receiver.pub.pem"),
+            "receiver.trusted_gateways",
         ),
         ("toml syntax", format!("{good}[model\n"), ""),
     ];

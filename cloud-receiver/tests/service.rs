@@ -10,8 +10,9 @@ use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::data::preprocess;
 use medgate_receiver::model::infer::predict;
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::keys::ReceiverPrivateKey;
-use medgate_shared::messages::{AuditRecord, Notification, ResultMessage};
+use medgate_shared::messages::{Answer, AuditRecord, Notification, ResultMessage};
 use medgate_shared::pixels::Pixels;
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_testkit::forge;
@@ -42,12 +43,12 @@ async fn stream_and_check(
     images: &[(Pixels, u8)],
     first_sequence: u64,
 ) -> HashMap<String, ResultMessage> {
-    let mut sealer = Sealer::new(rig.key.public().clone(), RotationPolicy::default());
+    let mut sealer = rig.sealer();
     let mut sent = HashMap::new();
     for (i, (pixels, _)) in images.iter().enumerate() {
         let device = format!("cam-{}", i % 3);
         let meta = meta(&device, first_sequence + i as u64);
-        let sealed = sealer.seal(&meta, pixels).unwrap();
+        let sealed = sealer.seal(&meta, pixels).unwrap().bytes;
         sent.insert(meta.message_id.to_string(), (i, device.clone()));
         rig.publish(&device, sealed).await;
     }
@@ -136,9 +137,11 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
     }
 
     // The same message again: the same answer, not a second classification.
-    let mut sealer = Sealer::new(rig.key.public().clone(), RotationPolicy::default());
+    let mut sealer = rig.sealer();
     let first_meta = meta("cam-9", 7);
     let first = sealer.seal(&first_meta, &images[0].0).unwrap();
+    let first_key = first.answer_key.clone();
+    let first = first.bytes;
     rig.publish("cam-9", first.clone()).await;
     let prefix = format!("medgate/v1/{SITE}/{GATEWAY}/results/cam-9");
     let original: ResultMessage =
@@ -147,26 +150,50 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
     let repeated: ResultMessage =
         serde_json::from_slice(&rig.expect(&prefix, 1).await[0].1).unwrap();
     assert_eq!(original, repeated, "the cached answer, timings included");
+    let fields = original.answer_fields().unwrap();
+    assert!(
+        first_key.verify(&fields, &hex::decode(&original.mac).unwrap()),
+        "a result carries a MAC from the image's session key"
+    );
 
     // Refused: each audited with its reason, none classified.
-    let tampered = forge::tampered(&sealer.seal(&meta("cam-9", 8), &images[1].0).unwrap());
-    let unknown_key =
-        forge::with_unknown_key(&sealer.seal(&meta("cam-9", 9), &images[1].0).unwrap()).unwrap();
+    let tampered_seal = sealer.seal(&meta("cam-9", 8), &images[1].0).unwrap();
+    let tampered = forge::tampered(&tampered_seal.bytes);
+    let unknown_key = forge::with_unknown_key(
+        &sealer.seal(&meta("cam-9", 9), &images[1].0).unwrap().bytes,
+        &rig.identity,
+    )
+    .unwrap();
     let other = ReceiverPrivateKey::generate(3072).unwrap();
-    let foreign = Sealer::new(other.public().clone(), RotationPolicy::default())
-        .seal(&meta("cam-9", 10), &images[1].0)
-        .unwrap();
+    let foreign = Sealer::new(
+        other.public().clone(),
+        rig.identity.clone(),
+        RotationPolicy::default(),
+    )
+    .seal(&meta("cam-9", 10), &images[1].0)
+    .unwrap()
+    .bytes;
+    // Sealed by a gateway the trust list does not hold.
+    let stranger = Sealer::new(
+        rig.key.public().clone(),
+        GatewayIdentity::generate(),
+        RotationPolicy::default(),
+    )
+    .seal(&meta("cam-9", 12), &images[1].0)
+    .unwrap()
+    .bytes;
     // A new message id with an answered device sequence number.
-    let replayed = sealer.seal(&meta("cam-9", 7), &images[1].0).unwrap();
-    let misplaced = sealer.seal(&meta("cam-9", 11), &images[1].0).unwrap();
+    let replayed_seal = sealer.seal(&meta("cam-9", 7), &images[1].0).unwrap();
+    let misplaced = sealer.seal(&meta("cam-9", 11), &images[1].0).unwrap().bytes;
     rig.publish("cam-9", tampered).await;
     rig.publish("cam-9", unknown_key).await;
     rig.publish("cam-9", foreign).await;
-    rig.publish("cam-9", replayed).await;
+    rig.publish("cam-9", stranger).await;
+    rig.publish("cam-9", replayed_seal.bytes.clone()).await;
     rig.publish("cam-9", b"not a sealed image".to_vec()).await;
     rig.publish("cam-8", misplaced).await;
     let audits = rig
-        .expect(&format!("medgate/v1/{SITE}/audit/receiver-1"), 6)
+        .expect(&format!("medgate/v1/{SITE}/audit/receiver-1"), 7)
         .await;
     let mut reasons: Vec<String> = audits
         .iter()
@@ -180,10 +207,31 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
             "malformed",
             "replay",
             "topic_mismatch",
+            "unknown_gateway",
             "unknown_key",
             "unknown_recipient"
         ]
     );
+    // The two refusals the receiver could attribute (it recovered the
+    // session key, and they came on their own gateway's topic) are
+    // answered to the gateway, authenticated.
+    let mut refusals = HashMap::new();
+    for (topic, body) in rig.expect(&prefix, 2).await {
+        assert_eq!(topic, prefix);
+        let Answer::Refusal(refusal) = serde_json::from_slice(&body).unwrap() else {
+            panic!("a refusal");
+        };
+        refusals.insert(refusal.reason.clone(), refusal);
+    }
+    for (reason, seal) in [("aead", &tampered_seal), ("replay", &replayed_seal)] {
+        let refusal = &refusals[reason];
+        let fields = refusal.answer_fields().unwrap();
+        assert!(
+            seal.answer_key
+                .verify(&fields, &hex::decode(&refusal.mac).unwrap()),
+            "{reason}: authenticated"
+        );
+    }
 
     // The stream goes on.
     let after = stream_and_check(&mut rig, &images[..3], 200).await;
@@ -195,6 +243,7 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
         "malformed",
         "replay",
         "topic_mismatch",
+        "unknown_gateway",
         "unknown_key",
         "unknown_recipient",
     ] {
@@ -208,7 +257,7 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
     );
     assert_eq!(
         counter(&metrics, "medgate_receiver_received_total"),
-        12.0 + 2.0 + 6.0 + 3.0
+        12.0 + 2.0 + 7.0 + 3.0
     );
     let classified: f64 = ["normal", "pneumonia"]
         .iter()

@@ -16,6 +16,7 @@ use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use medgate_shared::envelope;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::SessionKey;
 use medgate_shared::keys::{DEFAULT_RSA_BITS, ReceiverPrivateKey};
@@ -143,14 +144,16 @@ pub fn run(size: u32) -> anyhow::Result<CipherBench> {
         site: "bench".parse()?,
         gateway: "bench".parse()?,
         device: "bench".parse()?,
+        epoch: 1,
         sequence: 1,
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
     };
-    let sealed = envelope::seal_with(&session, &wrapped, &meta, &image)?;
+    let identity = GatewayIdentity::generate();
+    let sealed = envelope::seal_with(&session, &wrapped, &identity, &meta, &image)?.bytes;
     let seal = time_per_call(|| {
-        black_box(envelope::seal_with(&session, &wrapped, &meta, &image).ok());
+        black_box(envelope::seal_with(&session, &wrapped, &identity, &meta, &image).ok());
     });
     let open = time_per_call(|| {
         let opened = envelope::parse(&sealed)

@@ -143,6 +143,9 @@ enum Command {
         /// The receiver's public key (receiver.pub.pem).
         #[arg(long, value_name = "PUB.pem")]
         receiver_key: PathBuf,
+        /// The sealing gateway's signing key (`medgate-gateway keygen`).
+        #[arg(long, value_name = "IDENTITY.pem")]
+        identity: PathBuf,
         /// Device name put in the header.
         #[arg(long)]
         device: Name,
@@ -167,6 +170,9 @@ enum Command {
         /// The receiver's private key (receiver.pem).
         #[arg(long, value_name = "PRIV.pem")]
         key: PathBuf,
+        /// The trust list naming the sealing gateway.
+        #[arg(long, value_name = "GATEWAYS.toml")]
+        trust: PathBuf,
         /// The sealed image.
         #[arg(long = "in", value_name = "FILE.mge")]
         input: PathBuf,
@@ -356,6 +362,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Seal {
             image,
             receiver_key,
+            identity,
             device,
             out,
             site,
@@ -366,6 +373,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let id = tools::seal(&SealRequest {
                 image,
                 receiver_key,
+                identity,
                 site,
                 gateway,
                 device,
@@ -375,7 +383,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             })?;
             println!("sealed {} as message {id}", out.display());
         }
-        Command::Open { key, input, out } => match tools::open(&key, &input, &out) {
+        Command::Open {
+            key,
+            trust,
+            input,
+            out,
+        } => match tools::open(&key, &trust, &input, &out) {
             Ok(header) => println!(
                 "opened message {} from {}/{}/{} ({}x{} {:?}) into {}",
                 header.meta.message_id,

@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use medgate_medmnist::SplitName;
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::seal::{RotationPolicy, Sealer};
@@ -292,7 +293,12 @@ fn ensure_running(system: &mut System) -> anyhow::Result<()> {
 /// The feed's images sealed as the gateway seals them.
 fn sealed_payloads(system: &System, feed: &Feed) -> anyhow::Result<Vec<Vec<u8>>> {
     let public = ReceiverPublicKey::read(system.receiver_public_key())?;
-    let mut sealer = Sealer::new(public, RotationPolicy::default());
+    // Outside the topic tree no receiver reads, so any identity will do.
+    let mut sealer = Sealer::new(
+        public,
+        GatewayIdentity::generate(),
+        RotationPolicy::default(),
+    );
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -308,12 +314,13 @@ fn sealed_payloads(system: &System, feed: &Feed) -> anyhow::Result<Vec<Vec<u8>>>
                 site: site.clone(),
                 gateway: gateway.clone(),
                 device: device.clone(),
+                epoch: 0,
                 sequence: k as u64,
                 captured_at_ms: now_ms,
                 modality: Modality::Dx,
                 model_hint: None,
             };
-            Ok(sealer.seal(&meta, image)?)
+            Ok(sealer.seal(&meta, image)?.bytes)
         })
         .collect()
 }

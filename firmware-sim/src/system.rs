@@ -21,6 +21,7 @@ use medgate_receiver::daemon::config::ReceiverConfig;
 use medgate_receiver::daemon::rules::{Priority, Rule};
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::keys::{self, DEFAULT_RSA_BITS};
+use medgate_testkit::identity;
 use medgate_testkit::pki::{CertFiles, Pki};
 use medgate_testkit::write_config;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,10 @@ pub struct System {
     daemons: Vec<(String, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     gateway_child: Option<Child>,
     receiver_public_key: PathBuf,
+    /// The gateway's signing key file.
+    gateway_identity: PathBuf,
+    /// The receivers' trust list.
+    trust_list: PathBuf,
     backend: String,
     interrupted: Arc<AtomicBool>,
     // Last: everything above is gone before its files are.
@@ -119,6 +124,12 @@ impl System {
         let broker = Broker::start(options.broker, &pki, root, options.receivers)?;
         let (private_key, receiver_public_key) =
             keys::write_key_pair(&root.join("receiver-keys"), DEFAULT_RSA_BITS)?;
+        // Enrolment: the gateway's signing key, and the receivers' trust
+        // list naming it.
+        let (gateway_identity, enrolled) =
+            identity::gateway_identity(&root.join("gateway-keys"), SITE, GATEWAY)?;
+        let trust_list = root.join("trusted-gateways.toml");
+        identity::write_trust_list(&trust_list, [enrolled])?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -136,6 +147,8 @@ impl System {
             daemons: Vec::new(),
             gateway_child: None,
             receiver_public_key,
+            gateway_identity,
+            trust_list,
             backend: String::new(),
             interrupted: Arc::new(AtomicBool::new(false)),
             dir,
@@ -190,7 +203,12 @@ impl System {
         private_key: &Path,
         options: &Options,
     ) -> anyhow::Result<()> {
-        let mut receiver = ReceiverConfig::new(name, private_key.to_path_buf(), self.mqtt(name)?);
+        let mut receiver = ReceiverConfig::new(
+            name,
+            private_key.to_path_buf(),
+            self.trust_list.clone(),
+            self.mqtt(name)?,
+        );
         receiver.model.backend = options.backend;
         receiver.model.max_batch = options.max_batch.max(1);
         receiver.model.max_wait_ms = 2;
@@ -241,6 +259,7 @@ impl System {
             SITE,
             GATEWAY,
             self.receiver_public_key.clone(),
+            self.gateway_identity.clone(),
             root.join("gateway-state"),
             root.join("gateway-spool"),
             self.mqtt(GATEWAY)?,
@@ -325,6 +344,11 @@ impl System {
     /// The receivers' public key file.
     pub fn receiver_public_key(&self) -> &Path {
         &self.receiver_public_key
+    }
+
+    /// The gateway's signing key file.
+    pub fn gateway_identity(&self) -> &Path {
+        &self.gateway_identity
     }
 
     /// Stops the sensors capturing and kills the gateway child process (a

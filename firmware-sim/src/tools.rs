@@ -6,9 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use image::imageops::FilterType;
+use medgate_daemon::trust::TrustList;
 use medgate_medmnist::{self as dataset, SplitName};
 use medgate_shared::envelope::OpenError;
 use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::{self, ReceiverPrivateKey, ReceiverPublicKey};
 use medgate_shared::pixels::{PixelFormat, Pixels};
@@ -23,6 +25,8 @@ pub struct SealRequest {
     pub image: PathBuf,
     /// The receiver's public key.
     pub receiver_key: PathBuf,
+    /// The sealing gateway's signing key (`medgate-gateway keygen`).
+    pub identity: PathBuf,
     /// Site name.
     pub site: Name,
     /// Gateway name.
@@ -61,13 +65,15 @@ pub fn seal(request: &SealRequest) -> anyhow::Result<MessageId> {
         site: request.site.clone(),
         gateway: request.gateway.clone(),
         device: request.device.clone(),
+        epoch: 0,
         sequence: request.sequence,
         captured_at_ms,
         modality: request.modality,
         model_hint: None,
     };
-    let sealed = Sealer::new(public, RotationPolicy::default()).seal(&meta, &pixels)?;
-    imageio::write_atomically(&request.out, &sealed)?;
+    let identity = GatewayIdentity::read(&request.identity)?;
+    let sealed = Sealer::new(public, identity, RotationPolicy::default()).seal(&meta, &pixels)?;
+    imageio::write_atomically(&request.out, &sealed.bytes)?;
     Ok(meta.message_id)
 }
 
@@ -96,19 +102,20 @@ pub enum OpenFileError {
 /// [`OpenFileError::Rejected`] for a refused input, else `Other`.
 pub fn open(
     key: &Path,
+    trust: &Path,
     input: &Path,
     out: &Path,
 ) -> Result<medgate_shared::header::Header, OpenFileError> {
     let private = ReceiverPrivateKey::read(key).map_err(anyhow::Error::from)?;
+    let trust = TrustList::read(trust).map_err(anyhow::Error::from)?;
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let opened =
-        Opener::new(private, 1)
-            .open(&bytes)
-            .map_err(|source| OpenFileError::Rejected {
-                path: input.to_owned(),
-                reason: source.reason(),
-                source,
-            })?;
+    let opened = Opener::new(private, 1)
+        .open(&bytes, &trust)
+        .map_err(|rejected| OpenFileError::Rejected {
+            path: input.to_owned(),
+            reason: rejected.error.reason(),
+            source: rejected.error,
+        })?;
     let png = imageio::encode_png(&opened.pixels)
         .map_err(|e| anyhow::anyhow!("encoding {}: {e}", out.display()))?;
     imageio::write_atomically(out, &png).map_err(anyhow::Error::from)?;

@@ -44,15 +44,25 @@ struct Keys {
     _dir: tempfile::TempDir,
     private: PathBuf,
     public: PathBuf,
+    /// The signing key of gateway sim-site/sim-gateway (the tools' default).
+    identity: PathBuf,
+    /// A trust list naming it.
+    trust: PathBuf,
 }
 
 fn keygen() -> Keys {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("keys");
     ok(&["keygen", "--out", s(&out)]);
+    let (identity, enrolled) =
+        medgate_testkit::identity::gateway_identity(dir.path(), "sim-site", "sim-gateway").unwrap();
+    let trust = dir.path().join("gateways.toml");
+    medgate_testkit::identity::write_trust_list(&trust, [enrolled]).unwrap();
     Keys {
         private: out.join("receiver.pem"),
         public: out.join("receiver.pub.pem"),
+        identity,
+        trust,
         _dir: dir,
     }
 }
@@ -93,6 +103,8 @@ fn seal_then_open_gives_back_the_image_in_both_depths() {
             s(original),
             "--receiver-key",
             s(&keys.public),
+            "--identity",
+            s(&keys.identity),
             "--device",
             "xr-7",
             "--out",
@@ -104,6 +116,8 @@ fn seal_then_open_gives_back_the_image_in_both_depths() {
             "open",
             "--key",
             s(&keys.private),
+            "--trust",
+            s(&keys.trust),
             "--in",
             s(&sealed),
             "--out",
@@ -133,6 +147,8 @@ fn open_refuses_tampered_truncated_and_foreign_inputs_and_writes_nothing() {
         s(&png),
         "--receiver-key",
         s(&keys.public),
+        "--identity",
+        s(&keys.identity),
         "--device",
         "d1",
         "--out",
@@ -154,11 +170,33 @@ fn open_refuses_tampered_truncated_and_foreign_inputs_and_writes_nothing() {
         ("empty", Vec::new(), &keys.private, "malformed"),
         ("foreign", good.clone(), &other.private, "unknown_recipient"),
     ];
-    for (name, bytes, key, reason) in cases {
+    let mut cases: Vec<(&str, Vec<u8>, &Path, &Path, &str)> = cases
+        .into_iter()
+        .map(|(name, bytes, key, reason)| (name, bytes, key, keys.trust.as_path(), reason))
+        .collect();
+    // Sealed by a gateway the trust list does not name.
+    cases.push((
+        "stranger",
+        good.clone(),
+        &keys.private,
+        &other.trust,
+        "unknown_gateway",
+    ));
+    for (name, bytes, key, trust, reason) in cases {
         let input = dir.path().join(format!("{name}.mge"));
         std::fs::write(&input, bytes).unwrap();
         let out = dir.path().join(format!("{name}.png"));
-        let result = sim(&["open", "--key", s(key), "--in", s(&input), "--out", s(&out)]);
+        let result = sim(&[
+            "open",
+            "--key",
+            s(key),
+            "--trust",
+            s(trust),
+            "--in",
+            s(&input),
+            "--out",
+            s(&out),
+        ]);
         assert_eq!(result.status.code(), Some(65), "{name}");
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(

@@ -6,13 +6,15 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use medgate_daemon::cli::{self, Daemon, DaemonCommand};
 use medgate_daemon::logging;
 use medgate_daemon::settings::SettingsError;
+use medgate_shared::identity::GatewayIdentity;
+use medgate_shared::ids::Name;
 
 use crate::config::{self, Settings};
 use crate::service::{self, ServiceError};
@@ -21,7 +23,47 @@ use crate::service::{self, ServiceError};
 #[command(name = "medgate-gateway", version = crate::VERSION, about = "medgate edge gateway: capture, seal, spool, publish, route results")]
 struct Cli {
     #[command(subcommand)]
-    command: DaemonCommand,
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Daemon(DaemonCommand),
+    /// Create this gateway's signing identity (Ed25519, PKCS#8 PEM, mode
+    /// 0600; never overwritten) and print the entry hospital IT adds to the
+    /// receivers' trust list.
+    Keygen {
+        /// Where to write the private key (`gateway.identity_key`).
+        #[arg(long)]
+        out: PathBuf,
+        /// The gateway's site, for the printed trust-list entry.
+        #[arg(long)]
+        site: Name,
+        /// The gateway's name, for the printed trust-list entry.
+        #[arg(long)]
+        name: Name,
+    },
+    /// Print the trust-list entry of an existing identity.
+    ShowIdentity {
+        /// The private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// The gateway's site.
+        #[arg(long)]
+        site: Name,
+        /// The gateway's name.
+        #[arg(long)]
+        name: Name,
+    },
+}
+
+/// The `[[gateway]]` entry of a trust list for this identity.
+pub fn trust_entry(site: &Name, name: &Name, identity: &GatewayIdentity) -> String {
+    format!(
+        "[[gateway]]\nsite = \"{site}\"\nname = \"{name}\"\npublic_key = \"{}\"\n",
+        identity.public()
+    )
 }
 
 /// The gateway as the daemon skeleton sees it.
@@ -75,5 +117,31 @@ where
     T: Into<OsString> + Clone,
 {
     logging::init("info");
-    cli::execute::<Gateway>(Cli::parse_from(args).command)
+    match Cli::parse_from(args).command {
+        Command::Daemon(command) => cli::execute::<Gateway>(command),
+        Command::Keygen { out, site, name } => match GatewayIdentity::write_new(&out) {
+            Ok(identity) => {
+                eprintln!(
+                    "wrote {} (keep it secret); add this to the receivers' trust list:",
+                    out.display()
+                );
+                print!("{}", trust_entry(&site, &name, &identity));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("medgate-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::ShowIdentity { key, site, name } => match GatewayIdentity::read(&key) {
+            Ok(identity) => {
+                print!("{}", trust_entry(&site, &name, &identity));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("medgate-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

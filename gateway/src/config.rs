@@ -12,6 +12,7 @@ use std::time::Duration;
 use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
 use medgate_daemon::settings::{self, SettingsError};
 use medgate_shared::header::Modality;
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::pixels::PixelFormat;
@@ -59,6 +60,7 @@ impl GatewayConfig {
         site: &str,
         name: &str,
         receiver_public_key: PathBuf,
+        identity_key: PathBuf,
         state_dir: PathBuf,
         spool_dir: PathBuf,
         mqtt: BrokerSettings,
@@ -68,6 +70,7 @@ impl GatewayConfig {
                 site: site.to_owned(),
                 name: name.to_owned(),
                 receiver_public_key,
+                identity_key,
                 rotate_after_images: default_rotate_images(),
                 rotate_after_secs: default_rotate_secs(),
                 state_dir,
@@ -77,6 +80,7 @@ impl GatewayConfig {
                 dir: spool_dir,
                 max_bytes: default_spool_bytes(),
                 result_timeout_secs: default_result_timeout(),
+                max_publications: default_max_publications(),
             },
             preprocess: PreprocessSection::default(),
             metrics: MetricsSection::default(),
@@ -133,6 +137,9 @@ pub struct GatewaySection {
     pub name: String,
     /// The receivers' public key (PEM).
     pub receiver_public_key: PathBuf,
+    /// This gateway's Ed25519 signing key (PKCS#8 PEM, from
+    /// `medgate-gateway keygen`); receivers trust its public half.
+    pub identity_key: PathBuf,
     /// Session key rotation by count.
     #[serde(default = "default_rotate_images")]
     pub rotate_after_images: u64,
@@ -155,6 +162,9 @@ pub struct SpoolSection {
     /// Re-publication after this many seconds without a result.
     #[serde(default = "default_result_timeout")]
     pub result_timeout_secs: u64,
+    /// Publications without any answer before an image is quarantined.
+    #[serde(default = "default_max_publications")]
+    pub max_publications: u32,
 }
 
 /// `[preprocess]`.
@@ -240,6 +250,10 @@ fn default_rotate_secs() -> u64 {
 fn default_spool_bytes() -> u64 {
     1 << 30
 }
+fn default_max_publications() -> u32 {
+    20
+}
+
 fn default_result_timeout() -> u64 {
     60
 }
@@ -282,6 +296,8 @@ pub struct Settings {
     pub name: Name,
     /// Receivers' public key.
     pub receiver_key: ReceiverPublicKey,
+    /// This gateway's signing identity.
+    pub identity: GatewayIdentity,
     /// Session key rotation.
     pub rotation: RotationPolicy,
     /// Sequence state folder.
@@ -296,6 +312,8 @@ pub struct Settings {
     pub spool_bytes: u64,
     /// Result timeout.
     pub result_timeout: Duration,
+    /// Publications without an answer before quarantine.
+    pub max_publications: u32,
     /// Sealed pixel format.
     pub pixel_format: PixelFormat,
     /// Optional resize.
@@ -327,6 +345,8 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
     let name = name_at("gateway.name", &raw.gateway.name)?;
     let receiver_key = ReceiverPublicKey::read(&raw.gateway.receiver_public_key)
         .map_err(|e| SettingsError::key(file, "gateway.receiver_public_key", e))?;
+    let identity = GatewayIdentity::read(&raw.gateway.identity_key)
+        .map_err(|e| SettingsError::key(file, "gateway.identity_key", e))?;
     settings::in_range(
         file,
         "gateway.rotate_after_images",
@@ -354,6 +374,12 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         file,
         "spool.result_timeout_secs",
         raw.spool.result_timeout_secs,
+        1..,
+    )?;
+    settings::in_range(
+        file,
+        "spool.max_publications",
+        raw.spool.max_publications,
         1..,
     )?;
     let pixel_format = match raw.preprocess.bit_depth {
@@ -496,6 +522,7 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         site,
         name,
         receiver_key,
+        identity,
         rotation: RotationPolicy {
             max_messages: raw.gateway.rotate_after_images,
             max_age: Duration::from_secs(raw.gateway.rotate_after_secs),
@@ -505,6 +532,7 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         spool_dir: raw.spool.dir.clone(),
         spool_bytes: raw.spool.max_bytes,
         result_timeout: Duration::from_secs(raw.spool.result_timeout_secs),
+        max_publications: raw.spool.max_publications,
         pixel_format,
         resize,
         metrics,

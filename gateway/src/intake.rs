@@ -185,6 +185,7 @@ fn seal_and_spool(
         site,
         gateway,
         device: capture.device.clone(),
+        epoch: sequences.epoch(),
         sequence,
         captured_at_ms: capture.captured_at_ms,
         modality: capture.modality,
@@ -196,7 +197,7 @@ fn seal_and_spool(
     spool
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .put(meta.message_id, &meta.device, &sealed)
+        .put(&sealed)
         .map_err(|e| match e {
             full @ SpoolError::Full { .. } => Refusal::Full(full),
             other => Refusal::Failed(other.to_string()),

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub results: Counter,
     /// Capture to result, seconds.
     pub result_latency_seconds: Histogram,
+    /// Answers refused as unauthenticated or not matching the spooled
+    /// image, by reason.
+    pub answers_refused: Family<Labels, Counter>,
+    /// Images moved to the spool's quarantine, by cause.
+    pub quarantined: Family<Labels, Counter>,
     /// Errors by kind.
     pub errors: Family<Labels, Counter>,
     /// Whether the broker connection is up (1) or not (0).
@@ -55,6 +60,8 @@ impl Metrics {
             acknowledged: Counter::default(),
             results: Counter::default(),
             result_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            answers_refused: Family::default(),
+            quarantined: Family::default(),
             errors: Family::default(),
             connected: Gauge::default(),
         };
@@ -101,6 +108,16 @@ impl Metrics {
             "result_latency_seconds",
             "Capture to result",
             m.result_latency_seconds.clone(),
+        );
+        r.register(
+            "answers_refused",
+            "Results and refusals not authenticated or not matching their image",
+            m.answers_refused.clone(),
+        );
+        r.register(
+            "quarantined",
+            "Images moved to the spool's quarantine",
+            m.quarantined.clone(),
         );
         r.register("errors", "Errors by kind", m.errors.clone());
         r.register("connected", "Broker connection up", m.connected.clone());

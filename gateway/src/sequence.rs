@@ -6,6 +6,12 @@
 //! reserved durably (the file holds the first number not yet reserved) and
 //! handed out from memory. A crash skips at most the rest of a block; gaps
 //! are harmless to the receiver's replay window.
+//!
+//! Numbers count within an *epoch*: a random 64-bit value drawn when the
+//! state folder is first used (file `epoch`) and carried in every header.
+//! A gateway whose state folder was wiped or replaced starts at 0 again
+//! under a new epoch, so its new images are new to the receivers rather
+//! than replays of the old epoch's numbers.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -37,6 +43,7 @@ struct Counter {
 #[derive(Debug)]
 pub struct Sequences {
     dir: PathBuf,
+    epoch: u64,
     counters: HashMap<Name, Counter>,
 }
 
@@ -50,10 +57,34 @@ impl Sequences {
             path: dir.to_path_buf(),
             source,
         })?;
+        let path = dir.join("epoch");
+        let epoch = match fs::read_to_string(&path) {
+            Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|e| SequenceError {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let epoch = rand::random::<u64>();
+                write_durably(dir, &path, &format!("{epoch:016x}")).map_err(|source| {
+                    SequenceError {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                epoch
+            }
+            Err(source) => return Err(SequenceError { path, source }),
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
+            epoch,
             counters: HashMap::new(),
         })
+    }
+
+    /// This installation's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The next number for `device`, never handed out before.
@@ -81,9 +112,11 @@ impl Sequences {
         };
         if counter.next >= counter.reserved_until {
             let until = counter.next + BLOCK;
-            write_durably(&self.dir, &path, until).map_err(|source| SequenceError {
-                path: path.clone(),
-                source,
+            write_durably(&self.dir, &path, &until.to_string()).map_err(|source| {
+                SequenceError {
+                    path: path.clone(),
+                    source,
+                }
             })?;
             counter.reserved_until = until;
         }
@@ -109,8 +142,10 @@ impl Sequences {
     }
 }
 
-fn write_durably(dir: &Path, path: &Path, value: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("seq.tmp");
+fn write_durably(dir: &Path, path: &Path, value: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut file = File::create(&tmp)?;
     writeln!(file, "{value}")?;
     file.sync_all()?;
@@ -143,5 +178,14 @@ mod tests {
         drop(seq);
         let mut seq = Sequences::open(dir.path()).unwrap();
         assert!(seq.next(&a).unwrap() > last);
+    }
+
+    #[test]
+    fn the_epoch_stays_across_restarts_and_changes_when_the_state_is_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = Sequences::open(dir.path()).unwrap().epoch();
+        assert_eq!(Sequences::open(dir.path()).unwrap().epoch(), epoch);
+        fs::remove_dir_all(dir.path()).unwrap();
+        assert_ne!(Sequences::open(dir.path()).unwrap().epoch(), epoch);
     }
 }

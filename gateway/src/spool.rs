@@ -1,8 +1,11 @@
 //! The durable spool: every sealed image the gateway accepted, on disk,
 //! until its result arrives.
 //!
-//! One file per image, `{order:016x}-{message_id}.mgsi`, holding only the
-//! sealed bytes (no pixels in the clear, no keys). A file is written under
+//! One file per image, `{order:016x}-{message_id}.mgsi`: the magic `MGSP`,
+//! a version byte (1), the image's 32-byte answer key (which authenticates
+//! answers about this one image and opens nothing), its 64-byte SHA-512 tag,
+//! then the sealed bytes (no pixels in the clear, no session or private
+//! keys). A file is written under
 //! `tmp/`, flushed to disk (`fsync`), renamed into place and the directory
 //! flushed, so after a `kill -9` or a power cut an image is either wholly in
 //! the spool or was never accepted; leftovers in `tmp/` are discarded at
@@ -18,17 +21,28 @@
 //! Whether an entry was published is kept in memory only: after a restart
 //! every entry is published again with its original message id, and the
 //! receiver answers a repeat with the result it already gave.
+//!
+//! An image a receiver refused, or that nobody answered after the configured
+//! number of publications, moves to `quarantine/` with a `.json` note of why:
+//! kept for hospital IT, never published again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use medgate_shared::envelope;
+use medgate_shared::answer::AnswerKey;
+use medgate_shared::envelope::{self, Sealed, TAG_LEN};
 use medgate_shared::ids::{MessageId, Name};
 
 /// File name suffix of a spooled image.
 const SUFFIX: &str = ".mgsi";
+/// The first bytes of a spool file.
+const FILE_MAGIC: [u8; 5] = *b"MGSP\x01";
+/// Magic, answer key, SHA-512 tag.
+const FILE_PREFIX: usize = 5 + 32 + TAG_LEN;
+/// Folder of quarantined images, inside the spool folder.
+pub const QUARANTINE: &str = "quarantine";
 
 /// Why the spool refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +74,46 @@ pub enum SpoolError {
 pub struct Entry {
     /// Its message id.
     pub id: MessageId,
-    /// The capturing device (from its header).
+    /// Site, gateway and device from its header.
+    pub site: Name,
+    /// Gateway.
+    pub gateway: Name,
+    /// The capturing device.
     pub device: Name,
-    /// Size of the sealed bytes.
+    /// The device's sequence number.
+    pub sequence: u64,
+    /// The image's SHA-512 tag, which a result must name.
+    pub sha512: [u8; TAG_LEN],
+    /// Authenticates answers about it.
+    pub answer_key: AnswerKey,
+    /// Size of the file.
     pub bytes: u64,
     order: u64,
+}
+
+impl Entry {
+    fn from_file(contents: &[u8], order: u64) -> Option<Self> {
+        let (prefix, sealed) = contents.split_at_checked(FILE_PREFIX)?;
+        if prefix[..5] != FILE_MAGIC {
+            return None;
+        }
+        let header = envelope::parse(sealed).ok()?.header;
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&prefix[5..37]);
+        let mut sha512 = [0u8; TAG_LEN];
+        sha512.copy_from_slice(&prefix[37..]);
+        Some(Self {
+            id: header.meta.message_id,
+            site: header.meta.site,
+            gateway: header.meta.gateway,
+            device: header.meta.device,
+            sequence: header.meta.sequence,
+            sha512,
+            answer_key: AnswerKey::from_bytes(key),
+            bytes: contents.len() as u64,
+            order,
+        })
+    }
 }
 
 /// The spool folder and its index.
@@ -85,8 +134,28 @@ pub struct Recovery {
     pub entries: usize,
     /// Half-written files from an interrupted write, removed.
     pub discarded_partial: usize,
-    /// Files that do not parse as sealed images, moved to `corrupt/`.
+    /// Files that do not parse as spooled images, moved to `corrupt/`.
     pub quarantined: usize,
+}
+
+/// Why an image was quarantined, as its `.json` note records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuarantineNote {
+    /// The image's message id.
+    pub message_id: String,
+    /// Its device.
+    pub device: String,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// `refused` (a receiver's authenticated refusal) or `unanswered`.
+    pub cause: String,
+    /// The receiver's reason (`aead`, `tag_mismatch`, `replay`, …), or the
+    /// number of publications without an answer.
+    pub reason: String,
+    /// The receiver that refused it, if any.
+    pub receiver: Option<String>,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
 }
 
 impl Spool {
@@ -135,14 +204,8 @@ impl Spool {
         found.sort();
         for (order, path) in found {
             let bytes = fs::read(&path).map_err(io(&path))?;
-            match envelope::parse(&bytes) {
-                Ok(parsed) if !spool.by_id.contains_key(&parsed.header.meta.message_id) => {
-                    let entry = Entry {
-                        id: parsed.header.meta.message_id,
-                        device: parsed.header.meta.device.clone(),
-                        bytes: bytes.len() as u64,
-                        order,
-                    };
+            match Entry::from_file(&bytes, order) {
+                Some(entry) if !spool.by_id.contains_key(&entry.id) => {
                     spool.index(entry);
                     recovery.entries += 1;
                 }
@@ -162,11 +225,24 @@ impl Spool {
     /// # Errors
     /// [`SpoolError::Full`] when it does not fit (nothing written);
     /// [`SpoolError::Io`] when the disk fails (nothing kept).
-    pub fn put(&mut self, id: MessageId, device: &Name, sealed: &[u8]) -> Result<(), SpoolError> {
+    pub fn put(&mut self, sealed: &Sealed) -> Result<MessageId, SpoolError> {
+        let mut contents = Vec::with_capacity(FILE_PREFIX + sealed.bytes.len());
+        contents.extend_from_slice(&FILE_MAGIC);
+        contents.extend_from_slice(sealed.answer_key.as_bytes());
+        contents.extend_from_slice(&sealed.sha512);
+        contents.extend_from_slice(&sealed.bytes);
+        let order = self.next;
+        let Some(entry) = Entry::from_file(&contents, order) else {
+            return Err(SpoolError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sealed image"),
+            });
+        };
+        let id = entry.id;
         if self.by_id.contains_key(&id) {
-            return Ok(());
+            return Ok(id);
         }
-        let wanted = sealed.len() as u64;
+        let wanted = contents.len() as u64;
         if self.used + wanted > self.limit {
             return Err(SpoolError::Full {
                 used: self.used,
@@ -174,13 +250,12 @@ impl Spool {
                 wanted,
             });
         }
-        let order = self.next;
         let name = format!("{order:016x}-{id}{SUFFIX}");
         let tmp = self.dir.join("tmp").join(&name);
         let path = self.dir.join(&name);
         let written = (|| {
             let mut file = File::create(&tmp)?;
-            file.write_all(sealed)?;
+            file.write_all(&contents)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             sync_dir(&self.dir)
@@ -191,13 +266,8 @@ impl Spool {
             return Err(SpoolError::Io { path, source });
         }
         self.next += 1;
-        self.index(Entry {
-            id,
-            device: device.clone(),
-            bytes: wanted,
-            order,
-        });
-        Ok(())
+        self.index(entry);
+        Ok(id)
     }
 
     /// The sealed bytes of an entry.
@@ -209,7 +279,60 @@ impl Spool {
             return Ok(None);
         };
         let path = self.path_of(entry);
-        fs::read(&path).map(Some).map_err(io(&path))
+        let mut contents = fs::read(&path).map_err(io(&path))?;
+        if contents.len() < FILE_PREFIX {
+            return Err(SpoolError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "truncated"),
+            });
+        }
+        contents.drain(..FILE_PREFIX);
+        Ok(Some(contents))
+    }
+
+    /// The entry of `id`, if held.
+    pub fn get(&self, id: &MessageId) -> Option<&Entry> {
+        self.by_id.get(id).and_then(|o| self.by_order.get(o))
+    }
+
+    /// Moves an entry to `quarantine/` beside a `.json` note of why; it is
+    /// never published again. Returns the entry if it was held.
+    ///
+    /// # Errors
+    /// [`SpoolError::Io`] when the file cannot be moved or the note written.
+    pub fn quarantine_entry(
+        &mut self,
+        id: &MessageId,
+        note: &QuarantineNote,
+    ) -> Result<Option<Entry>, SpoolError> {
+        let Some(entry) = self.get(id).cloned() else {
+            return Ok(None);
+        };
+        let folder = self.dir.join(QUARANTINE);
+        fs::create_dir_all(&folder).map_err(io(&folder))?;
+        let from = self.path_of(&entry);
+        let name = format!("{:016x}-{}", entry.order, entry.id);
+        let note_path = folder.join(format!("{name}.json"));
+        let body = serde_json::to_vec_pretty(note).unwrap_or_default();
+        fs::write(&note_path, body).map_err(io(&note_path))?;
+        let to = folder.join(format!("{name}{SUFFIX}"));
+        fs::rename(&from, &to).map_err(io(&from))?;
+        sync_dir(&folder).map_err(io(&folder))?;
+        sync_dir(&self.dir).map_err(io(&self.dir))?;
+        self.by_id.remove(id);
+        self.by_order.remove(&entry.order);
+        self.used -= entry.bytes;
+        Ok(Some(entry))
+    }
+
+    /// How many images are in `quarantine/`.
+    pub fn quarantined(&self) -> usize {
+        fs::read_dir(self.dir.join(QUARANTINE)).map_or(0, |items| {
+            items
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(SUFFIX))
+                .count()
+        })
     }
 
     /// Deletes an entry (its result has arrived). Returns whether it was there.
@@ -303,6 +426,7 @@ mod tests {
     use std::sync::OnceLock;
 
     use medgate_shared::header::{ImageMeta, Modality};
+    use medgate_shared::identity::GatewayIdentity;
     use medgate_shared::keys::ReceiverPrivateKey;
     use medgate_shared::pixels::{PixelFormat, Pixels};
     use medgate_shared::seal::{RotationPolicy, Sealer};
@@ -314,21 +438,25 @@ mod tests {
         KEY.get_or_init(|| ReceiverPrivateKey::generate(3072).unwrap())
     }
 
-    fn sealed(device: &str, sequence: u64) -> (MessageId, Name, Vec<u8>) {
+    fn sealed(device: &str, sequence: u64) -> (MessageId, Sealed) {
         let meta = ImageMeta {
             message_id: MessageId::random(),
             site: "s".parse().unwrap(),
             gateway: "g".parse().unwrap(),
             device: device.parse().unwrap(),
+            epoch: 1,
             sequence,
             captured_at_ms: 0,
             modality: Modality::Sc,
             model_hint: None,
         };
         let pixels = Pixels::new(16, 16, PixelFormat::Gray8, vec![sequence as u8; 256]).unwrap();
-        let mut sealer = Sealer::new(key().public().clone(), RotationPolicy::default());
-        let bytes = sealer.seal(&meta, &pixels).unwrap();
-        (meta.message_id, meta.device, bytes)
+        let mut sealer = Sealer::new(
+            key().public().clone(),
+            GatewayIdentity::generate(),
+            RotationPolicy::default(),
+        );
+        (meta.message_id, sealer.seal(&meta, &pixels).unwrap())
     }
 
     #[test]
@@ -337,8 +465,8 @@ mod tests {
         let (mut spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovery, Recovery::default());
         let items: Vec<_> = (0..5).map(|i| sealed("cam-1", i)).collect();
-        for (id, device, bytes) in &items {
-            spool.put(*id, device, bytes).unwrap();
+        for (id, sealed) in &items {
+            assert_eq!(spool.put(sealed).unwrap(), *id);
         }
         spool.remove(&items[1].0).unwrap().unwrap();
         let used = spool.used_bytes();
@@ -350,26 +478,30 @@ mod tests {
         let order: Vec<MessageId> = spool.entries().map(|e| e.id).collect();
         let expected: Vec<MessageId> = [0, 2, 3, 4].iter().map(|&i| items[i].0).collect();
         assert_eq!(order, expected);
-        assert_eq!(spool.read(&items[3].0).unwrap().unwrap(), items[3].2);
+        assert_eq!(spool.read(&items[3].0).unwrap().unwrap(), items[3].1.bytes);
         assert_eq!(spool.read(&items[1].0).unwrap(), None);
+        let entry = spool.get(&items[3].0).unwrap();
+        assert_eq!(entry.sha512, items[3].1.sha512);
+        assert_eq!(entry.answer_key, items[3].1.answer_key);
+        assert_eq!(entry.sequence, 3);
     }
 
     #[test]
     fn a_full_spool_refuses_without_dropping_anything() {
         let dir = tempfile::tempdir().unwrap();
-        let (id, device, bytes) = sealed("cam-1", 1);
-        let limit = bytes.len() as u64 * 2;
+        let (id, first) = sealed("cam-1", 1);
+        let limit = (first.bytes.len() + FILE_PREFIX) as u64 * 2;
         let (mut spool, _) = Spool::open(dir.path(), limit).unwrap();
-        spool.put(id, &device, &bytes).unwrap();
-        let (id2, _, bytes2) = sealed("cam-1", 2);
-        spool.put(id2, &device, &bytes2).unwrap();
-        let (id3, _, bytes3) = sealed("cam-1", 3);
-        let refused = spool.put(id3, &device, &bytes3).unwrap_err();
+        spool.put(&first).unwrap();
+        let (_, second) = sealed("cam-1", 2);
+        spool.put(&second).unwrap();
+        let (_, third) = sealed("cam-1", 3);
+        let refused = spool.put(&third).unwrap_err();
         assert!(matches!(refused, SpoolError::Full { .. }), "{refused}");
         assert!(refused.to_string().contains("spool.max_bytes"));
         assert_eq!(spool.len(), 2);
         spool.remove(&id).unwrap();
-        spool.put(id3, &device, &bytes3).unwrap();
+        spool.put(&third).unwrap();
         assert_eq!(spool.len(), 2);
     }
 
@@ -377,18 +509,57 @@ mod tests {
     fn interrupted_writes_and_foreign_files_are_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
         let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
-        let (id, device, bytes) = sealed("cam-1", 1);
-        spool.put(id, &device, &bytes).unwrap();
+        let (id, first) = sealed("cam-1", 1);
+        spool.put(&first).unwrap();
         drop(spool);
         // A crash between write and rename leaves a file in tmp/; a torn or
         // foreign file in the folder is not a sealed image.
         fs::write(dir.path().join("tmp/0000000000000009-x.mgsi"), b"half").unwrap();
-        fs::write(dir.path().join("0000000000000005-y.mgsi"), &bytes[..40]).unwrap();
+        fs::write(
+            dir.path().join("0000000000000005-y.mgsi"),
+            &first.bytes[..40],
+        )
+        .unwrap();
+        // A bare sealed image (no answer key and tag) is not a spool file.
+        fs::write(dir.path().join("0000000000000006-z.mgsi"), &first.bytes).unwrap();
         let (spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovery.entries, 1);
         assert_eq!(recovery.discarded_partial, 1);
-        assert_eq!(recovery.quarantined, 1);
+        assert_eq!(recovery.quarantined, 2);
         assert!(spool.contains(&id));
         assert!(dir.path().join("corrupt/0000000000000005-y.mgsi").exists());
+    }
+
+    #[test]
+    fn a_quarantined_image_leaves_the_spool_with_its_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (id, first) = sealed("cam-1", 1);
+        spool.put(&first).unwrap();
+        let note = QuarantineNote {
+            message_id: id.to_string(),
+            device: "cam-1".into(),
+            sequence: 1,
+            cause: "refused".into(),
+            reason: "aead".into(),
+            receiver: Some("receiver-1".into()),
+            at_ms: 5,
+        };
+        assert!(spool.quarantine_entry(&id, &note).unwrap().is_some());
+        assert!(spool.is_empty());
+        assert_eq!(spool.used_bytes(), 0);
+        assert_eq!(spool.quarantined(), 1);
+        drop(spool);
+        let (spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(recovery.entries, 0);
+        assert_eq!(spool.quarantined(), 1);
+        let written = fs::read_dir(dir.path().join(QUARANTINE))
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .unwrap();
+        let read: QuarantineNote =
+            serde_json::from_slice(&fs::read(written.path()).unwrap()).unwrap();
+        assert_eq!(read, note);
     }
 }

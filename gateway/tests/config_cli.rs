@@ -19,6 +19,19 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `medgate-gateway keygen` for gw-1 of site-a, writing `out`.
+fn keygen(out: &Path) -> Output {
+    gateway(&[
+        "keygen",
+        "--out",
+        out.to_str().unwrap(),
+        "--site",
+        "site-a",
+        "--name",
+        "gw-1",
+    ])
+}
+
 /// A config whose files and folders all exist.
 fn valid_config(dir: &Path) -> String {
     let pki = Pki::new(dir, "test CA").unwrap();
@@ -26,14 +39,23 @@ fn valid_config(dir: &Path) -> String {
     let public = dir.join("receiver.pub.pem");
     let key = ReceiverPrivateKey::generate(3072).unwrap();
     std::fs::write(&public, key.public().to_pem().unwrap()).unwrap();
+    let identity = dir.join("identity.pem");
+    let made = keygen(&identity);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let entry = String::from_utf8(made.stdout).unwrap();
+    assert!(
+        entry.starts_with("[[gateway]]\nsite = \"site-a\"\nname = \"gw-1\"\npublic_key = \""),
+        "{entry}"
+    );
     let inbox = dir.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     format!(
-        "[gateway]\nsite = \"site-a\"\nname = \"gw-1\"\nreceiver_public_key = \"{}\"\nstate_dir = \"{}\"\n\n\
+        "[gateway]\nsite = \"site-a\"\nname = \"gw-1\"\nreceiver_public_key = \"{}\"\nidentity_key = \"{}\"\nstate_dir = \"{}\"\n\n\
          [mqtt]\nhost = \"127.0.0.1\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n\
          [spool]\ndir = \"{}\"\n\n\
          [[hot_folder]]\ndevice = \"scanner-1\"\npath = \"{}\"\n",
         public.display(),
+        identity.display(),
         dir.join("state").display(),
         pki.ca_file().display(),
         tls.cert.display(),
@@ -62,6 +84,15 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
     std::fs::write(&path, &good).unwrap();
     let out = gateway(&["check-config", path.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // An identity is never overwritten.
+    let identity = dir.path().join("identity.pem");
+    let again = keygen(&identity);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
 
     let cases: &[(&str, String, &str)] = &[
         (
@@ -98,6 +129,11 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             "missing receiver key",
             good.replace("receiver.pub.pem", "none.pem"),
             "gateway.receiver_public_key",
+        ),
+        (
+            "identity that is not an Ed25519 key",
+            good.replace("identity.pem", "receiver.pub.pem"),
+            "gateway.identity_key",
         ),
         (
             "bad modality",

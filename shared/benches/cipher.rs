@@ -1,5 +1,5 @@
-//! Criterion benchmarks of the cipher stack on a 512×512 8-bit image:
-//! `cargo bench -p medgate-shared`. The one-run ratio the project quotes
+//! Criterion benchmarks of the cipher stack on a 512×512 8-bit image, and of
+//! origin and answer authentication per image: `cargo bench -p medgate-shared`. The one-run ratio the project quotes
 //! comes from `medgate-sim bench-cipher`, which measures everything in one
 //! process; these give confidence intervals per operation.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)] // benchmark harness
@@ -9,9 +9,11 @@ use std::hint::black_box;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use medgate_shared::answer::{AnswerFields, Outcome};
 use medgate_shared::envelope;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::SessionKey;
 use medgate_shared::keys::WrappedKey;
@@ -61,20 +63,62 @@ fn ciphers(c: &mut Criterion) {
         site: "s".parse().unwrap(),
         gateway: "g".parse().unwrap(),
         device: "d".parse().unwrap(),
+        epoch: 1,
         sequence: 1,
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
     };
+    let identity = GatewayIdentity::from_secret(&[5; 32]);
     group.bench_function("seal", |b| {
-        b.iter(|| envelope::seal_with(&session, &wrapped, &meta, black_box(&image)).unwrap())
+        b.iter(|| {
+            envelope::seal_with(&session, &wrapped, &identity, &meta, black_box(&image)).unwrap()
+        })
     });
-    let sealed = envelope::seal_with(&session, &wrapped, &meta, &image).unwrap();
+    let sealed = envelope::seal_with(&session, &wrapped, &identity, &meta, &image)
+        .unwrap()
+        .bytes;
     group.bench_function("open", |b| {
         b.iter(|| {
             let parsed = envelope::parse(black_box(&sealed)).unwrap();
             envelope::open_with(&parsed, &session).unwrap()
         })
+    });
+    group.finish();
+
+    // Per image, independent of its size: the gateway signs header and
+    // wrapped key, the receiver verifies; each answer is one HMAC each way.
+    let mut group = c.benchmark_group("authentication");
+    let parsed = envelope::parse(&sealed).unwrap();
+    let public = identity.public();
+    group.bench_function("origin_sign", |b| {
+        b.iter(|| identity.sign(&envelope::origin_message(black_box(parsed.signed))))
+    });
+    group.bench_function("origin_verify", |b| {
+        b.iter(|| assert!(envelope::verify_origin(black_box(&parsed), &public)))
+    });
+    let opened = envelope::open_with(&parsed, &session).unwrap();
+    let answer = AnswerFields {
+        message_id: meta.message_id,
+        site: "s",
+        gateway: "g",
+        device: "d",
+        sequence: 1,
+        receiver: "receiver-1",
+        outcome: Outcome::Classified {
+            label: "pneumonia",
+            probabilities: vec![("normal", 0.1), ("pneumonia", 0.9)],
+            threshold: 0.5,
+            model_version: "pneumonia-cnn-1",
+            sha512: opened.sha512,
+        },
+    };
+    let tag = opened.answer_key.mac(&answer);
+    group.bench_function("answer_mac", |b| {
+        b.iter(|| opened.answer_key.mac(black_box(&answer)))
+    });
+    group.bench_function("answer_verify", |b| {
+        b.iter(|| assert!(opened.answer_key.verify(black_box(&answer), &tag)))
     });
     group.finish();
 }

@@ -1,16 +1,20 @@
-//! Writes `shared/tests/vectors/v1.json`, the sealed-image test vectors.
+//! Writes `shared/tests/vectors/v2.json`, the sealed-image test vectors.
 //!
 //! Run once when the format changes on purpose:
 //! `cargo run -p medgate-shared --example write_test_vectors`.
-//! The RSA key in the file is a throwaway test key, published on purpose; the
-//! RSA-OAEP wrap is randomised, so the wrapped key is recorded, not derived.
+//! The RSA key and the gateway's Ed25519 key in the file are throwaway test
+//! keys, published on purpose; the RSA-OAEP wrap is randomised, so the
+//! wrapped key is recorded, not derived (Ed25519 signatures are
+//! deterministic and are derived).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: fail loudly.
 
 use std::path::Path;
 
+use medgate_shared::answer::{AnswerFields, AnswerKey, Outcome};
 use medgate_shared::envelope::{self, integrity_tag};
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::henon;
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::{MessageKeys, SessionKey};
 use medgate_shared::keys::ReceiverPrivateKey;
@@ -18,8 +22,10 @@ use medgate_shared::pixels::{PixelFormat, Pixels};
 use serde_json::json;
 
 fn main() {
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v1.json");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v2.json");
     let key = ReceiverPrivateKey::generate(3072).unwrap();
+    let gateway_secret: [u8; 32] = std::array::from_fn(|j| 0x42 ^ (j as u8).wrapping_mul(29));
+    let identity = GatewayIdentity::from_secret(&gateway_secret);
     let cases = [
         ("gray8-13x7", 13, 7, PixelFormat::Gray8, Modality::Dx, None),
         (
@@ -44,6 +50,7 @@ fn main() {
             site: "st-example".parse().unwrap(),
             gateway: "gw-01".parse().unwrap(),
             device: format!("sensor-{i}").parse().unwrap(),
+            epoch: 0x5eed_0000_0000_0000 | u64::from(i),
             sequence: 1000 + u64::from(i),
             captured_at_ms: 1_790_000_000_000 + u64::from(i),
             modality,
@@ -55,8 +62,31 @@ fn main() {
             .collect();
         let pixels = Pixels::new(width, height, format, data).unwrap();
         let keys = MessageKeys::derive(&session, &meta.message_id);
-        let sealed = envelope::seal_with(&session, &wrapped, &meta, &pixels).unwrap();
+        let sealed = envelope::seal_with(&session, &wrapped, &identity, &meta, &pixels)
+            .unwrap()
+            .bytes;
         let parsed = envelope::parse(&sealed).unwrap();
+        let answer_key = AnswerKey::derive(&session, &meta.message_id);
+        let sha512 = integrity_tag(parsed.canonical_header, pixels.data());
+        let answer = AnswerFields {
+            message_id: meta.message_id,
+            site: meta.site.as_str(),
+            gateway: meta.gateway.as_str(),
+            device: meta.device.as_str(),
+            sequence: meta.sequence,
+            receiver: "receiver-1",
+            outcome: Outcome::Classified {
+                label: "pneumonia",
+                probabilities: vec![("normal", 0.125), ("pneumonia", 0.875)],
+                threshold: 0.5,
+                model_version: "pneumonia-cnn-1",
+                sha512,
+            },
+        };
+        let refusal = AnswerFields {
+            outcome: Outcome::Refused { reason: "replay" },
+            ..answer.clone()
+        };
         let header_len = u16::from_le_bytes([sealed[5], sealed[6]]) as usize;
         vectors.push(json!({
             "name": name,
@@ -68,6 +98,7 @@ fn main() {
             "site": meta.site.as_str(),
             "gateway": meta.gateway.as_str(),
             "device": meta.device.as_str(),
+            "epoch": meta.epoch,
             "sequence": meta.sequence,
             "captured_at_ms": meta.captured_at_ms,
             "modality": modality.code(),
@@ -81,13 +112,25 @@ fn main() {
             "henon_key": hex::encode(keys.henon.as_bytes()),
             "henon_ciphertext": hex::encode(henon::encrypt(&keys.henon, &pixels).data()),
             "header": hex::encode(&sealed[7..7 + header_len]),
-            "sha512": hex::encode(integrity_tag(parsed.canonical_header, pixels.data())),
+            "sha512": hex::encode(sha512),
+            "signer": parsed.header.signer.to_string(),
+            "signature": hex::encode(parsed.signature),
             "sealed": hex::encode(&sealed),
+            "answer_key": hex::encode(answer_key.as_bytes()),
+            "result_mac_input": hex::encode(answer.encode()),
+            "result_mac": hex::encode(answer_key.mac(&answer)),
+            "refusal_mac_input": hex::encode(refusal.encode()),
+            "refusal_mac": hex::encode(answer_key.mac(&refusal)),
         }));
     }
     let doc = json!({
-        "about": "medgate sealed-image format v1 test vectors; see shared/FORMAT.md. \
-                  The private key below is a published TEST key: never use it for real data.",
+        "about": "medgate sealed-image format v2 test vectors; see shared/FORMAT.md. \
+                  The private keys below are published TEST keys: never use them for real data. \
+                  result_mac/refusal_mac authenticate a result (label pneumonia, probabilities \
+                  normal 0.125 / pneumonia 0.875, threshold 0.5, model pneumonia-cnn-1, \
+                  receiver receiver-1) and a refusal (reason replay) of each image.",
+        "gateway_secret_key": hex::encode(gateway_secret),
+        "gateway_public_key": identity.public().to_string(),
         "receiver_private_key_pem": key.to_pem().unwrap().as_str(),
         "receiver_public_key_pem": key.public().to_pem().unwrap(),
         "vectors": vectors,

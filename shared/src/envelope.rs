@@ -1,29 +1,37 @@
-//! The sealed-image envelope, version 1: layout, parsing of untrusted bytes,
+//! The sealed-image envelope, version 2: layout, parsing of untrusted bytes,
 //! sealing and opening. `shared/FORMAT.md` is the normative description.
 //!
 //! ```text
-//! offset  size  field
-//! 0       4     magic "MGSI"
-//! 4       1     format version (1)
-//! 5       2     header length H, u16 little-endian, 1..=1024
-//! 7       H     header (postcard, see header.rs)
-//! 7+H     2     wrapped-key length K, u16 little-endian, 384..=1024
-//! 9+H     K     wrapped session key (RSA-OAEP-SHA-256)
-//! 9+H+K   N+80  body: ChaCha20-Poly1305(Henon(pixels) ‖ SHA-512 tag) ‖ Poly1305 tag (16)
+//! offset    size  field
+//! 0         4     magic "MGSI"
+//! 4         1     format version (2)
+//! 5         2     header length H, u16 little-endian, 1..=1024
+//! 7         H     header (postcard, see header.rs)
+//! 7+H       2     wrapped-key length K, u16 little-endian, 384..=1024
+//! 9+H       K     wrapped session key (RSA-OAEP-SHA-256)
+//! 9+H+K     64    Ed25519 signature of the gateway over ORIGIN_CONTEXT ‖ bytes 0..9+H+K
+//! 73+H+K    N+80  body: ChaCha20-Poly1305(Henon(pixels) ‖ SHA-512 tag) ‖ Poly1305 tag (16)
 //! ```
 //!
 //! Everything before the body is the AEAD's associated data. The SHA-512 tag
 //! covers the canonical header (bytes 4 .. 7+H: version, length, header) and
 //! the plaintext pixels. N is the pixel byte count the header implies; any
 //! other body length is refused before any allocation or crypto.
+//!
+//! The signature covers the header and the wrapped key, not the body: the
+//! AEAD binds the body to the session key, which only the signing gateway
+//! (and the receivers) know, so one signature per image costs the same for
+//! a 1 KiB and a 64 MiB image, and a receiver checks it before any RSA work.
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use sha2::{Digest, Sha512};
 
+use crate::answer::AnswerKey;
 use crate::header::{Header, ImageMeta};
 use crate::henon;
-use crate::ids::{KeyId, RecipientId};
+use crate::identity::{GatewayIdentity, GatewayPublicKey, SIGNATURE_LEN};
+use crate::ids::{KeyId, Name, RecipientId, SignerId};
 use crate::kdf::{MessageKeys, SessionKey};
 use crate::keys::{WrappedKey, key_id_of};
 use crate::pixels::{self, Pixels, PixelsError};
@@ -31,7 +39,7 @@ use crate::pixels::{self, Pixels, PixelsError};
 /// The first four bytes of every sealed image.
 pub const MAGIC: [u8; 4] = *b"MGSI";
 /// The format version this code writes and reads.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// The largest encoded header accepted.
 pub const MAX_HEADER_LEN: usize = 1024;
 /// The smallest wrapped key accepted (RSA-3072).
@@ -42,6 +50,8 @@ pub const MAX_WRAPPED_KEY_LEN: usize = 1024;
 pub const TAG_LEN: usize = 64;
 /// Length of the Poly1305 authentication tag.
 pub const AEAD_TAG_LEN: usize = 16;
+/// What the gateway's signature covers, before the envelope's first bytes.
+pub const ORIGIN_CONTEXT: &[u8] = b"medgate/v2 origin\0";
 
 const PREFIX_LEN: usize = 7;
 
@@ -62,7 +72,7 @@ pub enum FormatError {
     #[error("not a medgate sealed image (bad magic)")]
     BadMagic,
     /// A format version this code does not read.
-    #[error("sealed-image format version {0} is not supported (this build reads {VERSION})")]
+    #[error("{}", version_message(*.0))]
     UnsupportedVersion(u8),
     /// The header length is zero or over [`MAX_HEADER_LEN`].
     #[error("header length {0} is outside 1..={MAX_HEADER_LEN}")]
@@ -92,6 +102,18 @@ pub enum FormatError {
     },
 }
 
+fn version_message(version: u8) -> String {
+    if version == 1 {
+        "sealed-image format version 1 carries no gateway signature and is no longer accepted; \
+         upgrade the gateway (this build reads version 2)"
+            .to_owned()
+    } else {
+        format!(
+            "sealed-image format version {version} is not supported (this build reads {VERSION})"
+        )
+    }
+}
+
 /// A sealed image split into its parts, checked for form but not opened.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
@@ -101,6 +123,10 @@ pub struct Envelope<'a> {
     pub canonical_header: &'a [u8],
     /// The wrapped session key.
     pub wrapped_key: &'a [u8],
+    /// The bytes the gateway signed (after [`ORIGIN_CONTEXT`]).
+    pub signed: &'a [u8],
+    /// The gateway's signature.
+    pub signature: [u8; SIGNATURE_LEN],
     /// The AEAD associated data (everything before the body).
     pub associated_data: &'a [u8],
     /// The AEAD ciphertext and tag.
@@ -169,7 +195,11 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
         return Err(FormatError::KeyIdMismatch);
     }
 
-    let body_at = key_at + 2 + key_len;
+    let signature_at = key_at + 2 + key_len;
+    let mut signature = [0u8; SIGNATURE_LEN];
+    signature.copy_from_slice(take(bytes, signature_at, SIGNATURE_LEN, "signature")?);
+
+    let body_at = signature_at + SIGNATURE_LEN;
     let expected = pixel_len + TAG_LEN + AEAD_TAG_LEN;
     let actual = bytes.len() - body_at;
     if actual != expected {
@@ -179,6 +209,8 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
         header,
         canonical_header: &bytes[4..key_at],
         wrapped_key,
+        signed: &bytes[..signature_at],
+        signature,
         associated_data: &bytes[..body_at],
         body: &bytes[body_at..],
     })
@@ -204,18 +236,30 @@ pub enum SealError {
     Key(#[from] crate::keys::KeyError),
 }
 
-/// Seals `image` under an already wrapped session key. Deterministic: the
-/// same inputs give the same bytes (used for test vectors and for
-/// re-sealing); see [`crate::seal::Sealer`] for the rotating front end.
+/// A sealed image and what its gateway keeps to check answers about it.
+#[derive(Debug)]
+pub struct Sealed {
+    /// The envelope bytes to publish.
+    pub bytes: Vec<u8>,
+    /// Its SHA-512 integrity tag, which a result must name.
+    pub sha512: [u8; TAG_LEN],
+    /// The key that authenticates answers about it.
+    pub answer_key: AnswerKey,
+}
+
+/// Seals `image` under an already wrapped session key and signs it as
+/// `identity`. Deterministic: the same inputs give the same bytes (used for
+/// test vectors); see [`crate::seal::Sealer`] for the rotating front end.
 ///
 /// # Errors
 /// [`SealError`] if the header or wrapped key do not fit the format.
 pub fn seal_with(
     session: &SessionKey,
     wrapped: &WrappedKey,
+    identity: &GatewayIdentity,
     meta: &ImageMeta,
     image: &Pixels,
-) -> Result<Vec<u8>, SealError> {
+) -> Result<Sealed, SealError> {
     let header = Header {
         meta: meta.clone(),
         width: image.width(),
@@ -223,6 +267,7 @@ pub fn seal_with(
         pixel_format: image.format(),
         recipient: wrapped.recipient,
         key_id: wrapped.key_id(),
+        signer: identity.public().id(),
     };
     let header_bytes = postcard::to_allocvec(&header).map_err(SealError::Encode)?;
     if header_bytes.len() > MAX_HEADER_LEN {
@@ -233,7 +278,8 @@ pub fn seal_with(
         return Err(SealError::WrappedKeyLength(key_len));
     }
 
-    let body_at = PREFIX_LEN + header_bytes.len() + 2 + key_len;
+    let signature_at = PREFIX_LEN + header_bytes.len() + 2 + key_len;
+    let body_at = signature_at + SIGNATURE_LEN;
     let pixel_len = image.data().len();
     let mut out = Vec::with_capacity(body_at + pixel_len + TAG_LEN + AEAD_TAG_LEN);
     out.extend_from_slice(&MAGIC);
@@ -242,6 +288,8 @@ pub fn seal_with(
     out.extend_from_slice(&header_bytes);
     out.extend_from_slice(&(key_len as u16).to_le_bytes());
     out.extend_from_slice(&wrapped.bytes);
+    let signature = identity.sign(&origin_message(&out));
+    out.extend_from_slice(&signature);
 
     let tag = integrity_tag(&out[4..PREFIX_LEN + header_bytes.len()], image.data());
     let keys = MessageKeys::derive(session, &meta.message_id);
@@ -255,7 +303,24 @@ pub fn seal_with(
         .encrypt_in_place_detached(Nonce::from_slice(&keys.nonce), associated, body)
         .map_err(|_| SealError::Aead)?;
     out.extend_from_slice(&aead_tag);
-    Ok(out)
+    Ok(Sealed {
+        bytes: out,
+        sha512: tag,
+        answer_key: AnswerKey::derive(session, &meta.message_id),
+    })
+}
+
+/// What the gateway signs: [`ORIGIN_CONTEXT`] then bytes `0 .. 9+H+K`.
+pub fn origin_message(signed: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(ORIGIN_CONTEXT.len() + signed.len());
+    message.extend_from_slice(ORIGIN_CONTEXT);
+    message.extend_from_slice(signed);
+    message
+}
+
+/// Checks a parsed envelope's signature with `key`.
+pub fn verify_origin(envelope: &Envelope<'_>, key: &GatewayPublicKey) -> bool {
+    key.verify(&origin_message(envelope.signed), &envelope.signature)
 }
 
 /// Why a sealed image was not opened. Each variant is a rejection reason the
@@ -265,6 +330,20 @@ pub enum OpenError {
     /// The bytes are not a well-formed sealed image.
     #[error("malformed sealed image: {0}")]
     Malformed(#[from] FormatError),
+    /// No enrolled gateway key matches the site, gateway and signer the
+    /// header names.
+    #[error("gateway {site}/{gateway} with signing key {signer} is not in the trust list")]
+    UnknownGateway {
+        /// Site from the header.
+        site: Name,
+        /// Gateway from the header.
+        gateway: Name,
+        /// Signer id from the header.
+        signer: SignerId,
+    },
+    /// The signature does not verify with the enrolled key.
+    #[error("the gateway signature does not verify")]
+    BadSignature,
     /// The image was sealed for a receiver key pair this receiver lacks.
     #[error("sealed for recipient {0}, which this receiver does not hold")]
     UnknownRecipient(RecipientId),
@@ -284,6 +363,8 @@ impl OpenError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed",
+            Self::UnknownGateway { .. } => "unknown_gateway",
+            Self::BadSignature => "bad_signature",
             Self::UnknownRecipient(_) => "unknown_recipient",
             Self::UnknownKey(_) => "unknown_key",
             Self::Aead => "aead",
@@ -301,6 +382,8 @@ pub struct Opened {
     pub pixels: Pixels,
     /// The verified SHA-512 tag, which names the image in results.
     pub sha512: [u8; TAG_LEN],
+    /// The key that authenticates answers about it.
+    pub answer_key: AnswerKey,
 }
 
 /// Opens a parsed envelope with its unwrapped session key: verifies the AEAD
@@ -341,6 +424,7 @@ pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened
         header: header.clone(),
         pixels,
         sha512: tag,
+        answer_key: AnswerKey::derive(session, &header.meta.message_id),
     })
 }
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{KeyId, MessageId, Name, RecipientId};
+use crate::ids::{KeyId, MessageId, Name, RecipientId, SignerId};
 use crate::pixels::PixelFormat;
 
 /// The imaging modality, as DICOM names it (tag 0008,0060).
@@ -75,7 +75,11 @@ pub struct ImageMeta {
     pub gateway: Name,
     /// Device (sensor, folder, modality) that captured it.
     pub device: Name,
-    /// Per-device sequence number, increasing.
+    /// The gateway installation's epoch: random, drawn when its state folder
+    /// is first created. Sequence numbers count within an epoch, so a gateway
+    /// whose state was wiped starts a new epoch rather than repeating numbers.
+    pub epoch: u64,
+    /// Per-device sequence number, increasing within the epoch.
     pub sequence: u64,
     /// Capture time, milliseconds since the Unix epoch (UTC).
     pub captured_at_ms: u64,
@@ -102,6 +106,8 @@ pub struct Header {
     pub recipient: RecipientId,
     /// The session key's id.
     pub key_id: KeyId,
+    /// The id of the gateway signing key that signed the image.
+    pub signer: SignerId,
 }
 
 #[cfg(test)]

@@ -141,6 +141,12 @@ id128!(
     RecipientId
 );
 
+id128!(
+    /// Names a gateway's signing key: the first 16 bytes of SHA-256 of its
+    /// 32-byte Ed25519 public key.
+    SignerId
+);
+
 impl MessageId {
     /// A fresh random id from the operating system's generator.
     pub fn random() -> Self {

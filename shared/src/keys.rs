@@ -291,7 +291,7 @@ pub fn write_key_pair(dir: &Path, bits: usize) -> Result<(PathBuf, PathBuf), Key
 
 /// Creates a file that must not exist yet, with `mode` set at creation so the
 /// contents are never readable by others, and syncs it.
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(crate) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), KeyError> {
     let io = |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn wrapped_keys_for_another_pair_do_not_unwrap() {
-        let pem = include_str!("../tests/vectors/v1.json");
+        let pem = include_str!("../tests/vectors/v2.json");
         let doc: serde_json::Value = serde_json::from_str(pem).unwrap();
         let key = ReceiverPrivateKey::from_pem(
             doc["receiver_private_key_pem"].as_str().unwrap(),

@@ -7,6 +7,8 @@
 //! - [`henon`]: the Henon-map image cipher (permutation + diffusion).
 //! - [`kdf`]: session keys and the per-message HKDF derivation.
 //! - [`keys`]: the receiver's RSA key pair, wrapping of session keys.
+//! - [`identity`]: gateways' Ed25519 signing identities.
+//! - [`answer`]: authenticated results and refusals (HMAC from the session key).
 //! - [`header`]: the sealed-image header and modalities.
 //! - [`envelope`]: the sealed-image byte format: parse, seal, open.
 //! - [`seal`]: the gateway's rotating [`seal::Sealer`] and the receiver's
@@ -20,9 +22,11 @@
 //!
 //! `FORMAT.md` beside this crate describes the sealed image for a second
 //! implementation; `tests/vectors/` holds the test vectors that pin it.
+pub mod answer;
 pub mod envelope;
 pub mod header;
 pub mod henon;
+pub mod identity;
 pub mod ids;
 pub mod kdf;
 pub mod keys;

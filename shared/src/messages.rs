@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::answer::{AnswerFields, Outcome};
+use crate::ids::MessageId;
+
 /// A classification, published on the device's results topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultMessage {
@@ -35,8 +38,118 @@ pub struct ResultMessage {
     pub sha512: String,
     /// The receiver that classified it.
     pub receiver: String,
-    /// Where the time went.
+    /// Where the time went (not authenticated: informational).
     pub timings: Timings,
+    /// HMAC-SHA-256 of [`Self::answer_fields`] under the image's answer key
+    /// (hex): only a party that opened the image could compute it.
+    pub mac: String,
+}
+
+impl ResultMessage {
+    /// The authenticated fields, or `None` when the ids are not hex of the
+    /// right length.
+    pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
+        let mut sha512 = [0u8; 64];
+        hex::decode_to_slice(&self.sha512, &mut sha512).ok()?;
+        Some(AnswerFields {
+            message_id: self.message_id.parse::<MessageId>().ok()?,
+            site: &self.site,
+            gateway: &self.gateway,
+            device: &self.device,
+            sequence: self.sequence,
+            receiver: &self.receiver,
+            outcome: Outcome::Classified {
+                label: &self.label,
+                probabilities: self
+                    .probabilities
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), *v))
+                    .collect(),
+                threshold: self.threshold,
+                model_version: &self.model_version,
+                sha512,
+            },
+        })
+    }
+}
+
+/// A receiver's refusal of an image it could attribute (it recovered the
+/// session key), on the device's results topic: the gateway stops
+/// re-publishing it and quarantines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalMessage {
+    /// The sealed image's message id (hex).
+    pub message_id: String,
+    /// Site of the capturing gateway.
+    pub site: String,
+    /// Gateway that sealed the image.
+    pub gateway: String,
+    /// Device that captured it.
+    pub device: String,
+    /// The device's sequence number of the image.
+    pub sequence: u64,
+    /// Stable reason: `aead`, `tag_mismatch`, `topic_mismatch`, `replay`.
+    pub reason: String,
+    /// Human-readable detail (not authenticated; no key or pixel material).
+    pub detail: String,
+    /// The receiver that refused it.
+    pub receiver: String,
+    /// HMAC-SHA-256 of [`Self::answer_fields`] under the answer key (hex).
+    pub mac: String,
+}
+
+impl RefusalMessage {
+    /// The authenticated fields, or `None` when the message id is not hex.
+    pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
+        Some(AnswerFields {
+            message_id: self.message_id.parse::<MessageId>().ok()?,
+            site: &self.site,
+            gateway: &self.gateway,
+            device: &self.device,
+            sequence: self.sequence,
+            receiver: &self.receiver,
+            outcome: Outcome::Refused {
+                reason: &self.reason,
+            },
+        })
+    }
+}
+
+/// What a results topic carries: `{"kind": "result", …}` or
+/// `{"kind": "refusal", …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Answer {
+    /// A classification.
+    Result(ResultMessage),
+    /// A refusal.
+    Refusal(RefusalMessage),
+}
+
+impl Answer {
+    /// The message id it answers (hex).
+    pub fn message_id(&self) -> &str {
+        match self {
+            Self::Result(r) => &r.message_id,
+            Self::Refusal(r) => &r.message_id,
+        }
+    }
+
+    /// The authenticated fields.
+    pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
+        match self {
+            Self::Result(r) => r.answer_fields(),
+            Self::Refusal(r) => r.answer_fields(),
+        }
+    }
+
+    /// The MAC it carries (hex).
+    pub fn mac(&self) -> &str {
+        match self {
+            Self::Result(r) => &r.mac,
+            Self::Refusal(r) => &r.mac,
+        }
+    }
 }
 
 /// Receiver-side timings of one result, in milliseconds.
@@ -96,8 +209,9 @@ pub struct Notification {
 pub struct AuditRecord {
     /// The receiver that refused it.
     pub receiver: String,
-    /// Stable reason: `malformed`, `unknown_recipient`, `unknown_key`,
-    /// `aead`, `tag_mismatch`, `topic_mismatch`, `replay`.
+    /// Stable reason: `malformed`, `unknown_gateway`, `bad_signature`,
+    /// `unknown_recipient`, `unknown_key`, `aead`, `tag_mismatch`,
+    /// `topic_mismatch`, `replay`.
     pub reason: String,
     /// Human-readable detail (no key or pixel material).
     pub detail: String,

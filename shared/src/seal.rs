@@ -2,12 +2,15 @@
 //! keys rotated by count and age) and the [`Opener`] a receiver keeps
 //! (session keys unwrapped once and cached by id).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::envelope::{self, OpenError, Opened, SealError};
-use crate::header::ImageMeta;
-use crate::ids::KeyId;
+use crate::answer::AnswerKey;
+use crate::envelope::{self, OpenError, Opened, SealError, Sealed};
+use crate::header::{Header, ImageMeta};
+use crate::identity::{GatewayIdentity, GatewayPublicKey};
+use crate::ids::{KeyId, Name, SignerId};
 use crate::kdf::SessionKey;
 use crate::keys::{ReceiverPrivateKey, ReceiverPublicKey, WrappedKey};
 use crate::pixels::Pixels;
@@ -38,18 +41,26 @@ struct ActiveSession {
     messages: u64,
 }
 
-/// Seals images for one receiver key pair, rotating the session key.
+/// Seals and signs images for one receiver key pair, rotating the session
+/// key.
 pub struct Sealer {
     recipient: ReceiverPublicKey,
+    identity: GatewayIdentity,
     policy: RotationPolicy,
     session: Option<ActiveSession>,
 }
 
 impl Sealer {
-    /// A sealer for `recipient`; the first seal creates a session key.
-    pub fn new(recipient: ReceiverPublicKey, policy: RotationPolicy) -> Self {
+    /// A sealer for `recipient` signing as `identity`; the first seal creates
+    /// a session key.
+    pub fn new(
+        recipient: ReceiverPublicKey,
+        identity: GatewayIdentity,
+        policy: RotationPolicy,
+    ) -> Self {
         Self {
             recipient,
+            identity,
             policy,
             session: None,
         }
@@ -59,7 +70,7 @@ impl Sealer {
     ///
     /// # Errors
     /// [`SealError`] if wrapping a new session key or encoding fails.
-    pub fn seal(&mut self, meta: &ImageMeta, image: &Pixels) -> Result<Vec<u8>, SealError> {
+    pub fn seal(&mut self, meta: &ImageMeta, image: &Pixels) -> Result<Sealed, SealError> {
         self.seal_at(meta, image, Instant::now())
     }
 
@@ -72,7 +83,7 @@ impl Sealer {
         meta: &ImageMeta,
         image: &Pixels,
         now: Instant,
-    ) -> Result<Vec<u8>, SealError> {
+    ) -> Result<Sealed, SealError> {
         let current = match self.session.take() {
             Some(s)
                 if s.messages < self.policy.max_messages
@@ -93,7 +104,7 @@ impl Sealer {
         };
         let session = self.session.insert(current);
         session.messages += 1;
-        envelope::seal_with(&session.key, &session.wrapped, meta, image)
+        envelope::seal_with(&session.key, &session.wrapped, &self.identity, meta, image)
     }
 
     /// The id of the session key in use, if any.
@@ -102,24 +113,103 @@ impl Sealer {
     }
 }
 
-/// Opens sealed images for one receiver key pair, unwrapping each session key
-/// once and caching it by id (RSA costs milliseconds, an open of a small
-/// image microseconds).
-pub struct Opener {
-    key: ReceiverPrivateKey,
-    cache: HashMap<KeyId, SessionKey>,
-    order: VecDeque<KeyId>,
+/// Where an [`Opener`] looks up the enrolled gateways' public keys.
+pub trait TrustedGateways {
+    /// The key enrolled for `gateway` of `site` under id `signer`, if any.
+    fn key_for(&self, site: &Name, gateway: &Name, signer: &SignerId) -> Option<GatewayPublicKey>;
+}
+
+/// A fixed list of `(site, gateway, key)`, for tools and tests; the receiver
+/// uses the file-backed trust list of `medgate-daemon`.
+impl TrustedGateways for [(Name, Name, GatewayPublicKey)] {
+    fn key_for(&self, site: &Name, gateway: &Name, signer: &SignerId) -> Option<GatewayPublicKey> {
+        self.iter()
+            .find(|(s, g, k)| s == site && g == gateway && &k.id() == signer)
+            .map(|(_, _, k)| *k)
+    }
+}
+
+/// A refusal, with what is needed to answer it when the receiver got as far
+/// as the session key (a refusal about an image it could not unwrap cannot
+/// be authenticated, so it is not answered).
+#[derive(Debug)]
+pub struct Rejected {
+    /// Why.
+    pub error: OpenError,
+    /// The header and answer key, when the session key was recovered.
+    pub answerable: Option<Box<(Header, AnswerKey)>>,
+}
+
+impl From<OpenError> for Rejected {
+    fn from(error: OpenError) -> Self {
+        Self {
+            error,
+            answerable: None,
+        }
+    }
+}
+
+/// Session keys unwrapped so far, and key ids that failed (each costs at
+/// most one RSA attempt), both bounded, oldest evicted.
+struct KeyCache {
+    good: HashMap<KeyId, SessionKey>,
+    good_order: VecDeque<KeyId>,
+    bad: HashSet<KeyId>,
+    bad_order: VecDeque<KeyId>,
     capacity: usize,
 }
 
+impl KeyCache {
+    fn remember_good(&mut self, id: KeyId, key: SessionKey) {
+        if self.good.contains_key(&id) {
+            return;
+        }
+        if self.good_order.len() >= self.capacity
+            && let Some(old) = self.good_order.pop_front()
+        {
+            self.good.remove(&old);
+        }
+        self.good_order.push_back(id);
+        self.good.insert(id, key);
+    }
+
+    fn remember_bad(&mut self, id: KeyId) {
+        if !self.bad.insert(id) {
+            return;
+        }
+        if self.bad_order.len() >= self.capacity
+            && let Some(old) = self.bad_order.pop_front()
+        {
+            self.bad.remove(&old);
+        }
+        self.bad_order.push_back(id);
+    }
+}
+
+/// Opens sealed images for one receiver key pair: checks the gateway's
+/// signature first, then unwraps each session key once (RSA costs
+/// milliseconds, an open of a small image microseconds) and caches it by
+/// id. Shared between threads: the cache is locked only to look up and
+/// insert, never during RSA or decryption.
+pub struct Opener {
+    key: ReceiverPrivateKey,
+    cache: Mutex<KeyCache>,
+}
+
 impl Opener {
-    /// An opener that caches up to `capacity` session keys (oldest evicted).
+    /// An opener that caches up to `capacity` session keys and as many
+    /// failed key ids (oldest evicted).
     pub fn new(key: ReceiverPrivateKey, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
             key,
-            cache: HashMap::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
+            cache: Mutex::new(KeyCache {
+                good: HashMap::new(),
+                good_order: VecDeque::new(),
+                bad: HashSet::new(),
+                bad_order: VecDeque::new(),
+                capacity,
+            }),
         }
     }
 
@@ -128,42 +218,75 @@ impl Opener {
         self.key.public()
     }
 
-    /// Parses, unwraps (or finds the cached key), authenticates, decrypts and
-    /// checks one sealed image.
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        // Nothing panics while holding the lock (map inserts only).
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parses, checks the origin, unwraps (or finds the cached key),
+    /// authenticates, decrypts and checks one sealed image. Cheap checks
+    /// come first: form, recipient, trust list, signature; only an image
+    /// signed by an enrolled gateway costs an RSA operation, and a key id
+    /// that failed once is refused from memory.
     ///
     /// # Errors
-    /// [`OpenError`], whose [`reason`](OpenError::reason) names the rejection.
-    pub fn open(&mut self, bytes: &[u8]) -> Result<Opened, OpenError> {
-        let envelope = envelope::parse(bytes)?;
+    /// [`Rejected`], whose error's [`reason`](OpenError::reason) names the
+    /// rejection.
+    pub fn open<T: TrustedGateways + ?Sized>(
+        &self,
+        bytes: &[u8],
+        trust: &T,
+    ) -> Result<Opened, Rejected> {
+        let envelope = envelope::parse(bytes).map_err(OpenError::from)?;
         let header = &envelope.header;
         if header.recipient != self.key.public().id() {
-            return Err(OpenError::UnknownRecipient(header.recipient));
+            return Err(OpenError::UnknownRecipient(header.recipient).into());
+        }
+        let meta = &header.meta;
+        let Some(origin) = trust.key_for(&meta.site, &meta.gateway, &header.signer) else {
+            return Err(OpenError::UnknownGateway {
+                site: meta.site.clone(),
+                gateway: meta.gateway.clone(),
+                signer: header.signer,
+            }
+            .into());
+        };
+        if !envelope::verify_origin(&envelope, &origin) {
+            return Err(OpenError::BadSignature.into());
         }
         // parse() checked that key_id is the hash of these wrapped bytes, so
         // a cached key under this id was unwrapped from the same bytes.
-        if !self.cache.contains_key(&header.key_id) {
-            let session = self
-                .key
-                .unwrap_key(envelope.wrapped_key)
-                .map_err(|_| OpenError::UnknownKey(header.key_id))?;
-            if self.order.len() == self.capacity
-                && let Some(old) = self.order.pop_front()
-            {
-                self.cache.remove(&old);
+        let cached = {
+            let cache = self.cache();
+            if cache.bad.contains(&header.key_id) {
+                return Err(OpenError::UnknownKey(header.key_id).into());
             }
-            self.order.push_back(header.key_id);
-            self.cache.insert(header.key_id, session);
-        }
-        // Inserted above when missing; an absent key can only mean the same.
-        let session = self
-            .cache
-            .get(&header.key_id)
-            .ok_or(OpenError::UnknownKey(header.key_id))?;
-        envelope::open_with(&envelope, session)
+            cache.good.get(&header.key_id).cloned()
+        };
+        let session = match cached {
+            Some(session) => session,
+            None => match self.key.unwrap_key(envelope.wrapped_key) {
+                Ok(session) => {
+                    self.cache().remember_good(header.key_id, session.clone());
+                    session
+                }
+                Err(_) => {
+                    self.cache().remember_bad(header.key_id);
+                    return Err(OpenError::UnknownKey(header.key_id).into());
+                }
+            },
+        };
+        envelope::open_with(&envelope, &session).map_err(|error| Rejected {
+            error,
+            answerable: Some(Box::new((
+                header.clone(),
+                AnswerKey::derive(&session, &header.meta.message_id),
+            ))),
+        })
     }
 
     /// How many session keys are cached.
     pub fn cached_keys(&self) -> usize {
-        self.cache.len()
+        self.cache().good.len()
     }
 }

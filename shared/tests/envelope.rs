@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
-use common::{bytes, test_key, vectors};
+use common::{bytes, test_identity, test_key, trust, vectors};
 use medgate_shared::envelope::{self, AEAD_TAG_LEN, FormatError, OpenError, TAG_LEN};
 use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::identity::GatewayIdentity;
+use medgate_shared::identity::GatewayPublicKey;
 use medgate_shared::ids::MessageId;
+use medgate_shared::ids::Name;
 use medgate_shared::kdf::{MessageKeys, SessionKey};
 use medgate_shared::keys::key_id_of;
 use medgate_shared::pixels::{PixelFormat, Pixels};
@@ -24,6 +27,7 @@ fn meta(sequence: u64) -> ImageMeta {
         site: "site".parse().unwrap(),
         gateway: "gw".parse().unwrap(),
         device: "dev".parse().unwrap(),
+        epoch: 7,
         sequence,
         captured_at_ms: 1_700_000_000_000,
         modality: Modality::Dx,
@@ -52,17 +56,40 @@ fn recorded() -> (Vec<u8>, SessionKey) {
 }
 
 fn sealer() -> Sealer {
-    Sealer::new(test_key().public().clone(), RotationPolicy::default())
+    Sealer::new(
+        test_key().public().clone(),
+        test_identity(),
+        RotationPolicy::default(),
+    )
+}
+
+/// The trust list for [`meta`]'s gateway.
+fn trusted() -> Vec<(Name, Name, GatewayPublicKey)> {
+    trust("site", "gw")
+}
+
+/// The trust list for the recorded vectors' gateway.
+fn trusted_recorded() -> Vec<(Name, Name, GatewayPublicKey)> {
+    trust("st-example", "gw-01")
+}
+
+/// Opens with the recorded vectors' trust list, keeping only the reason.
+fn open_recorded(opener: &Opener, bytes: &[u8]) -> Result<envelope::Opened, OpenError> {
+    opener
+        .open(bytes, trusted_recorded().as_slice())
+        .map_err(|r| r.error)
 }
 
 #[test]
 fn sealer_and_opener_round_trip_both_formats() {
     let mut sealer = sealer();
-    let mut opener = Opener::new(test_key(), 4);
+    let opener = Opener::new(test_key(), 4);
     for format in [PixelFormat::Gray8, PixelFormat::Gray16] {
         let px = image(64, 48, format);
         let m = meta(1);
-        let opened = opener.open(&sealer.seal(&m, &px).unwrap()).unwrap();
+        let opened = opener
+            .open(&sealer.seal(&m, &px).unwrap().bytes, trusted().as_slice())
+            .unwrap();
         assert_eq!(opened.pixels, px);
         assert_eq!(opened.header.meta, m);
     }
@@ -74,7 +101,7 @@ fn sealer_and_opener_round_trip_both_formats() {
 fn sealed_bytes_reveal_no_pixels() {
     // A constant image must not leave long constant runs in the sealed bytes.
     let px = Pixels::new(64, 64, PixelFormat::Gray8, vec![0x41; 4096]).unwrap();
-    let sealed = sealer().seal(&meta(1), &px).unwrap();
+    let sealed = sealer().seal(&meta(1), &px).unwrap().bytes;
     let runs = sealed
         .windows(8)
         .filter(|w| w.iter().all(|&b| b == 0x41))
@@ -88,7 +115,7 @@ fn session_keys_rotate_by_count_and_age() {
         max_messages: 2,
         max_age: Duration::from_secs(60),
     };
-    let mut sealer = Sealer::new(test_key().public().clone(), policy);
+    let mut sealer = Sealer::new(test_key().public().clone(), test_identity(), policy);
     let px = image(4, 4, PixelFormat::Gray8);
     let t0 = Instant::now();
     sealer.seal_at(&meta(1), &px, t0).unwrap();
@@ -111,15 +138,15 @@ fn session_keys_rotate_by_count_and_age() {
 #[test]
 fn every_truncation_is_refused() {
     let (sealed, _) = recorded();
-    let mut opener = Opener::new(test_key(), 4);
+    let opener = Opener::new(test_key(), 4);
     for len in 0..sealed.len() {
-        let err = opener.open(&sealed[..len]).unwrap_err();
+        let err = open_recorded(&opener, &sealed[..len]).unwrap_err();
         assert!(matches!(err, OpenError::Malformed(_)), "len {len}: {err:?}");
     }
     let mut longer = sealed.clone();
     longer.push(0);
     assert!(matches!(
-        opener.open(&longer),
+        open_recorded(&opener, &longer),
         Err(OpenError::Malformed(FormatError::BodyLength { .. }))
     ));
 }
@@ -127,17 +154,21 @@ fn every_truncation_is_refused() {
 #[test]
 fn every_flipped_byte_is_refused() {
     let (sealed, _) = recorded();
-    let mut opener = Opener::new(test_key(), 4);
+    let opener = Opener::new(test_key(), 4);
     for at in 0..sealed.len() {
         let mut bad = sealed.clone();
         bad[at] ^= 0x01;
-        let err = opener.open(&bad).unwrap_err();
+        let err = open_recorded(&opener, &bad).unwrap_err();
         // Bytes of the body and the wrapped key are covered by crypto; the
         // rest by the format checks. Nothing is ever accepted.
         assert!(
             matches!(
                 err,
-                OpenError::Malformed(_) | OpenError::Aead | OpenError::UnknownRecipient(_)
+                OpenError::Malformed(_)
+                    | OpenError::Aead
+                    | OpenError::UnknownRecipient(_)
+                    | OpenError::UnknownGateway { .. }
+                    | OpenError::BadSignature
             ),
             "byte {at}: {err:?}"
         );
@@ -147,47 +178,106 @@ fn every_flipped_byte_is_refused() {
 #[test]
 fn rejections_have_their_own_reasons() {
     let (sealed, session) = recorded();
-    let mut opener = Opener::new(test_key(), 4);
+    let opener = Opener::new(test_key(), 4);
     let parsed = envelope::parse(&sealed).unwrap();
     let body_at = parsed.associated_data.len();
 
     // Body altered: AEAD.
     let mut bad = sealed.clone();
     bad[body_at + 3] ^= 0x80;
-    assert_eq!(opener.open(&bad).unwrap_err().reason(), "aead");
+    assert_eq!(open_recorded(&opener, &bad).unwrap_err().reason(), "aead");
 
     // Magic, version.
     let mut bad = sealed.clone();
     bad[0] = b'X';
     assert_eq!(
-        opener.open(&bad).unwrap_err(),
+        open_recorded(&opener, &bad).unwrap_err(),
         OpenError::Malformed(FormatError::BadMagic)
     );
     let mut bad = sealed.clone();
-    bad[4] = 2;
+    bad[4] = 1;
+    let old = open_recorded(&opener, &bad).unwrap_err();
     assert_eq!(
-        opener.open(&bad).unwrap_err(),
-        OpenError::Malformed(FormatError::UnsupportedVersion(2))
+        old,
+        OpenError::Malformed(FormatError::UnsupportedVersion(1))
+    );
+    assert!(
+        old.to_string()
+            .contains("version 1 carries no gateway signature"),
+        "{old}"
     );
 
-    // A wrapped key that is not ours, with a matching key id: unknown key.
-    let key_at = body_at - parsed.wrapped_key.len();
+    // Signed by a key that is not enrolled, or enrolled for another
+    // gateway: unknown gateway, before any RSA work.
+    let stranger = GatewayIdentity::generate();
+    let resealed = envelope::seal_with(
+        &session,
+        &medgate_shared::keys::WrappedKey {
+            recipient: parsed.header.recipient,
+            bytes: parsed.wrapped_key.to_vec(),
+        },
+        &stranger,
+        &parsed.header.meta,
+        &envelope::open_with(&parsed, &session).unwrap().pixels,
+    )
+    .unwrap()
+    .bytes;
+    assert_eq!(
+        open_recorded(&opener, &resealed).unwrap_err().reason(),
+        "unknown_gateway"
+    );
+    let other_site = trust("st-other", "gw-01");
+    assert_eq!(
+        opener
+            .open(&sealed, other_site.as_slice())
+            .unwrap_err()
+            .error
+            .reason(),
+        "unknown_gateway"
+    );
+
+    // A signature that does not verify (one bit of it flipped).
+    let signature_at = body_at - 64;
     let mut bad = sealed.clone();
-    bad[key_at..body_at].fill(0x5a);
-    let forged_id = key_id_of(&bad[key_at..body_at]);
+    bad[signature_at + 5] ^= 0x10;
+    assert_eq!(
+        open_recorded(&opener, &bad).unwrap_err(),
+        OpenError::BadSignature
+    );
+
+    // A wrapped key that is not ours, with a matching key id, signed by the
+    // enrolled gateway: unknown key.
+    let key_at = signature_at - parsed.wrapped_key.len();
+    let mut bad = sealed.clone();
+    bad[key_at..signature_at].fill(0x5a);
+    let forged_id = key_id_of(&bad[key_at..signature_at]);
     let id_at = find(&bad[..key_at], parsed.header.key_id.as_bytes()).unwrap();
     bad[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
+    let signature = test_identity().sign(&envelope::origin_message(&bad[..signature_at]));
+    bad[signature_at..body_at].copy_from_slice(&signature);
     assert_eq!(
-        opener.open(&bad).unwrap_err(),
+        open_recorded(&opener, &bad).unwrap_err(),
         OpenError::UnknownKey(forged_id)
     );
+    // The failed key id is remembered: the same junk again costs no RSA
+    // (still refused, and the good key stays usable).
+    assert_eq!(
+        open_recorded(&opener, &bad).unwrap_err(),
+        OpenError::UnknownKey(forged_id)
+    );
+    assert!(open_recorded(&opener, &sealed).is_ok());
 
     // Sealed for another receiver: unknown recipient.
     let mut bad = sealed.clone();
     let rid = parsed.header.recipient;
     let rid_at = find(&bad[..key_at], rid.as_bytes()).unwrap();
     bad[rid_at] ^= 1;
-    assert_eq!(opener.open(&bad).unwrap_err().reason(), "unknown_recipient");
+    let signature = test_identity().sign(&envelope::origin_message(&bad[..signature_at]));
+    bad[signature_at..body_at].copy_from_slice(&signature);
+    assert_eq!(
+        open_recorded(&opener, &bad).unwrap_err().reason(),
+        "unknown_recipient"
+    );
 
     // Correct AEAD over a wrong SHA-512 tag (what a buggy or malicious
     // sealer holding the session key could produce): tag mismatch.
@@ -213,7 +303,13 @@ fn rejections_have_their_own_reasons() {
     let mut bad = parsed.associated_data.to_vec();
     bad.extend_from_slice(&body);
     bad.extend_from_slice(&tag);
-    assert_eq!(opener.open(&bad).unwrap_err(), OpenError::TagMismatch);
+    let rejected = opener
+        .open(&bad, trusted_recorded().as_slice())
+        .unwrap_err();
+    assert_eq!(rejected.error, OpenError::TagMismatch);
+    // The receiver recovered the session key, so it can answer the refusal.
+    let (header, _) = *rejected.answerable.unwrap();
+    assert_eq!(header.meta.message_id, parsed.header.meta.message_id);
 }
 
 #[test]
@@ -294,8 +390,10 @@ proptest! {
         m.model_hint = hint.map(|h| h.parse().unwrap());
         let key = test_key();
         let wrapped = key.public().wrap(&SessionKey::from_bytes([9; 32])).unwrap();
-        let sealed = envelope::seal_with(&SessionKey::from_bytes([9; 32]), &wrapped, &m, &px).unwrap();
-        let opened = Opener::new(key, 1).open(&sealed).unwrap();
+        let sealed = envelope::seal_with(&SessionKey::from_bytes([9; 32]), &wrapped, &test_identity(), &m, &px).unwrap();
+        let opened = Opener::new(key, 1).open(&sealed.bytes, trusted().as_slice()).unwrap();
+        prop_assert_eq!(opened.sha512, sealed.sha512);
+        prop_assert_eq!(opened.answer_key, sealed.answer_key);
         prop_assert_eq!(opened.pixels, px);
         prop_assert_eq!(opened.header.meta, m);
     }

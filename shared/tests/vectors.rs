@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{bytes, test_key, text, vectors};
+use common::{bytes, test_identity, test_key, text, trust, vectors};
+use medgate_shared::answer::{AnswerFields, AnswerKey, Outcome};
 use medgate_shared::envelope::{self, integrity_tag};
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::henon::{self, HenonKey};
@@ -49,6 +50,7 @@ fn cases() -> Vec<Case> {
                     site: text(v, "site").parse().unwrap(),
                     gateway: text(v, "gateway").parse().unwrap(),
                     device: text(v, "device").parse().unwrap(),
+                    epoch: v["epoch"].as_u64().unwrap(),
                     sequence: v["sequence"].as_u64().unwrap(),
                     captured_at_ms: v["captured_at_ms"].as_u64().unwrap(),
                     modality: Modality::from_code(text(v, "modality")).unwrap(),
@@ -138,9 +140,20 @@ fn henon_cipher_gives_the_recorded_bytes_and_inverts() {
 #[test]
 fn sealing_gives_the_recorded_envelope() {
     for c in cases() {
-        let sealed = envelope::seal_with(&c.session, &c.wrapped, &c.meta, &c.pixels).unwrap();
-        assert_eq!(hex::encode(&sealed), text(&c.v, "sealed"), "{}", c.name);
-        let parsed = envelope::parse(&sealed).unwrap();
+        let sealed =
+            envelope::seal_with(&c.session, &c.wrapped, &test_identity(), &c.meta, &c.pixels)
+                .unwrap();
+        assert_eq!(
+            hex::encode(&sealed.bytes),
+            text(&c.v, "sealed"),
+            "{}",
+            c.name
+        );
+        assert_eq!(sealed.sha512.to_vec(), bytes(&c.v, "sha512"), "{}", c.name);
+        let parsed = envelope::parse(&sealed.bytes).unwrap();
+        assert_eq!(parsed.signature.to_vec(), bytes(&c.v, "signature"));
+        assert_eq!(parsed.header.signer.to_string(), text(&c.v, "signer"));
+        assert!(envelope::verify_origin(&parsed, &test_identity().public()));
         assert_eq!(
             parsed.canonical_header[3..],
             bytes(&c.v, "header")[..],
@@ -157,10 +170,50 @@ fn sealing_gives_the_recorded_envelope() {
 }
 
 #[test]
-fn recorded_envelopes_open() {
-    let mut opener = Opener::new(test_key(), 8);
+fn answers_are_authenticated_as_recorded() {
     for c in cases() {
-        let opened = opener.open(&bytes(&c.v, "sealed")).unwrap();
+        let key = AnswerKey::derive(&c.session, &c.meta.message_id);
+        assert_eq!(key.as_bytes().to_vec(), bytes(&c.v, "answer_key"));
+        let sha512: [u8; 64] = bytes(&c.v, "sha512").try_into().unwrap();
+        let result = AnswerFields {
+            message_id: c.meta.message_id,
+            site: c.meta.site.as_str(),
+            gateway: c.meta.gateway.as_str(),
+            device: c.meta.device.as_str(),
+            sequence: c.meta.sequence,
+            receiver: "receiver-1",
+            outcome: Outcome::Classified {
+                label: "pneumonia",
+                probabilities: vec![("normal", 0.125), ("pneumonia", 0.875)],
+                threshold: 0.5,
+                model_version: "pneumonia-cnn-1",
+                sha512,
+            },
+        };
+        assert_eq!(
+            result.encode(),
+            bytes(&c.v, "result_mac_input"),
+            "{}",
+            c.name
+        );
+        assert_eq!(key.mac(&result).to_vec(), bytes(&c.v, "result_mac"));
+        let refusal = AnswerFields {
+            outcome: Outcome::Refused { reason: "replay" },
+            ..result
+        };
+        assert_eq!(refusal.encode(), bytes(&c.v, "refusal_mac_input"));
+        assert!(key.verify(&refusal, &bytes(&c.v, "refusal_mac")));
+    }
+}
+
+#[test]
+fn recorded_envelopes_open() {
+    let opener = Opener::new(test_key(), 8);
+    for c in cases() {
+        let trusted = trust(c.meta.site.as_str(), c.meta.gateway.as_str());
+        let opened = opener
+            .open(&bytes(&c.v, "sealed"), trusted.as_slice())
+            .unwrap();
         assert_eq!(opened.pixels, c.pixels, "{}", c.name);
         assert_eq!(opened.header.meta, c.meta, "{}", c.name);
         assert_eq!(opened.sha512.to_vec(), bytes(&c.v, "sha512"), "{}", c.name);

@@ -5,10 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
 use medgate_daemon::settings::{self, SettingsError};
+use medgate_daemon::trust::TrustFile;
 use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPrivateKey;
 use serde::{Deserialize, Serialize};
@@ -50,12 +52,18 @@ impl ReceiverConfig {
     /// A configuration for receiver `name` with its private key and broker,
     /// every other value at its default and no notification rules, as a
     /// file naming only these keys would give.
-    pub fn new(name: &str, private_key: PathBuf, mqtt: BrokerSettings) -> Self {
+    pub fn new(
+        name: &str,
+        private_key: PathBuf,
+        trusted_gateways: PathBuf,
+        mqtt: BrokerSettings,
+    ) -> Self {
         Self {
             receiver: ReceiverSection {
                 name: name.to_owned(),
                 group: default_group(),
                 private_key,
+                trusted_gateways,
                 audit_site: default_audit_site(),
             },
             mqtt,
@@ -78,6 +86,9 @@ pub struct ReceiverSection {
     pub group: String,
     /// The RSA private key (PEM).
     pub private_key: PathBuf,
+    /// The trust list: gateways whose images are accepted (reloaded when
+    /// the file changes).
+    pub trusted_gateways: PathBuf,
     /// Site for audit records of messages that name no valid site.
     #[serde(default = "default_audit_site")]
     pub audit_site: String,
@@ -228,6 +239,8 @@ pub struct Settings {
     pub tls: ClientTls,
     /// The private key.
     pub private_key: ReceiverPrivateKey,
+    /// The trust list file, read once here and watched while running.
+    pub trust: Arc<TrustFile>,
     /// Model folder, or the built-in model.
     pub model_dir: Option<PathBuf>,
     /// Backend choice.
@@ -264,6 +277,8 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
     let tls = raw.mqtt.check(file, "mqtt")?;
     let private_key = ReceiverPrivateKey::read(&raw.receiver.private_key)
         .map_err(|e| SettingsError::key(file, "receiver.private_key", e))?;
+    let trust = TrustFile::open(&raw.receiver.trusted_gateways)
+        .map_err(|e| SettingsError::key(file, "receiver.trusted_gateways", e))?;
     let card = LoadedModel::card(raw.model.dir.as_deref())
         .map_err(|e| SettingsError::key(file, "model.dir", e))?;
     rules::validate(&raw.notify, &card.classes).map_err(|e| {
@@ -299,6 +314,7 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         audit_site,
         tls,
         private_key,
+        trust: Arc::new(trust),
         model_dir: raw.model.dir.clone(),
         backend: raw.model.backend,
         batch: BatchLimits {

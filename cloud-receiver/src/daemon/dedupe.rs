@@ -94,6 +94,11 @@ impl<R: Clone, W> Dedupe<R, W> {
         }
     }
 
+    /// Whether `id` is in flight or answered.
+    pub fn knows(&self, id: &MessageId) -> bool {
+        self.entries.contains_key(id)
+    }
+
     /// Ids in flight now.
     pub fn in_flight(&self) -> usize {
         self.entries

@@ -1,10 +1,15 @@
 //! What happens to one sealed image, from receipt to acknowledgement.
 //!
-//! Order matters: the message is opened (authenticated, decrypted, checked)
-//! before anything in it is trusted; its header must match the topic it came
-//! on; a message id already answered gets that answer again; only then is
-//! the device's sequence number checked against replays, and the image
-//! classified. The broker gets its acknowledgement only after the result is
+//! Order matters, cheap checks first: the header must parse, name a gateway
+//! in the trust list and carry that gateway's signature, and match the topic
+//! it came on (which the broker's ACL lets only that gateway publish to),
+//! all before any RSA work; then the image is opened (decrypted, checked);
+//! a message id already answered gets that answer again; only then is the
+//! device's sequence number checked against replays, and the image
+//! classified. Results carry a MAC from the image's session key. A refusal
+//! of an image that arrived on its own gateway's topic and whose session
+//! key was recovered (tag mismatch, AEAD failure, replay) is answered, with
+//! a MAC, so that the gateway quarantines it instead of re-publishing it. The broker gets its acknowledgement only after the result is
 //! published, so a receiver that dies mid-way leaves the image with the
 //! broker and the gateway, never lost. A refused message is acknowledged
 //! (it has been dealt with), counted and audited, never classified.
@@ -13,9 +18,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use medgate_daemon::trust::TrustFile;
+use medgate_shared::answer::AnswerKey;
+use medgate_shared::envelope;
 use medgate_shared::header::Header;
 use medgate_shared::ids::Name;
-use medgate_shared::messages::{AuditRecord, Notification, ResultMessage, Timings};
+use medgate_shared::messages::{
+    Answer, AuditRecord, Notification, RefusalMessage, ResultMessage, Timings,
+};
 use medgate_shared::seal::Opener;
 use medgate_shared::topics;
 use rumqttc::v5::AsyncClient;
@@ -43,8 +53,10 @@ pub struct Context {
     pub client: AsyncClient,
     /// Acknowledgements, in the order the images arrived.
     pub acks: Acks,
-    /// Opens sealed images; its key cache needs exclusive access.
-    pub opener: Mutex<Opener>,
+    /// Opens sealed images (thread-safe; locks only its key cache briefly).
+    pub opener: Opener,
+    /// The enrolled gateways.
+    pub trust: Arc<TrustFile>,
     /// Answers by message id and replay windows.
     pub memory: Mutex<Memory>,
     /// The inference thread.
@@ -95,7 +107,17 @@ impl Drop for InFlight<'_> {
 struct Accepted {
     header: Header,
     sha512: [u8; 64],
+    answer_key: AnswerKey,
     input: Vec<u8>,
+}
+
+/// Why an image was not accepted, and whether its gateway can be told.
+struct Refused {
+    reason: &'static str,
+    detail: String,
+    /// Set when the session key was recovered and the image came on its own
+    /// gateway's topic: the refusal can be authenticated and answered.
+    answerable: Option<(Header, AnswerKey)>,
 }
 
 /// Handles one publish from the images subscription.
@@ -111,47 +133,32 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
         return;
     };
 
-    let accepted = match open(&ctx, &publish).await {
+    let accepted = match open(&ctx, &publish, &origin).await {
         Ok(accepted) => accepted,
-        Err((reason, detail)) => {
+        Err(refused) => {
+            let header = refused.answerable.as_ref().map(|(h, _)| h);
             reject(
                 &ctx,
                 &publish,
                 &topic,
                 Some(&origin.0),
-                reason,
-                detail,
-                None,
+                refused.reason,
+                refused.detail.clone(),
+                header,
             )
             .await;
+            if let Some((header, key)) = &refused.answerable {
+                answer_refusal(&ctx, header, key, refused.reason, &refused.detail).await;
+            }
             ticket.ack(&publish);
             return;
         }
     };
     let opened_after = received.elapsed();
     let meta = &accepted.header.meta;
-    if (&meta.site, &meta.gateway, &meta.device) != (&origin.0, &origin.1, &origin.2) {
-        let detail = format!(
-            "sealed by {}/{}/{} but published on {topic}",
-            meta.site, meta.gateway, meta.device
-        );
-        let header = Some(&accepted.header);
-        reject(
-            &ctx,
-            &publish,
-            &topic,
-            Some(&origin.0),
-            "topic_mismatch",
-            detail,
-            header,
-        )
-        .await;
-        ticket.ack(&publish);
-        return;
-    }
 
     let id = meta.message_id;
-    let device: DeviceKey = origin;
+    let device: DeviceKey = (origin.0, origin.1, origin.2, meta.epoch);
     let (waiter, answer) = oneshot::channel();
     let begun = match begin(&ctx, &device, &accepted.header, waiter) {
         Ok(begun) => begun,
@@ -163,8 +170,16 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
                 &topic,
                 Some(&device.0),
                 "replay",
-                replay,
+                replay.clone(),
                 header,
+            )
+            .await;
+            answer_refusal(
+                &ctx,
+                &accepted.header,
+                &accepted.answer_key,
+                "replay",
+                &replay,
             )
             .await;
             ticket.ack(&publish);
@@ -247,29 +262,104 @@ fn abandon(ctx: &Context, accepted: &Accepted, device: &DeviceKey) {
     drop(memory.dedupe.abandon(accepted.header.meta.message_id));
 }
 
-/// Opens and preprocesses on a blocking thread (RSA, ChaCha20, Henon and
-/// SHA-512 are CPU work).
-async fn open(ctx: &Arc<Context>, publish: &Publish) -> Result<Accepted, (&'static str, String)> {
+/// Checks the topic against the header, then opens and preprocesses on a
+/// blocking thread (Ed25519, RSA, ChaCha20, Henon and SHA-512 are CPU work).
+/// The opener takes no global lock, so images open in parallel.
+async fn open(
+    ctx: &Arc<Context>,
+    publish: &Publish,
+    origin: &(Name, Name, Name),
+) -> Result<Accepted, Refused> {
+    // The topic is the broker's word for who published; an image on another
+    // gateway's or device's topic is refused before any crypto, and never
+    // answered (its gateway did not send it there).
+    if let Ok(parsed) = envelope::parse(&publish.payload) {
+        let meta = &parsed.header.meta;
+        if (&meta.site, &meta.gateway, &meta.device) != (&origin.0, &origin.1, &origin.2) {
+            return Err(Refused {
+                reason: "topic_mismatch",
+                detail: format!(
+                    "header names {}/{}/{} but it was published under {}/{}/{}",
+                    meta.site, meta.gateway, meta.device, origin.0, origin.1, origin.2
+                ),
+                answerable: None,
+            });
+        }
+    }
     let payload = publish.payload.clone();
     let worker = ctx.clone();
     let side = ctx.card.input_size[0];
     let opened = tokio::task::spawn_blocking(move || {
-        let opened = worker
-            .opener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .open(&payload);
+        let trust = worker.trust.current();
+        let opened = worker.opener.open(&payload, trust.as_ref());
         opened.map(|opened| Accepted {
             input: preprocess(&opened.pixels, side),
             header: opened.header,
             sha512: opened.sha512,
+            answer_key: opened.answer_key,
         })
     })
     .await;
     match opened {
         Ok(Ok(accepted)) => Ok(accepted),
-        Ok(Err(e)) => Err((e.reason(), e.to_string())),
-        Err(e) => Err(("malformed", format!("opening failed: {e}"))),
+        Ok(Err(rejected)) => Err(Refused {
+            reason: rejected.error.reason(),
+            detail: rejected.error.to_string(),
+            answerable: rejected.answerable.map(|boxed| *boxed),
+        }),
+        Err(e) => Err(Refused {
+            reason: "malformed",
+            detail: format!("opening failed: {e}"),
+            answerable: None,
+        }),
+    }
+}
+
+/// Tells the gateway, authenticated, that its image was refused, on the
+/// image's results topic.
+async fn answer_refusal(
+    ctx: &Context,
+    header: &Header,
+    key: &AnswerKey,
+    reason: &'static str,
+    detail: &str,
+) {
+    let meta = &header.meta;
+    // A damaged or replayed copy of an image that is being (or was)
+    // answered must not make its gateway quarantine the good original.
+    if ctx.memory().dedupe.knows(&meta.message_id) {
+        tracing::debug!(message = %meta.message_id, reason, "refused copy of an image already answered: not reported to the gateway");
+        return;
+    }
+    let mut refusal = RefusalMessage {
+        message_id: meta.message_id.to_string(),
+        site: meta.site.to_string(),
+        gateway: meta.gateway.to_string(),
+        device: meta.device.to_string(),
+        sequence: meta.sequence,
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        receiver: ctx.name.to_string(),
+        mac: String::new(),
+    };
+    let Some(fields) = refusal.answer_fields() else {
+        return;
+    };
+    refusal.mac = hex::encode(key.mac(&fields));
+    let topic = topics::results(&meta.site, &meta.gateway, &meta.device);
+    let Ok(body) = serde_json::to_vec(&Answer::Refusal(refusal)) else {
+        return;
+    };
+    match ctx
+        .client
+        .publish(topic, QoS::AtLeastOnce, false, body)
+        .await
+    {
+        Ok(()) => {
+            ctx.metrics.refusals_answered.inc();
+            tracing::info!(message = %meta.message_id, device = %meta.device, reason, "refusal sent to the gateway");
+        }
+        Err(e) => tracing::warn!(message = %meta.message_id, cause = %e, "refusal not published"),
     }
 }
 
@@ -298,7 +388,7 @@ async fn classify(
         .zip(answer.probabilities.iter().copied())
         .collect();
     let meta = &accepted.header.meta;
-    Some(ResultMessage {
+    let mut result = ResultMessage {
         message_id: meta.message_id.to_string(),
         site: meta.site.to_string(),
         gateway: meta.gateway.to_string(),
@@ -318,7 +408,13 @@ async fn classify(
             batch_size: answer.batch_size,
             total_ms: millis(received.elapsed()),
         },
-    })
+        mac: String::new(),
+    };
+    let mac = result
+        .answer_fields()
+        .map(|f| accepted.answer_key.mac(&f))?;
+    result.mac = hex::encode(mac);
+    Some(result)
 }
 
 async fn publish_result(ctx: &Context, result: &ResultMessage) -> bool {
@@ -330,7 +426,7 @@ async fn publish_result(ctx: &Context, result: &ResultMessage) -> bool {
         return false;
     };
     let topic = topics::results(&site, &gateway, &device);
-    let body = match serde_json::to_vec(result) {
+    let body = match serde_json::to_vec(&Answer::Result(result.clone())) {
         Ok(body) => body,
         Err(e) => {
             tracing::error!(cause = %e, "cannot encode a result");

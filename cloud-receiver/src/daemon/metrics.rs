@@ -32,6 +32,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Messages left unacknowledged because intake was full.
     pub overloaded: Counter,
+    /// Refusals answered to gateways (authenticated).
+    pub refusals_answered: Counter,
     /// Broker connection errors.
     pub connection_errors: Counter,
     /// Completed broker connections.
@@ -52,6 +54,7 @@ impl Metrics {
             processing_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             in_flight: Gauge::default(),
             overloaded: Counter::default(),
+            refusals_answered: Counter::default(),
             connection_errors: Counter::default(),
             connections: Counter::default(),
         };
@@ -105,6 +108,11 @@ impl Metrics {
             "overloaded",
             "Messages left unacknowledged because intake was full",
             metrics.overloaded.clone(),
+        );
+        r.register(
+            "refusals_answered",
+            "Refusals answered to the gateway, authenticated",
+            metrics.refusals_answered.clone(),
         );
         r.register(
             "connection_errors",

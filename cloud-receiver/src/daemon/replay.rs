@@ -1,5 +1,7 @@
 //! Per-device replay protection: a sliding window over sequence numbers, as
-//! IPsec does (RFC 4303 §3.4.3), one window per (site, gateway, device).
+//! IPsec does (RFC 4303 §3.4.3), one window per (site, gateway, device,
+//! epoch): a gateway whose state was wiped counts again from 0 under a new
+//! random epoch, which is a new window, not a replay of the old one.
 //!
 //! Only messages with a new message id reach this check (a re-publication
 //! of a message already seen is answered from the de-duplication cache), so
@@ -10,8 +12,9 @@ use std::collections::{HashMap, VecDeque};
 
 use medgate_shared::ids::Name;
 
-/// Who a sequence number belongs to.
-pub type DeviceKey = (Name, Name, Name);
+/// Who a sequence number belongs to: site, gateway, device and the
+/// gateway installation's epoch.
+pub type DeviceKey = (Name, Name, Name, u64);
 
 /// Why a sequence number was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -177,6 +180,7 @@ mod tests {
             "s".parse().unwrap(),
             "g".parse().unwrap(),
             d.parse().unwrap(),
+            1,
         )
     }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use medgate_daemon::metrics as endpoint;
 use medgate_daemon::mqtt::{self, Backoff};
+use medgate_daemon::trust::{Refresh, TrustFile};
 use medgate_shared::seal::Opener;
 use medgate_shared::topics;
 use prometheus_client::registry::Registry;
@@ -113,7 +114,8 @@ pub async fn run(
         audit_site: settings.audit_site.clone(),
         client: client.clone(),
         acks: Acks::spawn(client.clone()),
-        opener: Mutex::new(Opener::new(settings.private_key, limits.session_keys)),
+        opener: Opener::new(settings.private_key, limits.session_keys),
+        trust: settings.trust.clone(),
         memory: Mutex::new(Memory {
             dedupe: Dedupe::new(limits.remember_results),
             replay: ReplayGuard::new(limits.replay_window, limits.replay_devices),
@@ -147,7 +149,8 @@ pub async fn run(
             subscribed: subscribed_watch,
         });
     }
-    tracing::info!(broker = %settings.mqtt.host, port = settings.mqtt.port, subscription = %filter, "receiver running");
+    tokio::spawn(watch_trust(settings.trust.clone(), stop.clone()));
+    tracing::info!(broker = %settings.mqtt.host, port = settings.mqtt.port, subscription = %filter, trusted_gateways = settings.trust.current().len(), "receiver running");
 
     let fatal = ctx.fatal.clone();
     let failed = tokio::select! {
@@ -177,6 +180,31 @@ pub async fn run(
     }
     tracing::info!("receiver stopped");
     Ok(())
+}
+
+/// Rereads the trust list when its file changes (checked every two
+/// seconds; a stat is all an unchanged file costs).
+async fn watch_trust(trust: Arc<TrustFile>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let file = trust.clone();
+        let Ok(outcome) = tokio::task::spawn_blocking(move || file.refresh()).await else {
+            continue;
+        };
+        match outcome {
+            Refresh::Unchanged => {}
+            Refresh::Reloaded(keys) => {
+                tracing::info!(file = %trust.path().display(), keys, "trust list reloaded");
+            }
+            Refresh::Kept(cause) => {
+                tracing::error!(cause = %cause, "trust list changed but is not valid; the previous list stays in force");
+            }
+        }
+    }
 }
 
 fn spawn_inference(

@@ -14,9 +14,11 @@ use medgate_receiver::daemon::rules::{Priority, Rule};
 use medgate_receiver::daemon::service::{self, ServiceError, Started};
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
@@ -59,6 +61,10 @@ pub struct Rig {
     pub broker: Mosquitto,
     pub pki: Pki,
     pub key: ReceiverPrivateKey,
+    /// The test gateway's signing identity, enrolled in the trust list.
+    pub identity: GatewayIdentity,
+    /// The trust list file.
+    pub trust: PathBuf,
     pub metrics: std::net::SocketAddr,
     pub client: TestClient,
     stop: Option<oneshot::Sender<()>>,
@@ -75,11 +81,16 @@ impl Rig {
         let key = ReceiverPrivateKey::generate(3072).unwrap();
         let key_path = dir.path().join("receiver.pem");
         std::fs::write(&key_path, key.to_pem().unwrap().as_bytes()).unwrap();
+        let (identity_path, enrolled) =
+            medgate_testkit::identity::gateway_identity(dir.path(), SITE, GATEWAY).unwrap();
+        let identity = GatewayIdentity::read(&identity_path).unwrap();
+        let trust = dir.path().join("gateways.toml");
+        medgate_testkit::identity::write_trust_list(&trust, [enrolled]).unwrap();
         let tls = pki.client("receiver-1").unwrap();
         let mut mqtt =
             BrokerSettings::new("127.0.0.1", broker.port(), pki.ca_file(), tls.cert, tls.key);
         mqtt.receive_maximum = options.receive_maximum;
-        let mut receiver = ReceiverConfig::new("receiver-1", key_path, mqtt);
+        let mut receiver = ReceiverConfig::new("receiver-1", key_path, trust.clone(), mqtt);
         receiver.model.backend = options.backend;
         receiver.model.max_batch = options.max_batch;
         receiver.model.max_wait_ms = options.max_wait_ms;
@@ -122,11 +133,22 @@ impl Rig {
             broker,
             pki,
             key,
+            identity,
+            trust,
             metrics: started.metrics.unwrap(),
             client,
             stop: Some(stop),
             service,
         }
+    }
+
+    /// A sealer as the enrolled test gateway seals.
+    pub fn sealer(&self) -> Sealer {
+        Sealer::new(
+            self.key.public().clone(),
+            self.identity.clone(),
+            RotationPolicy::default(),
+        )
     }
 
     /// Publishes a sealed image on `device`'s images topic of this gateway.
@@ -205,6 +227,7 @@ pub fn meta(device: &str, sequence: u64) -> ImageMeta {
         site: n(SITE),
         gateway: n(GATEWAY),
         device: n(device),
+        epoch: 1,
         sequence,
         captured_at_ms: 1_790_000_000_000 + sequence,
         modality: Modality::Dx,

@@ -9,8 +9,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use medgate_shared::answer::Outcome;
 use medgate_shared::ids::{MessageId, Name};
-use medgate_shared::messages::ResultMessage;
+use medgate_shared::messages::Answer;
 use medgate_shared::topics;
 use rumqttc::v5::AsyncClient;
 use rumqttc::v5::mqttbytes::QoS;
@@ -23,7 +24,7 @@ use super::status_payload;
 use crate::capture::now_ms;
 use crate::messages::{Delivery, Event};
 use crate::metrics::Metrics;
-use crate::spool::Spool;
+use crate::spool::{Entry, QuarantineNote, Spool};
 
 /// How often the core looks for images to (re)publish.
 const TICK: Duration = Duration::from_millis(200);
@@ -75,6 +76,8 @@ pub struct CoreConfig {
     pub gateway: Name,
     /// Re-publication timeout.
     pub result_timeout: Duration,
+    /// Publications without an answer before quarantine.
+    pub max_publications: u32,
     /// Max packet size, for error messages.
     pub max_packet_bytes: u32,
 }
@@ -243,6 +246,18 @@ impl<C: Requests> Core<C> {
                 .collect()
         };
         for (id, device) in due {
+            let count = self.publications.get(&id).map_or(0, |p| p.count);
+            if count >= self.config.max_publications {
+                let entry = {
+                    let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
+                    spool.get(&id).cloned()
+                };
+                if let Some(entry) = entry {
+                    let reason = format!("{count} publications without an answer");
+                    self.quarantine(&entry, "unanswered", &reason, None).await;
+                }
+                continue;
+            }
             if !self.publish(id, &device).await {
                 break;
             }
@@ -299,34 +314,42 @@ impl<C: Requests> Core<C> {
     }
 
     async fn result(&mut self, topic: &str, payload: &[u8]) {
-        let result: ResultMessage = match serde_json::from_slice(payload) {
-            Ok(result) => result,
+        let answer: Answer = match serde_json::from_slice(payload) {
+            Ok(answer) => answer,
             Err(e) => {
-                self.metrics.error("bad_result");
-                tracing::warn!(topic, cause = %e, "not a result message");
+                self.refuse_answer("unreadable", topic, None, &e.to_string());
                 return;
             }
         };
-        let Ok(id) = result.message_id.parse::<MessageId>() else {
-            self.metrics.error("bad_result");
-            tracing::warn!(topic, "result with an unreadable message id");
+        let Ok(id) = answer.message_id().parse::<MessageId>() else {
+            self.refuse_answer("unreadable", topic, None, "unreadable message id");
             return;
         };
         if self.delivering.contains(&id) {
             tracing::debug!(message = %id, "a result for this image is already on its way");
             return;
         }
-        let device = {
+        let entry = {
             let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
-            spool
-                .entries()
-                .find(|e| e.id == id)
-                .map(|e| e.device.clone())
+            spool.get(&id).cloned()
         };
-        let Some(device) = device else {
-            tracing::debug!(message = %id, "result for an image no longer spooled (answered before)");
+        let Some(entry) = entry else {
+            tracing::debug!(message = %id, "answer for an image no longer spooled (answered before, or never ours)");
             return;
         };
+        if let Err((reason, detail)) = authenticate(&entry, &answer, topic) {
+            self.refuse_answer(reason, topic, Some(id), detail);
+            return;
+        }
+        let result = match answer {
+            Answer::Result(result) => result,
+            Answer::Refusal(refusal) => {
+                self.quarantine(&entry, "refused", &refusal.reason, Some(refusal.receiver))
+                    .await;
+                return;
+            }
+        };
+        let device = entry.device;
         self.metrics.results.inc();
         let latency_ms = now_ms().saturating_sub(result.captured_at_ms);
         self.metrics
@@ -379,10 +402,123 @@ impl<C: Requests> Core<C> {
         });
     }
 
+    /// Counts and logs an answer that reaches no device.
+    fn refuse_answer(
+        &self,
+        reason: &'static str,
+        topic: &str,
+        id: Option<MessageId>,
+        detail: &str,
+    ) {
+        self.metrics
+            .answers_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+        tracing::warn!(
+            topic,
+            message = id.map(|id| id.to_string()),
+            reason,
+            detail,
+            "answer refused: it reaches no device"
+        );
+    }
+
+    /// Moves an image out of the spool for good: a receiver refused it, or
+    /// nobody answered it.
+    async fn quarantine(
+        &mut self,
+        entry: &Entry,
+        cause: &'static str,
+        reason: &str,
+        receiver: Option<String>,
+    ) {
+        let note = QuarantineNote {
+            message_id: entry.id.to_string(),
+            device: entry.device.to_string(),
+            sequence: entry.sequence,
+            cause: cause.to_owned(),
+            reason: reason.to_owned(),
+            receiver,
+            at_ms: now_ms(),
+        };
+        let spool = self.spool.clone();
+        let id = entry.id;
+        let moved = tokio::task::spawn_blocking(move || {
+            spool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .quarantine_entry(&id, &note)
+        })
+        .await;
+        match moved {
+            Ok(Ok(_)) => {
+                self.publications.remove(&id);
+                self.metrics
+                    .quarantined
+                    .get_or_create(&vec![("cause", cause.to_owned())])
+                    .inc();
+                tracing::error!(message = %id, device = %entry.device, cause, reason, "image quarantined: it will not be published again (see the spool's quarantine/ folder)");
+                self.refresh_gauges();
+            }
+            Ok(Err(e)) => {
+                self.metrics.error("quarantine");
+                tracing::error!(message = %id, cause = %e, "cannot quarantine an image; it stays spooled");
+            }
+            Err(e) => tracing::error!(cause = %e, "quarantine task failed"),
+        }
+    }
+
     fn refresh_gauges(&self) {
         self.metrics
             .spool(&self.spool.lock().unwrap_or_else(PoisonError::into_inner));
     }
+}
+
+/// Checks that an answer is about this spooled image, came on its device's
+/// topic, and carries a MAC that only a party that opened the image could
+/// compute; the reason names what failed.
+fn authenticate(
+    entry: &Entry,
+    answer: &Answer,
+    topic: &str,
+) -> Result<(), (&'static str, &'static str)> {
+    if topic != topics::results(&entry.site, &entry.gateway, &entry.device) {
+        return Err(("wrong_topic", "answer on another device's results topic"));
+    }
+    let Some(fields) = answer.answer_fields() else {
+        return Err(("unreadable", "unreadable ids in the answer"));
+    };
+    if (fields.site, fields.gateway, fields.device, fields.sequence)
+        != (
+            entry.site.as_str(),
+            entry.gateway.as_str(),
+            entry.device.as_str(),
+            entry.sequence,
+        )
+    {
+        return Err((
+            "mismatch",
+            "site, gateway, device or sequence differ from the spooled image",
+        ));
+    }
+    if let Outcome::Classified { sha512, .. } = &fields.outcome
+        && sha512 != &entry.sha512
+    {
+        return Err((
+            "mismatch",
+            "the result names another image (SHA-512 differs)",
+        ));
+    }
+    let Ok(mac) = hex::decode(answer.mac()) else {
+        return Err(("bad_mac", "the MAC is not hex"));
+    };
+    if !entry.answer_key.verify(&fields, &mac) {
+        return Err((
+            "bad_mac",
+            "the MAC does not verify: not from a receiver that opened this image",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,12 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
+use medgate_daemon::trust::TrustList;
 use medgate_gateway::config::{self, GatewayConfig, HotFolderSection};
 use medgate_gateway::service::{self, ServiceError, Started};
+use medgate_shared::envelope::Opened;
 use medgate_shared::keys::ReceiverPrivateKey;
-use medgate_shared::messages::{ResultMessage, Timings};
-use medgate_shared::seal::Opener;
+use medgate_shared::messages::{Answer, ResultMessage, Timings};
+use medgate_shared::seal::{Opener, Rejected};
 use medgate_testkit::client::{self, TestClient};
+use medgate_testkit::identity;
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
 use medgate_testkit::write_config;
@@ -29,6 +32,8 @@ pub struct World {
     pub broker: Mosquitto,
     pub pki: Pki,
     pub key: ReceiverPrivateKey,
+    /// The trust list naming gw-1's signing key.
+    pub trust: TrustList,
     pub inbox: PathBuf,
     pub config: PathBuf,
 }
@@ -50,6 +55,9 @@ impl World {
         let key = ReceiverPrivateKey::generate(3072).unwrap();
         let public = dir.path().join("receiver.pub.pem");
         std::fs::write(&public, key.public().to_pem().unwrap()).unwrap();
+        let (identity_key, enrolled) =
+            identity::gateway_identity(dir.path(), "site-a", "gw-1").unwrap();
+        let trust = TrustList::new([enrolled]);
         let tls = pki.client("gw-1").unwrap();
         let inbox = dir.path().join("inbox");
         std::fs::create_dir_all(&inbox).unwrap();
@@ -57,6 +65,7 @@ impl World {
             "site-a",
             "gw-1",
             public,
+            identity_key,
             dir.path().join("state"),
             dir.path().join("spool"),
             BrokerSettings::new("127.0.0.1", broker.port(), pki.ca_file(), tls.cert, tls.key),
@@ -78,6 +87,7 @@ impl World {
             broker,
             pki,
             key,
+            trust,
             inbox,
             config,
         }
@@ -139,14 +149,29 @@ impl World {
             .unwrap()
     }
 
-    /// An opener with the receiver's private key.
-    pub fn opener(&self) -> Opener {
+    /// An opener with the receiver's private key and trust list.
+    pub fn opener(&self) -> TestOpener {
         let pem = self.key.to_pem().unwrap();
-        Opener::new(ReceiverPrivateKey::from_pem(&pem, "test key").unwrap(), 8)
+        TestOpener {
+            opener: Opener::new(ReceiverPrivateKey::from_pem(&pem, "test key").unwrap(), 8),
+            trust: self.trust.clone(),
+        }
     }
 
     pub fn done(&self) -> PathBuf {
         self.inbox.join("done")
+    }
+}
+
+/// What a receiver opens with.
+pub struct TestOpener {
+    opener: Opener,
+    trust: TrustList,
+}
+
+impl TestOpener {
+    pub fn open(&self, sealed: &[u8]) -> Result<Opened, Rejected> {
+        self.opener.open(sealed, &self.trust)
     }
 }
 
@@ -178,14 +203,14 @@ impl Running {
 /// (message id, device, pixels).
 pub async fn answer(
     receiver: &TestClient,
-    opener: &mut Opener,
+    opener: &mut TestOpener,
     sealed: &[u8],
 ) -> (String, String, Vec<u8>) {
     let opened = opener
         .open(sealed)
         .expect("a sealed image the receiver can open");
     let meta = &opened.header.meta;
-    let result = ResultMessage {
+    let mut result = ResultMessage {
         message_id: meta.message_id.to_string(),
         site: meta.site.to_string(),
         gateway: meta.gateway.to_string(),
@@ -205,14 +230,16 @@ pub async fn answer(
             batch_size: 1,
             total_ms: 0.0,
         },
+        mac: String::new(),
     };
+    result.mac = hex::encode(opened.answer_key.mac(&result.answer_fields().unwrap()));
     receiver
         .publish(
             format!(
                 "medgate/v1/{}/{}/results/{}",
                 meta.site, meta.gateway, meta.device
             ),
-            serde_json::to_vec(&result).unwrap(),
+            serde_json::to_vec(&Answer::Result(result)).unwrap(),
         )
         .await
         .unwrap();

@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod settings;
 pub mod signals;
+pub mod trust;

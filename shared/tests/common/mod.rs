@@ -2,12 +2,28 @@
 //! vector file.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test binary uses a subset.
 
+use medgate_shared::identity::{GatewayIdentity, GatewayPublicKey};
+use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPrivateKey;
 use serde_json::Value;
 
 /// The vector document.
 pub fn vectors() -> Value {
-    serde_json::from_str(include_str!("../vectors/v1.json")).unwrap()
+    serde_json::from_str(include_str!("../vectors/v2.json")).unwrap()
+}
+
+/// The published test gateway identity from the vector file.
+pub fn test_identity() -> GatewayIdentity {
+    GatewayIdentity::from_secret(&bytes(&vectors(), "gateway_secret_key").try_into().unwrap())
+}
+
+/// A trust list holding the test gateway for `site`/`gateway`.
+pub fn trust(site: &str, gateway: &str) -> Vec<(Name, Name, GatewayPublicKey)> {
+    vec![(
+        site.parse().unwrap(),
+        gateway.parse().unwrap(),
+        test_identity().public(),
+    )]
 }
 
 /// The published test receiver key from the vector file.

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""A second implementation of the medgate sealed-image format v1, written from
+"""A second implementation of the medgate sealed-image format v2, written from
 shared/FORMAT.md (not from the Rust code), checked against the test vectors.
 
 It covers everything the standard library can: the envelope layout, the
-postcard header, key ids, HKDF-SHA-256, the Henon cipher (both directions)
-and the SHA-512 tag. ChaCha20-Poly1305 and RSA-OAEP are standard primitives
-checked by the Rust tests.
+postcard header, key ids, the gateway's Ed25519 signature (verified with
+the curve arithmetic written out below), HKDF-SHA-256, the Henon cipher
+(both directions), the SHA-512 tag and the answer MACs. ChaCha20-Poly1305
+and RSA-OAEP are standard primitives checked by the Rust tests.
 
-Usage: reference.py shared/tests/vectors/v1.json
+Usage: reference.py shared/tests/vectors/v2.json
 """
 import hashlib
 import hmac
@@ -54,6 +55,7 @@ def parse_header(raw):
         "site": r.name(),
         "gateway": r.name(),
         "device": r.name(),
+        "epoch": r.varint(),
         "sequence": r.varint(),
         "captured_at_ms": r.varint(),
         "modality": MODALITIES[r.varint()],
@@ -63,6 +65,7 @@ def parse_header(raw):
         "pixel_format": FORMATS[r.varint()],
         "recipient": r.take(16).hex(),
         "key_id": r.take(16).hex(),
+        "signer": r.take(16).hex(),
     }
     if r.at != len(raw):
         raise ValueError("bytes after the header")
@@ -70,19 +73,111 @@ def parse_header(raw):
 
 
 def parse_envelope(data):
-    assert data[:4] == b"MGSI" and data[4] == 1
+    assert data[:4] == b"MGSI" and data[4] == 2
     (hlen,) = struct.unpack_from("<H", data, 5)
     header = data[7:7 + hlen]
     (klen,) = struct.unpack_from("<H", data, 7 + hlen)
     wrapped = data[9 + hlen:9 + hlen + klen]
-    body_at = 9 + hlen + klen
+    signature_at = 9 + hlen + klen
+    body_at = signature_at + 64
     return {
         "header": parse_header(header),
         "header_bytes": header,
         "canonical": data[4:7 + hlen],
         "wrapped": wrapped,
+        "signed": data[:signature_at],
+        "signature": data[signature_at:body_at],
         "body": data[body_at:],
     }
+
+
+# --- Ed25519 verification (RFC 8032, section 5.1.7) ----------------------------
+# Twisted Edwards curve -x^2 + y^2 = 1 + d x^2 y^2 over GF(2^255 - 19), points
+# in extended coordinates (X, Y, Z, T) with x = X/Z, y = Y/Z, x*y = T/Z.
+
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493
+D = (-121665 * pow(121666, P - 2, P)) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def point_add(a, b):
+    x1, y1, z1, t1 = a
+    x2, y2, z2, t2 = b
+    e = (y1 - x1) * (y2 - x2) % P
+    f = (y1 + x1) * (y2 + x2) % P
+    g = 2 * t1 * t2 * D % P
+    h = 2 * z1 * z2 % P
+    m, n, o, q = f - e, h - g, h + g, f + e
+    return (m * n % P, o * q % P, n * o % P, m * q % P)
+
+
+def scalar_mult(k, point):
+    acc = (0, 1, 1, 0)
+    while k:
+        if k & 1:
+            acc = point_add(acc, point)
+        point = point_add(point, point)
+        k >>= 1
+    return acc
+
+
+def same_point(a, b):
+    return (a[0] * b[2] - b[0] * a[2]) % P == 0 and (a[1] * b[2] - b[1] * a[2]) % P == 0
+
+
+def decode_point(raw):
+    y = int.from_bytes(raw, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= P:
+        return None
+    u, v = (y * y - 1) % P, (D * y * y + 1) % P
+    x = u * pow(v, 3, P) * pow(u * pow(v, 7, P), (P - 5) // 8, P) % P
+    if (v * x * x - u) % P != 0:
+        x = x * SQRT_M1 % P
+        if (v * x * x - u) % P != 0:
+            return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = P - x
+    return (x, y, 1, x * y % P)
+
+
+BASE = decode_point((4 * pow(5, P - 2, P) % P).to_bytes(32, "little"))
+
+
+def ed25519_verify(public, message, signature):
+    a, r = decode_point(public), decode_point(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if a is None or r is None or s >= L:
+        return False
+    k = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(), "little") % L
+    # Cofactored check [8][S]B = [8]R + [8][k]A.
+    left = scalar_mult(8 * s, BASE)
+    right = scalar_mult(8, point_add(r, scalar_mult(k, a)))
+    return same_point(left, right)
+
+
+# --- answers ------------------------------------------------------------------
+
+def put_str(text):
+    raw = text.encode("utf-8")
+    return struct.pack("<H", len(raw)) + raw
+
+
+def answer_input(v, receiver, result):
+    out = b"medgate/v2 answer\0" + bytes.fromhex(v["message_id"])
+    out += put_str(v["site"]) + put_str(v["gateway"]) + put_str(v["device"])
+    out += struct.pack("<Q", v["sequence"]) + put_str(receiver)
+    if result is None:
+        return out + b"\x01" + put_str("replay")
+    label, probabilities, threshold, model = result
+    out += b"\x00" + put_str(label) + struct.pack("<H", len(probabilities))
+    for name in sorted(probabilities, key=lambda n: n.encode("utf-8")):
+        out += put_str(name) + struct.pack("<f", probabilities[name])
+    out += struct.pack("<f", threshold) + put_str(model) + bytes.fromhex(v["sha512"])
+    return out
 
 
 # --- HKDF -------------------------------------------------------------------
@@ -263,17 +358,24 @@ def henon(key, width, height, bpp, data, encrypt=True):
 
 # --- checks -------------------------------------------------------------------
 
-def check(v):
+def check(v, gateway_public):
     sealed = bytes.fromhex(v["sealed"])
     env = parse_envelope(sealed)
     h = env["header"]
-    for field in ["message_id", "site", "gateway", "device", "sequence", "captured_at_ms",
-                  "modality", "width", "height", "pixel_format", "recipient", "key_id",
-                  "model_hint"]:
+    for field in ["message_id", "site", "gateway", "device", "epoch", "sequence",
+                  "captured_at_ms", "modality", "width", "height", "pixel_format", "recipient",
+                  "key_id", "model_hint", "signer"]:
         assert h[field] == v[field], (field, h[field], v[field])
     assert env["header_bytes"].hex() == v["header"]
     assert hashlib.sha256(env["wrapped"]).digest()[:16].hex() == v["key_id"]
     assert env["wrapped"].hex() == v["wrapped_key"]
+    assert hashlib.sha256(gateway_public).digest()[:16].hex() == h["signer"]
+    assert env["signature"].hex() == v["signature"]
+    signed = b"medgate/v2 origin\0" + env["signed"]
+    assert ed25519_verify(gateway_public, signed, env["signature"]), "signature"
+    altered = bytearray(signed)
+    altered[-1] ^= 1
+    assert not ed25519_verify(gateway_public, bytes(altered), env["signature"])
 
     session, mid = bytes.fromhex(v["session_key"]), bytes.fromhex(v["message_id"])
     aead = hkdf(mid, session, b"medgate/v1 aead key+nonce", 44)
@@ -291,11 +393,20 @@ def check(v):
     tag = hashlib.sha512(env["canonical"] + pixels).hexdigest()
     assert tag == v["sha512"]
 
+    answer_key = hkdf(mid, session, b"medgate/v2 answer key", 32)
+    assert answer_key.hex() == v["answer_key"]
+    result = ("pneumonia", {"pneumonia": 0.875, "normal": 0.125}, 0.5, "pneumonia-cnn-1")
+    for made, name in [(answer_input(v, "receiver-1", result), "result"),
+                       (answer_input(v, "receiver-1", None), "refusal")]:
+        assert made.hex() == v[name + "_mac_input"], name + " MAC input"
+        assert hmac.new(answer_key, made, hashlib.sha256).hexdigest() == v[name + "_mac"]
+
 
 def main():
     doc = json.load(open(sys.argv[1]))
+    gateway_public = bytes.fromhex(doc["gateway_public_key"])
     for v in doc["vectors"]:
-        check(v)
+        check(v, gateway_public)
         print(f"ok  {v['name']}")
     print(f"{len(doc['vectors'])} passed, 0 failed")
 

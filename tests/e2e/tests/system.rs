@@ -27,6 +27,7 @@ use medgate_receiver::daemon::config::ReceiverConfig;
 use medgate_receiver::daemon::rules::{Priority, Rule};
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::envelope;
+use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::messages::AuditRecord;
@@ -86,11 +87,12 @@ fn start_receiver(
     broker: &Mosquitto,
     name: &str,
     key: &Path,
+    trust: &Path,
 ) -> (Killed, SocketAddr) {
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut mqtt = mqtt(pki, broker, name);
     mqtt.receive_maximum = 8;
-    let mut receiver = ReceiverConfig::new(name, key.to_path_buf(), mqtt);
+    let mut receiver = ReceiverConfig::new(name, key.to_path_buf(), trust.to_path_buf(), mqtt);
     receiver.model.backend = BackendChoice::Cpu;
     receiver.model.max_batch = 8;
     receiver.model.max_wait_ms = 5;
@@ -123,6 +125,8 @@ struct Rig {
     receivers: Vec<Killed>,
     receiver_metrics: Vec<SocketAddr>,
     keys_dir: PathBuf,
+    /// gw-1's signing key (attack tests play a gateway whose key leaked).
+    gateway_identity: PathBuf,
     gateway: Option<Killed>,
     gateway_config: PathBuf,
     sensors: Vec<Sensor>,
@@ -151,9 +155,17 @@ impl Rig {
             .unwrap();
         assert!(made.status.success());
         let private = keys.join("receiver.pem");
+        let enrolled = Command::new(binary("medgate-gateway"))
+            .args(["keygen", "--site", "site-a", "--name", "gw-1", "--out"])
+            .arg(keys.join("gw-1.identity.pem"))
+            .output()
+            .unwrap();
+        assert!(enrolled.status.success());
+        let trust = dir.path().join("gateways.toml");
+        std::fs::write(&trust, &enrolled.stdout).unwrap();
         let (receivers, receiver_metrics) = ["receiver-1", "receiver-2"][..receivers]
             .iter()
-            .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private))
+            .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private, &trust))
             .unzip();
         let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
         let mut sensors = Vec::new();
@@ -161,6 +173,7 @@ impl Rig {
             "site-a",
             "gw-1",
             keys.join("receiver.pub.pem"),
+            keys.join("gw-1.identity.pem"),
             dir.path().join("state"),
             dir.path().join("spool"),
             mqtt(&pki, &broker, "gw-1"),
@@ -185,6 +198,7 @@ impl Rig {
             receivers,
             receiver_metrics,
             keys_dir: keys.clone(),
+            gateway_identity: keys.join("gw-1.identity.pem"),
             gateway: None,
             gateway_config,
             sensors,
@@ -420,34 +434,55 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
         let topic = real.topic.clone();
 
         let tampered = forge::tampered(&real.payload);
-        let unknown_key = forge::with_unknown_key(&real.payload).unwrap();
+        // Worse: gw-1's signing key leaked too. Another wrapped key, a used
+        // sequence number (replay), a header naming another device than
+        // the topic.
+        let leaked = GatewayIdentity::read(&rig.gateway_identity).unwrap();
+        let unknown_key = forge::with_unknown_key(&real.payload, &leaked).unwrap();
         let parsed = envelope::parse(&real.payload).unwrap();
-        // Forged with the public key: a used sequence number (replay), and
-        // a header naming another device than the topic.
         let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
-        let mut sealer = Sealer::new(public, RotationPolicy::default());
+        let mut sealer = Sealer::new(public.clone(), leaked, RotationPolicy::default());
         let mut meta = parsed.header.meta.clone();
         meta.message_id = MessageId::random();
         meta.sequence = 0;
         let pixels = Pixels::new(8, 8, PixelFormat::Gray8, vec![7; 64]).unwrap();
-        let replayed = sealer.seal(&meta, &pixels).unwrap();
+        let replayed = sealer.seal(&meta, &pixels).unwrap().bytes;
         let mut elsewhere = meta.clone();
         elsewhere.message_id = MessageId::random();
         elsewhere.device = "xr-9".parse().unwrap();
         elsewhere.sequence = 1_000_000;
-        let misplaced = sealer.seal(&elsewhere, &pixels).unwrap();
+        let misplaced = sealer.seal(&elsewhere, &pixels).unwrap().bytes;
+        // Sealed with only the receivers' public key and a key of one's own:
+        // not from an enrolled gateway; and a real image whose signature
+        // was altered.
+        let mut fresh = meta.clone();
+        fresh.message_id = MessageId::random();
+        fresh.sequence = 2_000_000;
+        let stranger = Sealer::new(
+            public,
+            GatewayIdentity::generate(),
+            RotationPolicy::default(),
+        )
+        .seal(&fresh, &pixels)
+        .unwrap()
+        .bytes;
+        let mut bad_signature = real.payload.clone();
+        let signature_at = parsed.signed.len();
+        bad_signature[signature_at + 9] ^= 0x04;
 
         for payload in [
             tampered,
             unknown_key,
             replayed,
             misplaced,
+            stranger,
+            bad_signature,
             b"garbage".to_vec(),
         ] {
             attacker.publish(topic.clone(), payload).await.unwrap();
         }
         let mut reasons: Vec<String> = security
-            .expect("medgate/v1/site-a/audit/receiver-1", 5, WAIT)
+            .expect("medgate/v1/site-a/audit/receiver-1", 7, WAIT)
             .await
             .unwrap()
             .iter()
@@ -464,9 +499,11 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
         reasons,
         [
             "aead",
+            "bad_signature",
             "malformed",
             "replay",
             "topic_mismatch",
+            "unknown_gateway",
             "unknown_key"
         ]
     );
@@ -477,9 +514,11 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
         .unwrap();
     for reason in [
         "aead",
+        "bad_signature",
         "malformed",
         "replay",
         "topic_mismatch",
+        "unknown_gateway",
         "unknown_key",
     ] {
         let line = format!("medgate_receiver_rejected_total{{reason=\"{reason}\"}} 1");

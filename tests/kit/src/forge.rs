@@ -2,6 +2,7 @@
 //! them with the right reason.
 
 use medgate_shared::envelope::{self, FormatError};
+use medgate_shared::identity::{GatewayIdentity, SIGNATURE_LEN};
 use medgate_shared::keys::key_id_of;
 
 /// One bit of the ciphertext flipped (refused as `aead`).
@@ -14,14 +15,16 @@ pub fn tampered(sealed: &[u8]) -> Vec<u8> {
     bad
 }
 
-/// Another wrapped session key under a matching key id, so the envelope
-/// parses but the key does not unwrap (refused as `unknown_key`).
+/// Another wrapped session key under a matching key id, signed again by
+/// `identity` (the enrolled gateway, or a stranger), so the envelope parses
+/// and its origin checks but the key does not unwrap (refused as
+/// `unknown_key`).
 ///
 /// # Errors
 /// If `sealed` is not a well-formed sealed image.
-pub fn with_unknown_key(sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub fn with_unknown_key(sealed: &[u8], identity: &GatewayIdentity) -> Result<Vec<u8>, FormatError> {
     let parsed = envelope::parse(sealed)?;
-    let body_at = parsed.associated_data.len();
+    let body_at = parsed.associated_data.len() - SIGNATURE_LEN;
     let key_at = body_at - parsed.wrapped_key.len();
     let old_id = parsed.header.key_id;
     let mut bad = sealed.to_vec();
@@ -34,5 +37,7 @@ pub fn with_unknown_key(sealed: &[u8]) -> Result<Vec<u8>, FormatError> {
     {
         bad[id_at..id_at + 16].copy_from_slice(forged_id.as_bytes());
     }
+    let signature = identity.sign(&envelope::origin_message(&bad[..body_at]));
+    bad[body_at..body_at + SIGNATURE_LEN].copy_from_slice(&signature);
     Ok(bad)
 }

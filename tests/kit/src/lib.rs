@@ -15,6 +15,7 @@
 //! - [`write_config`]: a daemon's config file from its typed config struct.
 pub mod client;
 pub mod forge;
+pub mod identity;
 pub mod metrics;
 pub mod mosquitto;
 pub mod pki;

@@ -3,14 +3,23 @@
 //! matching.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use medgate_shared::messages::Timings;
+use medgate_shared::answer::AnswerKey;
+use medgate_shared::envelope::Sealed;
+use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::identity::GatewayIdentity;
+use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::messages::{RefusalMessage, ResultMessage, Timings};
+use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::seal::{RotationPolicy, Sealer};
 use prometheus_client::registry::Registry;
 
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_PUBLICATIONS: u32 = 4;
 
 /// What the core asked of the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +79,18 @@ struct Harness {
     deliveries: mpsc::Receiver<Delivery>,
     metrics: Metrics,
     pkid: u16,
-    _dir: tempfile::TempDir,
+    sealer: Sealer,
+    /// Sealed images by the label a test gave them.
+    payloads: HashMap<Vec<u8>, Vec<u8>>,
+    /// What each spooled image's answers must match.
+    sealed: HashMap<MessageId, (u64, Sealed)>,
+    sequence: u64,
+    dir: tempfile::TempDir,
+}
+
+fn receiver_key() -> &'static ReceiverPrivateKey {
+    static KEY: OnceLock<ReceiverPrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| ReceiverPrivateKey::generate(3072).unwrap())
 }
 
 fn name(text: &str) -> Name {
@@ -91,6 +111,7 @@ impl Harness {
                 site: name("site-a"),
                 gateway: name("gw-1"),
                 result_timeout: TIMEOUT,
+                max_publications: MAX_PUBLICATIONS,
                 max_packet_bytes: 1 << 20,
             },
             broker.clone(),
@@ -107,7 +128,15 @@ impl Harness {
             deliveries,
             metrics,
             pkid: 0,
-            _dir: dir,
+            sealer: Sealer::new(
+                receiver_key().public().clone(),
+                GatewayIdentity::generate(),
+                RotationPolicy::default(),
+            ),
+            payloads: HashMap::new(),
+            sealed: HashMap::new(),
+            sequence: 0,
+            dir,
         }
     }
 
@@ -115,14 +144,27 @@ impl Harness {
         self.core.handle(Event::Connected { session_present }).await;
     }
 
-    /// Spools an image for `xr-1` and tells the core, as intake does.
-    async fn spool_image(&mut self, bytes: &[u8]) -> MessageId {
-        let id = MessageId::random();
-        self.spool
-            .lock()
-            .unwrap()
-            .put(id, &name("xr-1"), bytes)
-            .unwrap();
+    /// Seals an image for `xr-1` (known to the test as `label`), spools it
+    /// and tells the core, as intake does.
+    async fn spool_image(&mut self, label: &[u8]) -> MessageId {
+        self.sequence += 1;
+        let meta = ImageMeta {
+            message_id: MessageId::random(),
+            site: name("site-a"),
+            gateway: name("gw-1"),
+            device: name("xr-1"),
+            epoch: 9,
+            sequence: self.sequence,
+            captured_at_ms: now_ms(),
+            modality: Modality::Dx,
+            model_hint: None,
+        };
+        let pixels =
+            Pixels::new(8, 8, PixelFormat::Gray8, label.repeat(64)[..64].to_vec()).unwrap();
+        let sealed = self.sealer.seal(&meta, &pixels).unwrap();
+        let id = self.spool.lock().unwrap().put(&sealed).unwrap();
+        self.payloads.insert(label.to_vec(), sealed.bytes.clone());
+        self.sealed.insert(id, (self.sequence, sealed));
         self.core
             .handle(Event::Spooled(crate::messages::Spooled {
                 id,
@@ -162,6 +204,84 @@ impl Harness {
         self.spool.lock().unwrap().contains(id)
     }
 
+    /// The publication of the image labelled `label`.
+    fn published(&self, label: &[u8]) -> Request {
+        Request::Publish {
+            topic: image_topic(),
+            retain: false,
+            payload: self.payloads[label].clone(),
+        }
+    }
+
+    /// An authenticated result for a spooled image (for any other id, one
+    /// under a key nobody has).
+    fn result_for(&self, id: MessageId) -> Vec<u8> {
+        serde_json::to_vec(&Answer::Result(self.result_message(id))).unwrap()
+    }
+
+    fn result_message(&self, id: MessageId) -> ResultMessage {
+        let (sequence, sha512, key) = match self.sealed.get(&id) {
+            Some((sequence, sealed)) => (*sequence, sealed.sha512, sealed.answer_key.clone()),
+            None => (1, [0; 64], AnswerKey::from_bytes([7; 32])),
+        };
+        let mut result = ResultMessage {
+            message_id: id.to_string(),
+            site: "site-a".into(),
+            gateway: "gw-1".into(),
+            device: "xr-1".into(),
+            sequence,
+            captured_at_ms: now_ms(),
+            label: "pneumonia".into(),
+            probabilities: BTreeMap::from([("pneumonia".into(), 0.9), ("normal".into(), 0.1)]),
+            threshold: 0.5,
+            model_version: "test".into(),
+            sha512: hex::encode(sha512),
+            receiver: "receiver-1".into(),
+            timings: Timings {
+                open_ms: 1.0,
+                queue_ms: 1.0,
+                inference_ms: 1.0,
+                batch_size: 1,
+                total_ms: 3.0,
+            },
+            mac: String::new(),
+        };
+        result.mac = hex::encode(key.mac(&result.answer_fields().unwrap()));
+        result
+    }
+
+    /// An authenticated refusal of a spooled image.
+    fn refusal_for(&self, id: MessageId, reason: &str) -> Vec<u8> {
+        let (sequence, sealed) = &self.sealed[&id];
+        let mut refusal = RefusalMessage {
+            message_id: id.to_string(),
+            site: "site-a".into(),
+            gateway: "gw-1".into(),
+            device: "xr-1".into(),
+            sequence: *sequence,
+            reason: reason.into(),
+            detail: "test".into(),
+            receiver: "receiver-1".into(),
+            mac: String::new(),
+        };
+        refusal.mac = hex::encode(sealed.answer_key.mac(&refusal.answer_fields().unwrap()));
+        serde_json::to_vec(&Answer::Refusal(refusal)).unwrap()
+    }
+
+    fn answers_refused(&self, reason: &str) -> u64 {
+        self.metrics
+            .answers_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .get()
+    }
+
+    fn quarantined(&self, cause: &str) -> u64 {
+        self.metrics
+            .quarantined
+            .get_or_create(&vec![("cause", cause.to_owned())])
+            .get()
+    }
+
     fn errors(&self, kind: &str) -> u64 {
         self.metrics
             .errors
@@ -172,39 +292,6 @@ impl Harness {
 
 fn image_topic() -> String {
     topics::images(&name("site-a"), &name("gw-1"), &name("xr-1"))
-}
-
-fn published(payload: &[u8]) -> Request {
-    Request::Publish {
-        topic: image_topic(),
-        retain: false,
-        payload: payload.to_vec(),
-    }
-}
-
-fn result_for(id: MessageId) -> Vec<u8> {
-    serde_json::to_vec(&ResultMessage {
-        message_id: id.to_string(),
-        site: "site-a".into(),
-        gateway: "gw-1".into(),
-        device: "xr-1".into(),
-        sequence: 1,
-        captured_at_ms: now_ms(),
-        label: "pneumonia".into(),
-        probabilities: BTreeMap::from([("pneumonia".into(), 0.9), ("normal".into(), 0.1)]),
-        threshold: 0.5,
-        model_version: "test".into(),
-        sha512: "00".repeat(64),
-        receiver: "receiver-1".into(),
-        timings: Timings {
-            open_ms: 1.0,
-            queue_ms: 1.0,
-            inference_ms: 1.0,
-            batch_size: 1,
-            total_ms: 3.0,
-        },
-    })
-    .unwrap()
 }
 
 #[tokio::test]
@@ -249,7 +336,7 @@ async fn an_acknowledged_image_is_published_again_only_after_the_result_timeout(
     h.broker.take();
 
     let id = h.spool_image(b"sealed image").await;
-    assert_eq!(h.broker.take(), vec![published(b"sealed image")]);
+    assert_eq!(h.broker.take(), vec![h.published(b"sealed image")]);
     h.broker_answers(PubAckReason::Success).await;
     assert_eq!(
         h.metrics.acknowledged.get(),
@@ -266,7 +353,7 @@ async fn an_acknowledged_image_is_published_again_only_after_the_result_timeout(
     h.core.publish_due().await;
     // The same bytes, so the same message id: receivers answer it from
     // their memory instead of classifying it again.
-    assert_eq!(h.broker.take(), vec![published(b"sealed image")]);
+    assert_eq!(h.broker.take(), vec![h.published(b"sealed image")]);
     assert_eq!(h.metrics.republished.get(), 1);
     assert_eq!(h.metrics.published.get(), 2);
     assert!(h.spooled(&id));
@@ -294,8 +381,8 @@ async fn a_reconnect_publishes_again_what_the_broker_had_not_acknowledged() {
         .filter(|r| matches!(r, Request::Publish { topic, .. } if *topic == image_topic()))
         .collect();
     assert_eq!(images.len(), 2, "{images:?}");
-    assert!(images.contains(&published(b"second")));
-    assert!(images.contains(&published(b"while offline")));
+    assert!(images.contains(&h.published(b"second")));
+    assert!(images.contains(&h.published(b"while offline")));
     assert!(h.spooled(&first) && h.spooled(&second));
 }
 
@@ -313,7 +400,7 @@ async fn a_refused_publication_stays_spooled_and_is_tried_again() {
 
     tokio::time::advance(TIMEOUT).await;
     h.core.publish_due().await;
-    assert_eq!(h.broker.take(), vec![published(b"image")]);
+    assert_eq!(h.broker.take(), vec![h.published(b"image")]);
 }
 
 #[tokio::test]
@@ -329,7 +416,7 @@ async fn a_full_client_queue_leaves_the_image_for_a_later_tick() {
 
     h.broker.full.store(false, Ordering::SeqCst);
     h.core.publish_due().await;
-    assert_eq!(h.broker.take(), vec![published(b"image")]);
+    assert_eq!(h.broker.take(), vec![h.published(b"image")]);
 }
 
 #[tokio::test]
@@ -340,7 +427,7 @@ async fn a_result_reaches_its_device_and_only_then_the_image_leaves_the_spool() 
     h.broker_answers(PubAckReason::Success).await;
     h.broker_answers(PubAckReason::Success).await;
 
-    h.result_arrives(result_for(id)).await;
+    h.result_arrives(h.result_for(id)).await;
     let delivery = h.deliveries.recv().await.unwrap();
     assert_eq!(delivery.result.message_id, id.to_string());
     assert_eq!(delivery.result.label, "pneumonia");
@@ -348,7 +435,7 @@ async fn a_result_reaches_its_device_and_only_then_the_image_leaves_the_spool() 
     assert_eq!(h.metrics.results.get(), 1);
 
     // The same result again while the first is being delivered.
-    h.result_arrives(result_for(id)).await;
+    h.result_arrives(h.result_for(id)).await;
     assert!(h.deliveries.try_recv().is_err(), "delivered once");
 
     delivery.done.send(()).unwrap();
@@ -357,7 +444,7 @@ async fn a_result_reaches_its_device_and_only_then_the_image_leaves_the_spool() 
     assert!(h.core.publications.is_empty());
 
     // A late duplicate of an answered image is ignored.
-    h.result_arrives(result_for(id)).await;
+    h.result_arrives(h.result_for(id)).await;
     assert!(h.deliveries.try_recv().is_err());
     assert_eq!(h.metrics.results.get(), 1);
 }
@@ -371,15 +458,15 @@ async fn a_result_the_device_did_not_take_leaves_the_image_to_be_answered_again(
     h.broker_answers(PubAckReason::Success).await;
     h.broker.take();
 
-    h.result_arrives(result_for(id)).await;
+    h.result_arrives(h.result_for(id)).await;
     drop(h.deliveries.recv().await.unwrap()); // the source gave up
     h.feedback().await;
     assert!(h.spooled(&id));
 
     tokio::time::advance(TIMEOUT).await;
     h.core.publish_due().await;
-    assert_eq!(h.broker.take(), vec![published(b"image")]);
-    h.result_arrives(result_for(id)).await;
+    assert_eq!(h.broker.take(), vec![h.published(b"image")]);
+    h.result_arrives(h.result_for(id)).await;
     assert!(h.deliveries.recv().await.is_some(), "answered again");
 }
 
@@ -389,15 +476,113 @@ async fn results_for_no_spooled_image_or_unreadable_ones_reach_no_device() {
     h.connect(false).await;
     let _ = h.spool_image(b"image").await;
 
-    h.result_arrives(result_for(MessageId::random())).await;
+    h.result_arrives(h.result_for(MessageId::random())).await;
     h.result_arrives(b"not json".to_vec()).await;
     let mut unreadable_id: serde_json::Value =
-        serde_json::from_slice(&result_for(MessageId::random())).unwrap();
+        serde_json::from_slice(&h.result_for(MessageId::random())).unwrap();
     unreadable_id["message_id"] = "zz".into();
     h.result_arrives(serde_json::to_vec(&unreadable_id).unwrap())
         .await;
 
     assert!(h.deliveries.try_recv().is_err());
-    assert_eq!(h.errors("bad_result"), 2);
+    assert_eq!(h.answers_refused("unreadable"), 2);
     assert_eq!(h.metrics.results.get(), 0);
+}
+
+#[tokio::test]
+async fn forged_or_mismatched_results_reach_no_device_and_the_image_stays() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let id = h.spool_image(b"image").await;
+    let other = h.spool_image(b"other").await;
+    let real = h.result_message(id);
+
+    // "normal" written by someone without the answer key (MAC of other
+    // fields, or none), a result naming another image's SHA-512, another
+    // image's valid result relabelled with this id, and a valid result on
+    // another device's topic.
+    let mut relabelled = real.clone();
+    relabelled.label = "normal".into();
+    let mut no_mac = real.clone();
+    no_mac.mac = "00".repeat(32);
+    let mut wrong_image = real.clone();
+    wrong_image.sha512 = h.result_message(other).sha512;
+    let mut other_as_this = h.result_message(other);
+    other_as_this.message_id = id.to_string();
+    for forged in [relabelled, no_mac, wrong_image, other_as_this] {
+        h.result_arrives(serde_json::to_vec(&Answer::Result(forged)).unwrap())
+            .await;
+    }
+    let elsewhere = topics::results(&name("site-a"), &name("gw-1"), &name("xr-2"));
+    h.core
+        .handle(Event::Result {
+            topic: elsewhere,
+            payload: h.result_for(id),
+        })
+        .await;
+    assert!(
+        h.deliveries.try_recv().is_err(),
+        "nothing reached the device"
+    );
+    assert_eq!(h.answers_refused("bad_mac"), 2);
+    assert_eq!(h.answers_refused("mismatch"), 2);
+    assert_eq!(h.answers_refused("wrong_topic"), 1);
+    assert!(h.spooled(&id) && h.spooled(&other));
+
+    // The genuine result still gets through.
+    h.result_arrives(h.result_for(id)).await;
+    assert_eq!(h.deliveries.recv().await.unwrap().result.label, "pneumonia");
+}
+
+#[tokio::test]
+async fn an_authenticated_refusal_quarantines_the_image_and_a_forged_one_does_not() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let id = h.spool_image(b"image").await;
+    let mut forged: serde_json::Value = serde_json::from_slice(&h.refusal_for(id, "aead")).unwrap();
+    forged["reason"] = "replay".into();
+    h.result_arrives(serde_json::to_vec(&forged).unwrap()).await;
+    assert!(h.spooled(&id));
+    assert_eq!(h.answers_refused("bad_mac"), 1);
+
+    h.result_arrives(h.refusal_for(id, "aead")).await;
+    assert!(!h.spooled(&id), "out of the spool");
+    assert!(h.deliveries.try_recv().is_err());
+    assert_eq!(h.quarantined("refused"), 1);
+    assert_eq!(h.spool.lock().unwrap().quarantined(), 1);
+    let notes: Vec<_> = std::fs::read_dir(h.dir.path().join("spool/quarantine"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(notes[0].path()).unwrap()).unwrap();
+    assert_eq!(note["reason"], "aead");
+    assert_eq!(note["receiver"], "receiver-1");
+    assert_eq!(note["message_id"], id.to_string());
+
+    // Never published again.
+    h.broker.take();
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), Vec::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_image_nobody_answers_is_quarantined_after_the_last_publication() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await;
+    let id = h.spool_image(b"image").await;
+    for _ in 1..MAX_PUBLICATIONS {
+        h.broker_answers(PubAckReason::Success).await;
+        tokio::time::advance(TIMEOUT).await;
+        h.core.publish_due().await;
+    }
+    assert_eq!(h.metrics.published.get(), u64::from(MAX_PUBLICATIONS));
+    assert!(h.spooled(&id));
+    tokio::time::advance(TIMEOUT).await;
+    h.core.publish_due().await;
+    assert!(!h.spooled(&id));
+    assert_eq!(h.quarantined("unanswered"), 1);
+    assert_eq!(h.metrics.published.get(), u64::from(MAX_PUBLICATIONS));
 }
