@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use medgate_daemon::acl::{self, Broker, Roles};
 use medgate_daemon::cli::{self, Daemon, DaemonCommand};
 use medgate_daemon::logging;
 use medgate_daemon::settings::SettingsError;
+use medgate_daemon::trust::TrustList;
 use medgate_medmnist::SplitName;
+use medgate_shared::ids::Name;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
 
 use crate::daemon::config::{self, Settings};
@@ -61,6 +64,25 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_RSA_BITS)]
         bits: usize,
     },
+    /// Print the broker's access rules from the trust list and the site's
+    /// other roles (install as mosquitto's acl_file or EMQX's acl.conf).
+    BrokerAcl {
+        /// The trust list (`receiver.trusted_gateways`): one rule block per gateway.
+        #[arg(long, value_name = "GATEWAYS.toml")]
+        trust: PathBuf,
+        /// Receiver certificate names, e.g. receiver-1,receiver-2.
+        #[arg(long, value_delimiter = ',')]
+        receivers: Vec<Name>,
+        /// Wards whose clinician apps (certificates clinician-WARD) read notifications.
+        #[arg(long, value_delimiter = ',')]
+        clinician_wards: Vec<Name>,
+        /// Security staff certificate names.
+        #[arg(long, value_delimiter = ',')]
+        security: Vec<Name>,
+        /// Broker syntax.
+        #[arg(long, value_enum, default_value_t = AclSyntax::Mosquitto)]
+        broker: AclSyntax,
+    },
     /// Train the chest X-ray classifier on a MedMNIST .npz file (selects on val only).
     Train(TrainArgs),
     /// Evaluate a model on one split of a MedMNIST .npz file.
@@ -84,6 +106,15 @@ enum Command {
         #[arg(long, value_name = "OUT.png")]
         plot: Option<PathBuf>,
     },
+}
+
+/// The brokers `broker-acl` writes rules for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AclSyntax {
+    /// mosquitto's acl_file.
+    Mosquitto,
+    /// EMQX 5's file authorization source.
+    Emqx,
 }
 
 /// `train`'s arguments.
@@ -217,6 +248,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "public key:  {} (install on every gateway)",
                 public.display()
             );
+        }
+        Command::BrokerAcl {
+            trust,
+            receivers,
+            clinician_wards,
+            security,
+            broker,
+        } => {
+            let list = TrustList::read(&trust)?;
+            let roles = Roles {
+                receivers,
+                clinician_wards,
+                security,
+            };
+            let broker = match broker {
+                AclSyntax::Mosquitto => Broker::Mosquitto,
+                AclSyntax::Emqx => Broker::Emqx,
+            };
+            print!("{}", acl::render(&list, &roles, broker)?);
         }
         Command::Train(args) => {
             let options = args.options()?;

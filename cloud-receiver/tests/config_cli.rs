@@ -139,3 +139,44 @@ fn environment_overrides_apply_and_are_checked() {
     assert_eq!(out.status.code(), Some(EX_CONFIG));
     assert!(stderr(&out).contains("mqtt.port"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_shipped_broker_rules_are_what_broker_acl_writes_from_the_example_trust_list() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let trust = configs.join("mosquitto/example-gateways.toml");
+    for (broker, shipped) in [
+        ("mosquitto", "mosquitto/medgate.acl"),
+        ("emqx", "emqx/medgate-acl.conf"),
+    ] {
+        let out = receiver(&[
+            "broker-acl",
+            "--trust",
+            trust.to_str().unwrap(),
+            "--receivers",
+            "receiver-1,receiver-2",
+            "--clinician-wards",
+            "radiology",
+            "--security",
+            "security",
+            "--broker",
+            broker,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let expected = std::fs::read_to_string(configs.join(shipped)).unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            expected,
+            "configs/{shipped} is out of date: write it again with broker-acl"
+        );
+    }
+    // A certificate name with two roles is refused, naming it.
+    let out = receiver(&[
+        "broker-acl",
+        "--trust",
+        trust.to_str().unwrap(),
+        "--receivers",
+        "gw-1",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gw-1"), "{}", stderr(&out));
+}

@@ -7,16 +7,19 @@
 //!   has no access-control lists, so any client with a certificate of the
 //!   run's CA may use any topic.
 //! - [`Broker::Mosquitto`]: a mosquitto process (installed; `scripts/
-//!   install-deps` does) with the shipped production access rules
-//!   (`configs/mosquitto/medgate.acl`) and `set_tcp_nodelay`, as a site
-//!   runs it.
+//!   install-deps` does) running the shipped `configs/mosquitto/medgate.conf`
+//!   with the rules the ACL generator writes for this run's trust list, as a
+//!   site runs it.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use medgate_daemon::acl::{self, Roles};
 use medgate_daemon::mqtt::DEFAULT_MAX_PACKET_BYTES;
+use medgate_daemon::trust::TrustList;
+use medgate_shared::ids::Name;
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::{CertFiles, Pki};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
@@ -41,10 +44,6 @@ pub enum BrokerError {
     NotListening(SocketAddr),
 }
 
-/// The production access rules, extended below for the simulator's extra
-/// identities.
-const SHIPPED_ACL: &str = include_str!("../../configs/mosquitto/medgate.acl");
-
 /// Which broker a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BrokerKind {
@@ -67,10 +66,11 @@ pub enum Broker {
 
 impl Broker {
     /// Starts a broker of `kind` whose server certificate and client CA come
-    /// from `pki`, with its files in `dir`. `receivers` receivers
-    /// (`receiver-1`, …) and the load generator's ceiling clients
-    /// (`ceiling-pub` writes and `ceiling-sub` reads `medgate-bench/#`) get
-    /// access rules beside the shipped ones.
+    /// from `pki`, with its files in `dir`. Its access rules are what
+    /// `medgate-receiver broker-acl` writes for the gateways of `trust` and
+    /// `receivers` receivers (`receiver-1`, …), and the load generator's
+    /// ceiling clients (`ceiling-pub` writes and `ceiling-sub` reads
+    /// `medgate-bench/#`).
     ///
     /// # Errors
     /// If the broker does not start; for mosquitto, with its log.
@@ -78,6 +78,7 @@ impl Broker {
         kind: BrokerKind,
         pki: &Pki,
         dir: &Path,
+        trust: &TrustList,
         receivers: usize,
     ) -> anyhow::Result<Self> {
         let use_mosquitto = match kind {
@@ -87,7 +88,8 @@ impl Broker {
         };
         Ok(if use_mosquitto {
             let options = BrokerOptions {
-                acl: Some(access_rules(receivers)),
+                acl: Some(access_rules(trust, receivers)?),
+                shipped_config: true,
                 ..BrokerOptions::default()
             };
             Self::Mosquitto(Mosquitto::start(pki, dir, &options)?)
@@ -116,25 +118,20 @@ impl Broker {
     }
 }
 
-/// The shipped rules, the rules of receivers beyond the two it names (a
-/// copy of `receiver-1`'s, so they follow the shipped file), and the
-/// ceiling's clients.
-fn access_rules(receivers: usize) -> String {
-    let receiver_rules: String = SHIPPED_ACL
-        .lines()
-        .skip_while(|line| *line != "user receiver-1")
-        .skip(1)
-        .take_while(|line| line.starts_with("topic "))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    let mut rules = SHIPPED_ACL.to_owned();
-    for k in 3..=receivers {
-        rules.push_str(&format!("\nuser receiver-{k}\n{receiver_rules}"));
-    }
+/// The rules `medgate-receiver broker-acl` writes for `trust` and the
+/// receivers, and the ceiling's clients.
+fn access_rules(trust: &TrustList, receivers: usize) -> anyhow::Result<String> {
+    let roles = Roles {
+        receivers: (1..=receivers)
+            .map(|k| Name::new(format!("receiver-{k}")))
+            .collect::<Result<_, _>>()?,
+        ..Roles::default()
+    };
+    let mut rules = acl::render(trust, &roles, acl::Broker::Mosquitto)?;
     rules.push_str(
         "\n# medgate-sim load: the raw ceiling's clients\nuser ceiling-pub\ntopic write medgate-bench/#\nuser ceiling-sub\ntopic read medgate-bench/#\n",
     );
-    rules
+    Ok(rules)
 }
 
 /// A running embedded broker; it stops with the process.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
 use medgate_daemon::signals;
+use medgate_daemon::trust::TrustList;
 use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
 use medgate_receiver::daemon::config::ReceiverConfig;
 use medgate_receiver::daemon::rules::{Priority, Rule};
@@ -121,15 +122,21 @@ impl System {
         let root = dir.path();
         let pki = Pki::new(root, "medgate demo CA (throwaway)")?;
         let ca = pki.ca_file();
-        let broker = Broker::start(options.broker, &pki, root, options.receivers)?;
-        let (private_key, receiver_public_key) =
-            keys::write_key_pair(&root.join("receiver-keys"), DEFAULT_RSA_BITS)?;
         // Enrolment: the gateway's signing key, and the receivers' trust
-        // list naming it.
+        // list naming it (which the broker's access rules come from too).
         let (gateway_identity, enrolled) =
             identity::gateway_identity(&root.join("gateway-keys"), SITE, GATEWAY)?;
         let trust_list = root.join("trusted-gateways.toml");
-        identity::write_trust_list(&trust_list, [enrolled])?;
+        identity::write_trust_list(&trust_list, [enrolled.clone()])?;
+        let broker = Broker::start(
+            options.broker,
+            &pki,
+            root,
+            &TrustList::new([enrolled]),
+            options.receivers,
+        )?;
+        let (private_key, receiver_public_key) =
+            keys::write_key_pair(&root.join("receiver-keys"), DEFAULT_RSA_BITS)?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -15,6 +15,7 @@
 //! - [`signals`]: the shutdown signal of a daemon (SIGTERM or Ctrl-C).
 //! - [`cli`]: the `run` / `check-config` / `print-default-config` skeleton
 //!   and its exit codes.
+pub mod acl;
 pub mod cli;
 pub mod logging;
 pub mod metrics;

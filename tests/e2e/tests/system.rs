@@ -35,7 +35,7 @@ use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_sim::sensor::{Feed, Sensor};
 use medgate_testkit::client::{self, TestClient};
-use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
+use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
 use medgate_testkit::{forge, free_port, metrics, write_config};
 
@@ -141,13 +141,18 @@ impl Rig {
     }
 
     fn start_with(frames: u32, period: Duration, receivers: usize) -> Rig {
+        Self::start_on(frames, period, receivers, true)
+    }
+
+    /// With `shipped_config` the broker runs `configs/mosquitto/medgate.conf`
+    /// (client ids are certificate names); without it, a minimal config
+    /// where a second client with one certificate can connect beside the
+    /// first (to play an attacker holding a gateway's certificate). Either
+    /// way the access rules are what `medgate-receiver broker-acl` writes
+    /// from the rig's trust list.
+    fn start_on(frames: u32, period: Duration, receivers: usize, shipped_config: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
-        let options = BrokerOptions {
-            acl: Some(shipped_acl().unwrap()),
-            ..BrokerOptions::default()
-        };
-        let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();
         let keys = dir.path().join("keys");
         let made = Command::new(binary("medgate-receiver"))
             .args(["keygen", "--out", keys.to_str().unwrap()])
@@ -163,6 +168,30 @@ impl Rig {
         assert!(enrolled.status.success());
         let trust = dir.path().join("gateways.toml");
         std::fs::write(&trust, &enrolled.stdout).unwrap();
+        let acl = Command::new(binary("medgate-receiver"))
+            .args(["broker-acl", "--trust"])
+            .arg(&trust)
+            .args([
+                "--receivers",
+                "receiver-1,receiver-2",
+                "--clinician-wards",
+                "radiology",
+                "--security",
+                "security",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            acl.status.success(),
+            "{}",
+            String::from_utf8_lossy(&acl.stderr)
+        );
+        let options = BrokerOptions {
+            acl: Some(String::from_utf8(acl.stdout).unwrap()),
+            shipped_config,
+            ..BrokerOptions::default()
+        };
+        let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();
         let (receivers, receiver_metrics) = ["receiver-1", "receiver-2"][..receivers]
             .iter()
             .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private, &trust))
@@ -409,7 +438,7 @@ fn a_broker_gone_for_30_s_while_sensors_capture_loses_nothing() {
 fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
     // One receiver, so that "replayed" is judged by the receiver that saw
     // the original (replay windows are per receiver).
-    let rig = Rig::start_with(40, Duration::from_millis(50), 1);
+    let rig = Rig::start_on(40, Duration::from_millis(50), 1, false);
     rig.results_flow(5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reasons = runtime.block_on(async {

@@ -54,6 +54,9 @@ pub struct BrokerOptions {
     pub acl: Option<String>,
     /// `max_packet_size`.
     pub max_packet_bytes: u32,
+    /// Run the shipped `configs/mosquitto/medgate.conf` (only its paths,
+    /// port and logging changed) instead of a minimal test config.
+    pub shipped_config: bool,
 }
 
 impl Default for BrokerOptions {
@@ -61,6 +64,7 @@ impl Default for BrokerOptions {
         Self {
             acl: None,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            shipped_config: false,
         }
     }
 }
@@ -276,6 +280,9 @@ fn write_config(
     options: &BrokerOptions,
 ) -> Result<PathBuf, BrokerError> {
     let io = |what: String| move |source| BrokerError::Io { what, source };
+    if options.shipped_config {
+        return write_shipped_config(dir, port, ca, server, options);
+    }
     let mut text = format!(
         "# written by medgate (throwaway broker)\n\
          per_listener_settings false\n\
@@ -302,6 +309,54 @@ fn write_config(
         let acl_path = dir.join("acl");
         std::fs::write(&acl_path, acl).map_err(io(format!("writing {}", acl_path.display())))?;
         text.push_str(&format!("acl_file {}\n", acl_path.display()));
+    }
+    let path = dir.join("mosquitto.conf");
+    std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
+/// The shipped `medgate.conf` with what a test must change: the listener
+/// on 127.0.0.1 and a free port, the certificate, ACL and persistence paths
+/// in `dir`, logging to stdout (with subscriptions, which tests wait on),
+/// and `user root` so that mosquitto does not drop to a user that cannot
+/// read the test's files. Every other line is as shipped.
+fn write_shipped_config(
+    dir: &Path,
+    port: u16,
+    ca: &Path,
+    server: &CertFiles,
+    options: &BrokerOptions,
+) -> Result<PathBuf, BrokerError> {
+    let io = |what: String| move |source| BrokerError::Io { what, source };
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/mosquitto/medgate.conf");
+    let original =
+        std::fs::read_to_string(&shipped).map_err(io(format!("reading {}", shipped.display())))?;
+    let acl_path = dir.join("acl");
+    std::fs::write(&acl_path, options.acl.as_deref().unwrap_or(""))
+        .map_err(io(format!("writing {}", acl_path.display())))?;
+    let store = dir.join("mosquitto-store");
+    std::fs::create_dir_all(&store).map_err(io(format!("creating {}", store.display())))?;
+    let mut text = String::from(
+        "# configs/mosquitto/medgate.conf, paths and port changed by medgate-testkit
+user root
+",
+    );
+    for line in original.lines() {
+        let key = line.split_whitespace().next().unwrap_or("");
+        let replaced = match key {
+            "listener" => format!("listener {port} 127.0.0.1"),
+            "cafile" => format!("cafile {}", ca.display()),
+            "certfile" => format!("certfile {}", server.cert.display()),
+            "keyfile" => format!("keyfile {}", server.key.display()),
+            "acl_file" => format!("acl_file {}", acl_path.display()),
+            "persistence_location" => format!("persistence_location {}/", store.display()),
+            "max_packet_size" => format!("max_packet_size {}", options.max_packet_bytes),
+            "log_dest" => "log_dest stdout\nlog_type subscribe\nlog_type unsubscribe".to_owned(),
+            _ => line.to_owned(),
+        };
+        text.push_str(&replaced);
+        text.push('\n');
     }
     let path = dir.join("mosquitto.conf");
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
