@@ -90,7 +90,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
             for at in *shown..log.results.len() {
                 let result = log.results[at];
                 let latency = log.latencies[at];
-                let label = sensor::class_name(result.class);
+                let label = sensor::verdict_name(&result);
                 latencies.push(latency);
                 counts[usize::from(result.class.min(2))] += 1;
                 let truth = match log.truths[at] {

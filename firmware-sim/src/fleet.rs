@@ -58,7 +58,7 @@ fn watch(sensor: &Sensor, lines: &mpsc::Sender<String>) {
                 "{} frame {}: {} ({:.4})",
                 sensor.name(),
                 result.frame,
-                sensor::class_name(result.class),
+                sensor::verdict_name(result),
                 f64::from(result.confidence) / 10_000.0
             );
             if lines.send(line).is_err() {

@@ -473,6 +473,16 @@ impl Sensor {
     }
 }
 
+/// What a `RESULT` write says: the class name, or `rejected` when the
+/// gateway flagged that the frame will not be classified.
+pub fn verdict_name(record: &ResultRecord) -> &'static str {
+    if record.flags & reg::FLAG_REJECTED != 0 {
+        "rejected"
+    } else {
+        class_name(record.class)
+    }
+}
+
 /// The class names of the result register's class index.
 pub fn class_name(class: u8) -> &'static str {
     match class {

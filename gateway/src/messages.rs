@@ -55,14 +55,49 @@ pub struct Spooled {
     pub captured_at_ms: u64,
 }
 
-/// A result on its way to the device that captured the image. The source
+/// What the device learns about its image.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// A receiver classified it.
+    Classified(Box<ResultMessage>),
+    /// It will not be classified: a receiver refused it (authenticated), or
+    /// nobody answered it; it is kept in the spool's quarantine.
+    Rejected(Rejection),
+}
+
+/// Why an image was quarantined, as its device is told.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// The image's message id (hex).
+    pub message_id: String,
+    /// `refused` or `unanswered`.
+    pub cause: String,
+    /// The receiver's reason (`aead`, `tag_mismatch`, `replay`), or how
+    /// many publications went unanswered.
+    pub reason: String,
+    /// The receiver that refused it, if any.
+    pub receiver: Option<String>,
+}
+
+impl Verdict {
+    /// The message id it concerns (hex).
+    pub fn message_id(&self) -> &str {
+        match self {
+            Self::Classified(result) => &result.message_id,
+            Self::Rejected(rejection) => &rejection.message_id,
+        }
+    }
+}
+
+/// A verdict on its way to the device that captured the image. The source
 /// answers on `done` once the device has it (register written, file
-/// written); only then does the spool let go of the image. A delivery
-/// dropped without an answer leaves the image spooled, to be published
-/// and answered again.
+/// written); only then does the spool let go of the image (deleted after a
+/// result, moved to quarantine after a rejection). A delivery dropped
+/// without an answer leaves the image spooled, to be published and
+/// answered again.
 pub struct Delivery {
-    /// The result.
-    pub result: ResultMessage,
+    /// The verdict.
+    pub verdict: Verdict,
     /// Answered when delivered.
     pub done: oneshot::Sender<()>,
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::status_payload;
 use crate::capture::now_ms;
-use crate::messages::{Delivery, Event};
+use crate::messages::{Delivery, Event, Rejection, Verdict};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, QuarantineNote, Spool};
 
@@ -253,8 +253,14 @@ impl<C: Requests> Core<C> {
                     spool.get(&id).cloned()
                 };
                 if let Some(entry) = entry {
-                    let reason = format!("{count} publications without an answer");
-                    self.quarantine(&entry, "unanswered", &reason, None).await;
+                    tracing::error!(message = %id, publications = count, "no receiver answered this image");
+                    let verdict = Verdict::Rejected(Rejection {
+                        message_id: id.to_string(),
+                        cause: "unanswered".into(),
+                        reason: format!("{count} publications without an answer"),
+                        receiver: None,
+                    });
+                    self.deliver(&entry, verdict).await;
                 }
                 continue;
             }
@@ -341,30 +347,56 @@ impl<C: Requests> Core<C> {
             self.refuse_answer(reason, topic, Some(id), detail);
             return;
         }
-        let result = match answer {
-            Answer::Result(result) => result,
+        let verdict = match answer {
+            Answer::Result(result) => {
+                self.metrics.results.inc();
+                let latency_ms = now_ms().saturating_sub(result.captured_at_ms);
+                self.metrics
+                    .result_latency_seconds
+                    .observe(latency_ms as f64 / 1000.0);
+                tracing::info!(
+                    message = %id,
+                    device = %entry.device,
+                    label = %result.label,
+                    latency_ms,
+                    "result received"
+                );
+                Verdict::Classified(Box::new(result))
+            }
             Answer::Refusal(refusal) => {
-                self.quarantine(&entry, "refused", &refusal.reason, Some(refusal.receiver))
-                    .await;
-                return;
+                tracing::warn!(message = %id, device = %entry.device, reason = %refusal.reason, receiver = %refusal.receiver, "a receiver refused this image");
+                Verdict::Rejected(Rejection {
+                    message_id: id.to_string(),
+                    cause: "refused".into(),
+                    reason: refusal.reason,
+                    receiver: Some(refusal.receiver),
+                })
             }
         };
-        let device = entry.device;
-        self.metrics.results.inc();
-        let latency_ms = now_ms().saturating_sub(result.captured_at_ms);
-        self.metrics
-            .result_latency_seconds
-            .observe(latency_ms as f64 / 1000.0);
-        tracing::info!(
-            message = %id,
-            device = %device,
-            label = %result.label,
-            latency_ms,
-            "result received"
-        );
+        self.deliver(&entry, verdict).await;
+    }
+
+    /// Hands a verdict to the source of the image's device; once the device
+    /// has it, the spool lets go of the image (deleted after a result, moved
+    /// to quarantine after a rejection). A crash in between means answering
+    /// it again, never losing it.
+    async fn deliver(&mut self, entry: &Entry, verdict: Verdict) {
+        let id = entry.id;
         let (done, delivered) = oneshot::channel();
-        let routed = match self.routes.get(&device) {
-            Some(route) => route.send(Delivery { result, done }).await.is_ok(),
+        let note = match &verdict {
+            Verdict::Classified(_) => None,
+            Verdict::Rejected(rejection) => Some(QuarantineNote {
+                message_id: rejection.message_id.clone(),
+                device: entry.device.to_string(),
+                sequence: entry.sequence,
+                cause: rejection.cause.clone(),
+                reason: rejection.reason.clone(),
+                receiver: rejection.receiver.clone(),
+                at_ms: now_ms(),
+            }),
+        };
+        let routed = match self.routes.get(&entry.device) {
+            Some(route) => route.send(Delivery { verdict, done }).await.is_ok(),
             None => {
                 // No source for this device any more (config changed): the
                 // log is all the device gets.
@@ -373,12 +405,9 @@ impl<C: Requests> Core<C> {
             }
         };
         if !routed {
-            tracing::warn!(device = %device, "the source of this image is gone; it stays spooled");
+            tracing::warn!(device = %entry.device, "the source of this image is gone; it stays spooled");
             return;
         }
-        // The spool lets go of the image only once the device has its
-        // result: a crash in between means publishing it again, not
-        // losing the result.
         self.delivering.insert(id);
         let spool = self.spool.clone();
         let feedback = self.feedback.clone();
@@ -386,16 +415,28 @@ impl<C: Requests> Core<C> {
         tokio::spawn(async move {
             let delivered = delivered.await.is_ok();
             if delivered {
-                let removed = tokio::task::spawn_blocking(move || {
-                    spool
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id)
+                let cause = note.as_ref().map(|n| n.cause.clone());
+                let let_go = tokio::task::spawn_blocking(move || {
+                    let mut spool = spool.lock().unwrap_or_else(PoisonError::into_inner);
+                    match &note {
+                        None => spool.remove(&id).map(|_| ()),
+                        Some(note) => spool.quarantine_entry(&id, note).map(|_| ()),
+                    }
                 })
                 .await;
-                if !matches!(removed, Ok(Ok(_))) {
-                    metrics.error("spool_remove");
-                    tracing::error!(message = %id, "cannot delete an answered image; it will be answered again");
+                match (let_go, cause) {
+                    (Ok(Ok(())), Some(cause)) => {
+                        metrics
+                            .quarantined
+                            .get_or_create(&vec![("cause", cause.clone())])
+                            .inc();
+                        tracing::error!(message = %id, cause, "image quarantined: it will not be published again (see the spool's quarantine/ folder)");
+                    }
+                    (Ok(Ok(())), None) => {}
+                    _ => {
+                        metrics.error("spool_remove");
+                        tracing::error!(message = %id, "cannot let go of an answered image; it will be answered again");
+                    }
                 }
             }
             let _ = feedback.send(Event::Delivered { id, delivered }).await;
@@ -421,51 +462,6 @@ impl<C: Requests> Core<C> {
             detail,
             "answer refused: it reaches no device"
         );
-    }
-
-    /// Moves an image out of the spool for good: a receiver refused it, or
-    /// nobody answered it.
-    async fn quarantine(
-        &mut self,
-        entry: &Entry,
-        cause: &'static str,
-        reason: &str,
-        receiver: Option<String>,
-    ) {
-        let note = QuarantineNote {
-            message_id: entry.id.to_string(),
-            device: entry.device.to_string(),
-            sequence: entry.sequence,
-            cause: cause.to_owned(),
-            reason: reason.to_owned(),
-            receiver,
-            at_ms: now_ms(),
-        };
-        let spool = self.spool.clone();
-        let id = entry.id;
-        let moved = tokio::task::spawn_blocking(move || {
-            spool
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .quarantine_entry(&id, &note)
-        })
-        .await;
-        match moved {
-            Ok(Ok(_)) => {
-                self.publications.remove(&id);
-                self.metrics
-                    .quarantined
-                    .get_or_create(&vec![("cause", cause.to_owned())])
-                    .inc();
-                tracing::error!(message = %id, device = %entry.device, cause, reason, "image quarantined: it will not be published again (see the spool's quarantine/ folder)");
-                self.refresh_gauges();
-            }
-            Ok(Err(e)) => {
-                self.metrics.error("quarantine");
-                tracing::error!(message = %id, cause = %e, "cannot quarantine an image; it stays spooled");
-            }
-            Err(e) => tracing::error!(cause = %e, "quarantine task failed"),
-        }
     }
 
     fn refresh_gauges(&self) {

@@ -6,7 +6,9 @@
 //! Names starting with `.` or ending in `.tmp`, `.part` or `.partial` are
 //! left alone. After intake confirms the image is durably spooled the file
 //! moves to `done/{message_id}-{name}`; its result is written beside it as
-//! `done/{message_id}-{stem}.result.json`. A file that is not a readable
+//! `done/{message_id}-{stem}.result.json`, or, when the image will not be
+//! classified (refused by a receiver, or unanswered, and quarantined),
+//! `done/{message_id}-{stem}.rejected.json` saying why. A file that is not a readable
 //! image moves to `rejected/` with a `.reason.txt`; nothing vanishes
 //! silently. When the spool is full the file stays where it is and is
 //! tried again on a later scan.
@@ -17,14 +19,13 @@ use std::time::{Duration, SystemTime};
 
 use medgate_shared::header::Modality;
 use medgate_shared::ids::{MessageId, Name};
-use medgate_shared::messages::ResultMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture, Preparation};
 use crate::intake::{Intake, Refusal};
-use crate::messages::Delivery;
+use crate::messages::{Delivery, Verdict};
 use crate::metrics::Metrics;
 
 /// A hot folder, as the config check makes it.
@@ -79,7 +80,7 @@ impl HotFolderSource {
             tokio::select! {
                 () = stop.cancelled() => return,
                 Some(delivery) = results.recv() => {
-                    if self.write_result(&delivery.result).await {
+                    if self.write_verdict(&delivery.verdict).await {
                         let _ = delivery.done.send(());
                     }
                 }
@@ -185,9 +186,10 @@ impl HotFolderSource {
         }
     }
 
-    /// Writes the sidecar; false when it could not be written.
-    async fn write_result(&mut self, result: &ResultMessage) -> bool {
-        let Ok(id) = result.message_id.parse::<MessageId>() else {
+    /// Writes the sidecar, `{stem}.result.json` or `{stem}.rejected.json`;
+    /// false when it could not be written.
+    async fn write_verdict(&mut self, verdict: &Verdict) -> bool {
+        let Ok(id) = verdict.message_id().parse::<MessageId>() else {
             return true;
         };
         let done = self.folder.path.join("done");
@@ -199,9 +201,21 @@ impl HotFolderSource {
             .as_deref()
             .and_then(|p| p.file_stem())
             .map_or_else(|| id.to_string(), |s| s.to_string_lossy().into_owned());
-        let sidecar = done.join(format!("{stem}.result.json"));
-        let tmp = done.join(format!(".{stem}.result.json.tmp"));
-        let body = serde_json::to_vec_pretty(result).unwrap_or_default();
+        let (kind, body, said) = match verdict {
+            Verdict::Classified(result) => (
+                "result",
+                serde_json::to_vec_pretty(result),
+                result.label.clone(),
+            ),
+            Verdict::Rejected(rejection) => (
+                "rejected",
+                serde_json::to_vec_pretty(rejection),
+                format!("rejected ({}: {})", rejection.cause, rejection.reason),
+            ),
+        };
+        let body = body.unwrap_or_default();
+        let sidecar = done.join(format!("{stem}.{kind}.json"));
+        let tmp = done.join(format!(".{stem}.{kind}.json.tmp"));
         let written = async {
             tokio::fs::write(&tmp, &body).await?;
             tokio::fs::rename(&tmp, &sidecar).await
@@ -209,7 +223,7 @@ impl HotFolderSource {
         .await;
         match written {
             Ok(()) => {
-                tracing::info!(device = %self.folder.device, file = %sidecar.display(), label = %result.label, "result written");
+                tracing::info!(device = %self.folder.device, file = %sidecar.display(), verdict = %said, "result written");
                 true
             }
             Err(e) => {

@@ -22,15 +22,18 @@ use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
 use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
+use medgate_gateway::sources::spi::registers::FLAG_REJECTED;
+use medgate_gateway::spool::Spool;
 use medgate_medmnist::SplitName;
 use medgate_receiver::daemon::config::ReceiverConfig;
 use medgate_receiver::daemon::rules::{Priority, Rule};
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::envelope;
+use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::keys::ReceiverPublicKey;
-use medgate_shared::messages::AuditRecord;
+use medgate_shared::messages::{Answer, AuditRecord, ResultMessage, Timings};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_sim::sensor::{Feed, Sensor};
@@ -253,6 +256,12 @@ impl Rig {
     /// exit) and starts it again from the same config; returns once the
     /// broker has its shared subscription again.
     fn restart_receiver_gracefully(&mut self, index: usize) {
+        self.stop_receiver_gracefully(index);
+        self.start_receiver_again(index);
+    }
+
+    /// Stops receiver `index` the way systemd does: SIGTERM, a clean exit.
+    fn stop_receiver_gracefully(&mut self, index: usize) {
         let name = format!("receiver-{}", index + 1);
         let child = &mut self.receivers[index].0;
         let sent = Command::new("kill")
@@ -264,6 +273,12 @@ impl Rig {
             child.wait().unwrap().success(),
             "{name} exits cleanly on SIGTERM"
         );
+    }
+
+    /// Starts receiver `index` again from its config; returns once the
+    /// broker has its shared subscription again.
+    fn start_receiver_again(&mut self, index: usize) {
+        let name = format!("receiver-{}", index + 1);
         let config = self.dir.path().join(format!("{name}.toml"));
         let mark = self.broker.log_len();
         self.receivers[index] = Killed(
@@ -310,7 +325,26 @@ impl Rig {
                 sensor.name()
             );
             assert_eq!(sensor.log().released, self.frames);
+            assert!(
+                results.iter().all(|r| r.flags & FLAG_REJECTED == 0),
+                "{}: every frame classified, none rejected",
+                sensor.name()
+            );
         }
+    }
+
+    /// Replaces the sensors with new ones on the same sockets, each with
+    /// `frames` new frames (counted from 1 again).
+    fn new_sensors(&mut self, frames: u32, period: Duration) {
+        self.sensors.clear();
+        let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
+        for name in ["xr-1", "xr-2"] {
+            let socket = self.dir.path().join(format!("{name}.sock"));
+            self.sensors.push(
+                Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap(),
+            );
+        }
+        self.frames = frames;
     }
 }
 
@@ -407,6 +441,165 @@ fn a_gateway_killed_mid_stream_and_restarted_loses_nothing() {
     gateway.0.wait().unwrap();
     rig.start_gateway();
     rig.every_frame_answered_once();
+}
+
+#[test]
+fn a_damaged_spool_image_is_refused_once_and_quarantined_and_a_wiped_state_is_classified_again() {
+    let mut rig = Rig::start(10, Duration::from_millis(30));
+    rig.every_frame_answered_once();
+    let mut gateway = rig.gateway.take().unwrap();
+    gateway.0.kill().unwrap();
+    gateway.0.wait().unwrap();
+
+    // While it is down: one spooled image of xr-1 gets a flipped body byte
+    // (as a failing card would leave it)...
+    let state = rig.dir.path().join("state");
+    let spool_dir = rig.dir.path().join("spool");
+    let epoch = std::fs::read_to_string(state.join("epoch")).unwrap();
+    let meta = ImageMeta {
+        message_id: MessageId::random(),
+        site: "site-a".parse().unwrap(),
+        gateway: "gw-1".parse().unwrap(),
+        device: "xr-1".parse().unwrap(),
+        epoch: u64::from_str_radix(epoch.trim(), 16).unwrap(),
+        sequence: 1 << 40,
+        captured_at_ms: 1_790_000_000_000,
+        modality: Modality::Dx,
+        model_hint: None,
+    };
+    let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
+    let identity = GatewayIdentity::read(&rig.gateway_identity).unwrap();
+    let pixels = Pixels::new(28, 28, PixelFormat::Gray8, vec![90; 28 * 28]).unwrap();
+    let mut damaged = Sealer::new(public, identity, RotationPolicy::default())
+        .seal(&meta, &pixels)
+        .unwrap();
+    let at = damaged.bytes.len() - 30;
+    damaged.bytes[at] ^= 0x01;
+    let (mut spool, _) = Spool::open(&spool_dir, 1 << 30).unwrap();
+    spool.put(&damaged).unwrap();
+    drop(spool);
+    // ...and its state folder is wiped: sequence numbers start at 0 again.
+    std::fs::remove_dir_all(&state).unwrap();
+    rig.new_sensors(10, Duration::from_millis(30));
+    rig.start_gateway();
+
+    // The new frames are classified (a new epoch, not replays of the old
+    // one's numbers: every_frame_answered_once refuses rejections)...
+    rig.every_frame_answered_once();
+    // ...and the damaged image, refused by the receiver (authenticated),
+    // left the spool for quarantine/ with its reason, not to be sent again.
+    let quarantine = spool_dir.join("quarantine");
+    let deadline = std::time::Instant::now() + WAIT;
+    let note = loop {
+        let found = std::fs::read_dir(&quarantine).ok().and_then(|items| {
+            items
+                .filter_map(Result::ok)
+                .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        });
+        if let Some(found) = found {
+            break serde_json::from_slice::<serde_json::Value>(
+                &std::fs::read(found.path()).unwrap(),
+            )
+            .unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the damaged image was not quarantined within {WAIT:?}"
+        );
+        // Polling a folder for the outcome, with a deadline.
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(note["message_id"], meta.message_id.to_string());
+    assert_eq!(note["cause"], "refused");
+    assert_eq!(note["reason"], "aead");
+    let id = meta.message_id.to_string();
+    let still_spooled = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains(&id));
+    assert!(!still_spooled, "the quarantined image left the spool");
+}
+
+#[test]
+fn forged_results_never_reach_a_sensor_and_the_real_ones_do() {
+    let mut rig = Rig::start_with(20, Duration::from_millis(100), 1);
+    rig.results_flow(2);
+    // The receiver stops; the gateway's images wait in its spool. Another
+    // receiver's certificate (which may read images and write results)
+    // answers them itself: "normal" at 0.4242, with no valid MAC, one of
+    // them on the other sensor's results topic.
+    rig.stop_receiver_gracefully(0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = client::settings(&rig.pki, &rig.broker, "receiver-2").unwrap();
+        let mut forger = TestClient::connect(
+            &settings,
+            "receiver-2",
+            &["medgate/v1/site-a/gw-1/images/+".to_owned()],
+            WAIT,
+        )
+        .await
+        .unwrap();
+        let images = forger
+            .expect("medgate/v1/site-a/gw-1/images/", 2, WAIT)
+            .await
+            .unwrap();
+        for (i, image) in images.iter().enumerate() {
+            let meta = envelope::parse(&image.payload).unwrap().header.meta;
+            let device = if i == 0 {
+                meta.device.to_string()
+            } else if meta.device.as_str() == "xr-1" {
+                "xr-2".to_owned()
+            } else {
+                "xr-1".to_owned()
+            };
+            let forged = ResultMessage {
+                message_id: meta.message_id.to_string(),
+                site: meta.site.to_string(),
+                gateway: meta.gateway.to_string(),
+                device: device.clone(),
+                sequence: meta.sequence,
+                captured_at_ms: meta.captured_at_ms,
+                label: "normal".into(),
+                probabilities: [
+                    ("normal".to_owned(), 0.4242),
+                    ("pneumonia".to_owned(), 0.5758),
+                ]
+                .into(),
+                threshold: 0.99,
+                model_version: "forged".into(),
+                sha512: "00".repeat(64),
+                receiver: "receiver-2".into(),
+                timings: Timings {
+                    open_ms: 0.0,
+                    queue_ms: 0.0,
+                    inference_ms: 0.0,
+                    batch_size: 1,
+                    total_ms: 0.0,
+                },
+                mac: "00".repeat(32),
+            };
+            forger
+                .publish(
+                    format!("medgate/v1/site-a/gw-1/results/{device}"),
+                    serde_json::to_vec(&Answer::Result(forged)).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // The real receiver comes back; every frame gets its real result, and
+    // none the forged one.
+    rig.start_receiver_again(0);
+    rig.every_frame_answered_once();
+    for sensor in &rig.sensors {
+        let results = sensor.wait_for_results(rig.frames as usize, WAIT);
+        assert!(
+            results.iter().all(|r| r.confidence != 4242),
+            "{}: a forged result reached the sensor",
+            sensor.name()
+        );
+    }
 }
 
 #[test]

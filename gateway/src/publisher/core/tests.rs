@@ -290,6 +290,22 @@ impl Harness {
     }
 }
 
+/// The result a delivery carries.
+fn classified(delivery: &Delivery) -> &ResultMessage {
+    match &delivery.verdict {
+        Verdict::Classified(result) => result,
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+/// The rejection a delivery carries.
+fn rejected(delivery: &Delivery) -> &Rejection {
+    match &delivery.verdict {
+        Verdict::Rejected(rejection) => rejection,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
 fn image_topic() -> String {
     topics::images(&name("site-a"), &name("gw-1"), &name("xr-1"))
 }
@@ -429,8 +445,8 @@ async fn a_result_reaches_its_device_and_only_then_the_image_leaves_the_spool() 
 
     h.result_arrives(h.result_for(id)).await;
     let delivery = h.deliveries.recv().await.unwrap();
-    assert_eq!(delivery.result.message_id, id.to_string());
-    assert_eq!(delivery.result.label, "pneumonia");
+    assert_eq!(classified(&delivery).message_id, id.to_string());
+    assert_eq!(classified(&delivery).label, "pneumonia");
     assert!(h.spooled(&id), "kept until the device has it");
     assert_eq!(h.metrics.results.get(), 1);
 
@@ -531,7 +547,10 @@ async fn forged_or_mismatched_results_reach_no_device_and_the_image_stays() {
 
     // The genuine result still gets through.
     h.result_arrives(h.result_for(id)).await;
-    assert_eq!(h.deliveries.recv().await.unwrap().result.label, "pneumonia");
+    assert_eq!(
+        classified(&h.deliveries.recv().await.unwrap()).label,
+        "pneumonia"
+    );
 }
 
 #[tokio::test]
@@ -546,8 +565,18 @@ async fn an_authenticated_refusal_quarantines_the_image_and_a_forged_one_does_no
     assert_eq!(h.answers_refused("bad_mac"), 1);
 
     h.result_arrives(h.refusal_for(id, "aead")).await;
+    // The device is told first (sidecar, RESULT register); only then does
+    // the image move to quarantine.
+    let delivery = h.deliveries.recv().await.unwrap();
+    let rejection = rejected(&delivery);
+    assert_eq!(
+        (rejection.cause.as_str(), rejection.reason.as_str()),
+        ("refused", "aead")
+    );
+    assert!(h.spooled(&id), "kept until the device knows");
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
     assert!(!h.spooled(&id), "out of the spool");
-    assert!(h.deliveries.try_recv().is_err());
     assert_eq!(h.quarantined("refused"), 1);
     assert_eq!(h.spool.lock().unwrap().quarantined(), 1);
     let notes: Vec<_> = std::fs::read_dir(h.dir.path().join("spool/quarantine"))
@@ -582,7 +611,15 @@ async fn an_image_nobody_answers_is_quarantined_after_the_last_publication() {
     assert!(h.spooled(&id));
     tokio::time::advance(TIMEOUT).await;
     h.core.publish_due().await;
+    let delivery = h.deliveries.recv().await.unwrap();
+    assert_eq!(rejected(&delivery).cause, "unanswered");
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
     assert!(!h.spooled(&id));
     assert_eq!(h.quarantined("unanswered"), 1);
+    // Not published again, and not rejected twice.
+    tokio::time::advance(TIMEOUT).await;
+    h.core.publish_due().await;
+    assert!(h.deliveries.try_recv().is_err());
     assert_eq!(h.metrics.published.get(), u64::from(MAX_PUBLICATIONS));
 }

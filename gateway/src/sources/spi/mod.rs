@@ -22,18 +22,17 @@ use embedded_hal::digital::InputPin;
 use embedded_hal::spi::SpiDevice;
 use medgate_shared::header::Modality;
 use medgate_shared::ids::{MessageId, Name};
-use medgate_shared::messages::ResultMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::driver::{SensorError, SpiSensor};
 use self::frames::FrameMap;
-use self::registers::ResultRecord;
+use self::registers::{FLAG_REJECTED, ResultRecord};
 use self::virtual_bus::VirtualBus;
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture};
 use crate::intake::{Intake, Refusal};
-use crate::messages::Delivery;
+use crate::messages::{Delivery, Verdict};
 use crate::metrics::Metrics;
 
 /// How an SPI sensor is reached.
@@ -221,7 +220,7 @@ fn session<S: SpiDevice, P: InputPin>(
         while let Ok(delivery) = results.try_recv() {
             // A bus error drops the delivery: the image stays spooled and
             // its result comes again.
-            write_back(sensor, config, frames, &delivery.result)?;
+            write_back(sensor, config, frames, &delivery.verdict)?;
             let _ = delivery.done.send(());
         }
         if !sensor.frame_ready()? {
@@ -284,12 +283,28 @@ fn write_back<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
     config: &SpiSensorConfig,
     frames: &mut FrameMap,
-    result: &ResultMessage,
+    verdict: &Verdict,
 ) -> Result<(), SensorError> {
-    let id = result.message_id.parse::<MessageId>().ok();
+    let id = verdict.message_id().parse::<MessageId>().ok();
     let Some((id, frame)) = id.and_then(|id| Some((id, frames.frame(&id)?))) else {
-        tracing::info!(device = %config.device, message = %result.message_id, label = %result.label, "result for an image without a frame record (a second copy of a frame): logged only");
+        tracing::info!(device = %config.device, message = %verdict.message_id(), "verdict for an image without a frame record (a second copy of a frame): logged only");
         return Ok(());
+    };
+    let result = match verdict {
+        Verdict::Classified(result) => result,
+        Verdict::Rejected(rejection) => {
+            // Class unknown, flag REJECTED: the sensor learns its frame
+            // will not be classified (the image is kept in quarantine).
+            sensor.write_result(ResultRecord {
+                frame,
+                class: 0xFF,
+                confidence: 0,
+                flags: FLAG_REJECTED,
+            })?;
+            frames.forget(&id);
+            tracing::warn!(device = %config.device, frame, cause = %rejection.cause, reason = %rejection.reason, "rejection written to the sensor");
+            return Ok(());
+        }
     };
     let class = result
         .probabilities

@@ -39,6 +39,9 @@ pub const FRAME_DATA: u8 = 0x20;
 pub const RESULT: u8 = 0x30;
 /// Size of `RESULT`.
 pub const RESULT_LEN: usize = 8;
+/// `RESULT` flags bit 0: the frame will not be classified (a receiver
+/// refused it, or nobody answered it); class is 0xFF and confidence 0.
+pub const FLAG_REJECTED: u8 = 0x01;
 
 /// The `FRAME_INFO` register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +92,7 @@ pub struct ResultRecord {
     pub class: u8,
     /// Probability of that class in units of 1/10000.
     pub confidence: u16,
-    /// Reserved, zero.
+    /// Bit 0 [`FLAG_REJECTED`]; the others zero.
     pub flags: u8,
 }
 
