@@ -65,6 +65,7 @@ impl ReceiverConfig {
                 private_key,
                 trusted_gateways,
                 audit_site: default_audit_site(),
+                state_dir: None,
             },
             mqtt,
             model: ModelSection::default(),
@@ -92,6 +93,10 @@ pub struct ReceiverSection {
     /// Site for audit records of messages that name no valid site.
     #[serde(default = "default_audit_site")]
     pub audit_site: String,
+    /// Where answers are kept across restarts (`answers.jsonl`); without
+    /// it they live in memory only.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// `[model]`.
@@ -233,6 +238,8 @@ pub struct Settings {
     pub group: Name,
     /// Site for unattributable audit records.
     pub audit_site: Name,
+    /// The answer journal's folder, if any.
+    pub state_dir: Option<PathBuf>,
     /// Broker settings.
     pub mqtt: BrokerSettings,
     /// TLS client configuration built from them.
@@ -312,6 +319,7 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         name,
         group,
         audit_site,
+        state_dir: raw.receiver.state_dir.clone(),
         tls,
         private_key,
         trust: Arc::new(trust),

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::acks::{Acks, Ticket};
 use super::batcher::Batcher;
 use super::dedupe::{Begin, Dedupe};
+use super::journal::Journal;
 use super::metrics::Metrics;
 use super::replay::{DeviceKey, ReplayGuard};
 use super::rules::{self, Rule};
@@ -59,6 +60,8 @@ pub struct Context {
     pub trust: Arc<TrustFile>,
     /// Answers by message id and replay windows.
     pub memory: Mutex<Memory>,
+    /// The same answers on disk, when a state folder is configured.
+    pub journal: Option<Journal>,
     /// The inference thread.
     pub batcher: Batcher,
     /// The model's card (classes, threshold, input size, version).
@@ -220,6 +223,9 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
                 ctx.metrics
                     .processing_seconds
                     .observe(received.elapsed().as_secs_f64());
+                if let Some(journal) = &ctx.journal {
+                    journal.record(&device, accepted.header.meta.sequence, &result);
+                }
                 let waiters = ctx.memory().dedupe.finish(id, result.clone());
                 for waiter in waiters {
                     let _ = waiter.send(result.clone());

@@ -7,6 +7,7 @@
 //! - [`batcher`]: dynamic batching on a dedicated inference thread.
 //! - [`dedupe`]: one classification per message id; repeats get the cached result.
 //! - [`replay`]: per-device sequence windows against replayed or forged messages.
+//! - [`journal`]: answers on disk, so a restart remembers them.
 //! - [`rules`]: which results notify which ward.
 //! - [`metrics`]: the Prometheus metrics.
 pub mod acks;
@@ -14,6 +15,7 @@ pub mod batcher;
 pub mod config;
 pub mod dedupe;
 pub mod handler;
+pub mod journal;
 pub mod metrics;
 pub mod replay;
 pub mod rules;

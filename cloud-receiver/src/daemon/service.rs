@@ -33,6 +33,7 @@ use super::batcher::{self, BatchLimits};
 use super::config::Settings;
 use super::dedupe::Dedupe;
 use super::handler::{self, Context, Memory};
+use super::journal;
 use super::metrics::Metrics;
 use super::replay::ReplayGuard;
 use crate::model::backend::{self, BackendError};
@@ -57,6 +58,9 @@ pub enum ServiceError {
     /// The inference thread could not start or stopped.
     #[error("inference thread: {0}")]
     Inference(String),
+    /// The answer journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 /// A running service's addresses, for logs and tests.
@@ -109,6 +113,37 @@ pub async fn run(
     options.set_manual_acks(true);
     let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
     let limits = settings.limits.clone();
+    let mut memory = Memory {
+        dedupe: Dedupe::new(limits.remember_results),
+        replay: ReplayGuard::new(limits.replay_window, limits.replay_devices),
+    };
+    let (journal, journal_writer) = match &settings.state_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let keep = limits.remember_results;
+            let (journal, restored, writer) =
+                tokio::task::spawn_blocking(move || journal::open(&dir, keep))
+                    .await
+                    .map_err(|e| ServiceError::Inference(e.to_string()))??;
+            let count = restored.answers.len();
+            for answer in restored.answers {
+                let Ok(id) = answer.result.message_id.parse() else {
+                    continue;
+                };
+                let _ = memory.replay.check(&answer.device, answer.sequence);
+                memory.dedupe.finish(id, Arc::new(answer.result));
+            }
+            if count + restored.skipped > 0 {
+                tracing::info!(
+                    answers = count,
+                    skipped = restored.skipped,
+                    "answers remembered from the journal"
+                );
+            }
+            (Some(journal), Some(writer))
+        }
+        None => (None, None),
+    };
     let ctx = Arc::new(Context {
         name: settings.name.clone(),
         audit_site: settings.audit_site.clone(),
@@ -116,10 +151,8 @@ pub async fn run(
         acks: Acks::spawn(client.clone()),
         opener: Opener::new(settings.private_key, limits.session_keys),
         trust: settings.trust.clone(),
-        memory: Mutex::new(Memory {
-            dedupe: Dedupe::new(limits.remember_results),
-            replay: ReplayGuard::new(limits.replay_window, limits.replay_devices),
-        }),
+        memory: Mutex::new(memory),
+        journal,
         batcher,
         card,
         rules: settings.rules.clone(),
@@ -172,6 +205,10 @@ pub async fn run(
     mqtt::disconnect(&client, driver).await;
     stop.cancel();
     drop(ctx);
+    // The journal writer ends once the context is gone, every answer flushed.
+    if let Some(writer) = journal_writer {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
     let joined = tokio::task::spawn_blocking(move || inference_thread.join().is_ok()).await;
     if failed || !matches!(joined, Ok(true)) {
         return Err(ServiceError::Inference(

@@ -100,6 +100,7 @@ fn start_receiver(
     receiver.model.max_batch = 8;
     receiver.model.max_wait_ms = 5;
     receiver.metrics.listen = metrics.to_string();
+    receiver.receiver.state_dir = Some(dir.join(format!("{name}-state")));
     receiver.notify.push(Rule::new(
         "pneumonia",
         0.5,
@@ -600,6 +601,92 @@ fn forged_results_never_reach_a_sensor_and_the_real_ones_do() {
             sensor.name()
         );
     }
+}
+
+#[test]
+fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_again() {
+    // The minimal broker config: the replayer holds gw-1's certificate
+    // beside the running gateway.
+    let mut rig = Rig::start_on(20, Duration::from_millis(50), 1, false);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let spy_settings = client::settings(&rig.pki, &rig.broker, "receiver-2").unwrap();
+    let replayer_settings = client::settings(&rig.pki, &rig.broker, "gw-1").unwrap();
+    let mut spy = runtime
+        .block_on(TestClient::connect(
+            &spy_settings,
+            "spy",
+            &["medgate/v1/site-a/gw-1/images/+".to_owned()],
+            WAIT,
+        ))
+        .unwrap();
+    let captured = runtime
+        .block_on(spy.expect("medgate/v1/site-a/gw-1/images/", 1, WAIT))
+        .unwrap()
+        .remove(0);
+    let id = envelope::parse(&captured.payload)
+        .unwrap()
+        .header
+        .meta
+        .message_id
+        .to_string();
+    rig.every_frame_answered_once();
+
+    // A restart (as systemd does it), then the captured image again.
+    rig.restart_receiver_gracefully(0);
+    let metrics_before = runtime
+        .block_on(metrics::scrape(rig.receiver_metrics[0]))
+        .unwrap();
+    assert_eq!(
+        metrics::value(&metrics_before, "medgate_receiver_received_total").unwrap_or(0.0),
+        0.0
+    );
+    let answer = runtime.block_on(async {
+        let mut replayer = TestClient::connect(
+            &replayer_settings,
+            "replayer",
+            &["medgate/v1/site-a/gw-1/results/+".to_owned()],
+            WAIT,
+        )
+        .await
+        .unwrap();
+        replayer
+            .publish(captured.topic.clone(), captured.payload.clone())
+            .await
+            .unwrap();
+        loop {
+            let got = replayer
+                .expect("medgate/v1/site-a/gw-1/results/", 1, WAIT)
+                .await
+                .unwrap()
+                .remove(0);
+            let answer: Answer = serde_json::from_slice(&got.payload).unwrap();
+            if answer.message_id() == id {
+                break answer;
+            }
+        }
+    });
+    let Answer::Result(result) = answer else {
+        panic!("the earlier result, not a refusal: {answer:?}");
+    };
+    assert_eq!(result.message_id, id);
+    // Answered from the journal: one receipt, one duplicate, no
+    // classification and no second notification.
+    let text = runtime
+        .block_on(metrics::scrape(rig.receiver_metrics[0]))
+        .unwrap();
+    let count = |line: &str| metrics::value(&text, line).unwrap_or(0.0);
+    assert_eq!(count("medgate_receiver_received_total"), 1.0, "{text}");
+    assert_eq!(count("medgate_receiver_duplicates_total"), 1.0, "{text}");
+    for label in ["normal", "pneumonia"] {
+        let line = format!("medgate_receiver_results_total{{label=\"{label}\"}}");
+        assert_eq!(count(&line), 0.0, "{text}");
+    }
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("medgate_receiver_notifications_total") && !l.ends_with(" 0")),
+        "{text}"
+    );
 }
 
 #[test]
