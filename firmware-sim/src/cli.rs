@@ -99,6 +99,11 @@ enum Command {
         /// but no TCP_NODELAY: ~40 ms more latency); auto: mosquitto when installed.
         #[arg(long, value_enum, default_value_t = BrokerKind::Auto)]
         broker: BrokerKind,
+        /// Junk messages per second during the measured time, published with a second
+        /// enrolled gateway's certificate and signing key (random bytes, images signed by
+        /// a stranger, images with random wrapped keys); 0: none.
+        #[arg(long, default_value_t = 0.0)]
+        junk_rate: f64,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -307,6 +312,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             gateway_bin,
             ceiling_seconds,
             broker,
+            junk_rate,
             json,
         } => {
             let report = load::run(&load::LoadOptions {
@@ -321,6 +327,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 gateway: load::gateway_program(gateway_bin)?,
                 ceiling_duration: std::time::Duration::from_secs(ceiling_seconds.max(1)),
                 broker,
+                junk_rate,
             })?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -58,6 +58,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         gateway: GatewayMode::InProcess,
         poll_ms: 1,
         broker: BrokerKind::Embedded,
+        junk_gateway: false,
     })?;
     eprintln!(
         "running ({:.1} s to start):\n  broker    rumqttd on {} (MQTT v5, TLS with client certificates)\n  receiver  receiver-1, backend {}, shared subscription group \"receivers\"\n  gateway   {}/{}: {} SPI sensor(s) on the virtual bus, spool on disk\n  sensors   {} × {:.1} frames/s of {}×{} chest X-rays\n  files     {} (removed at exit)\n{}",

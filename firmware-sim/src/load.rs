@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -20,7 +20,7 @@ use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::ReceiverPublicKey;
 use medgate_shared::seal::{RotationPolicy, Sealer};
-use medgate_testkit::procstat;
+use medgate_testkit::{forge, procstat};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event};
@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::broker::BrokerKind;
 use crate::sensor::Feed;
 use crate::stats::{Latencies, Percentiles};
-use crate::system::{GatewayMode, Options, System};
+use crate::system::{GatewayMode, JUNK_GATEWAY, Options, SITE, System};
 use crate::tools;
 
 /// What to run.
@@ -57,6 +57,10 @@ pub struct LoadOptions {
     pub ceiling_duration: Duration,
     /// The broker.
     pub broker: BrokerKind,
+    /// Junk messages per second published during the measured time (0:
+    /// none), as an enrolled gateway whose certificate and signing key were
+    /// stolen would.
+    pub junk_rate: f64,
 }
 
 /// The load report (`--json` prints it as one object).
@@ -101,6 +105,10 @@ pub struct LoadReport {
     pub ceiling: Ceiling,
     /// `images_per_s / ceiling.messages_per_s`.
     pub ratio_of_ceiling: f64,
+    /// Junk offered per second during the measured time.
+    pub junk_offered_per_s: f64,
+    /// Junk messages published.
+    pub junk_sent: u64,
 }
 
 /// The gateway process's footprint during the measured time.
@@ -164,6 +172,10 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         options.rate > 0.0 && options.rate <= 10_000.0,
         "--rate must be in (0, 10000] images/s"
     );
+    anyhow::ensure!(
+        (0.0..=100_000.0).contains(&options.junk_rate),
+        "--junk-rate must be in [0, 100000] messages/s"
+    );
     let feed = match tools::dataset_path(options.data.clone()) {
         Ok(path) if path.exists() => Feed::from_npz(&path, SplitName::Val, options.size, 64)?,
         _ => Feed::generated(options.size, 16),
@@ -182,6 +194,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         },
         poll_ms: 1,
         broker: options.broker,
+        junk_gateway: options.junk_rate > 0.0,
     })?;
     let pid = system
         .gateway_pid()
@@ -194,6 +207,12 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         std::thread::sleep(SAMPLE_EVERY);
     }
 
+    let stop_junk = Arc::new(AtomicBool::new(false));
+    let junk = if options.junk_rate > 0.0 {
+        Some(junk(&system, options.junk_rate, stop_junk.clone())?)
+    } else {
+        None
+    };
     let before: Vec<_> = system.sensors().iter().map(|s| s.log()).collect();
     let ticks_before = procstat::cpu_ticks(pid);
     let started = Instant::now();
@@ -205,6 +224,13 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let after: Vec<_> = system.sensors().iter().map(|s| s.log()).collect();
+    stop_junk.store(true, Ordering::SeqCst);
+    let junk_sent = match junk {
+        Some(thread) => thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the junk thread panicked"))??,
+        None => 0,
+    };
     let cpu_seconds =
         procstat::cpu_ticks(pid).saturating_sub(ticks_before) as f64 / procstat::clock_ticks();
     let peak_kb = procstat::status_kb(pid, "VmHWM:");
@@ -269,6 +295,8 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             rss_peak_mb: peak_kb as f64 / 1024.0,
             cpu_percent: 100.0 * cpu_seconds / seconds,
         },
+        junk_offered_per_s: options.junk_rate,
+        junk_sent,
         ratio_of_ceiling: if ceiling.messages_per_s > 0.0 {
             images_per_s / ceiling.messages_per_s
         } else {
@@ -323,6 +351,100 @@ fn sealed_payloads(system: &System, feed: &Feed) -> anyhow::Result<Vec<Vec<u8>>>
             Ok(sealer.seal(&meta, image)?.bytes)
         })
         .collect()
+}
+
+/// Starts publishing junk at `rate` messages/s as [`JUNK_GATEWAY`] (its
+/// certificate, its enrolled signing key) on its own images topic until
+/// `stop`, in turn: random bytes (`malformed`), an image signed by a key
+/// nobody enrolled (`unknown_gateway`), and an image it signed itself whose
+/// wrapped key is random, a new key id every time (`unknown_key`, or
+/// `key_rate_limited` once its allowance of unwraps is spent: without that
+/// allowance each would cost the receiver an RSA operation). QoS 0, from
+/// its own thread and runtime. The thread returns how many it published.
+fn junk(
+    system: &System,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<u64>>> {
+    use rand::RngCore;
+
+    let identity_file = system
+        .junk_identity()
+        .context("the junk gateway is not enrolled")?;
+    let enrolled = GatewayIdentity::read(identity_file)?;
+    let public = ReceiverPublicKey::read(system.receiver_public_key())?;
+    let name = |text: &str| Name::new(text).map_err(anyhow::Error::from);
+    let meta = ImageMeta {
+        message_id: MessageId::random(),
+        site: name(SITE)?,
+        gateway: name(JUNK_GATEWAY)?,
+        device: name("junk")?,
+        epoch: 1,
+        sequence: 1,
+        captured_at_ms: 0,
+        modality: Modality::Dx,
+        model_hint: None,
+    };
+    let pixels = medgate_shared::pixels::Pixels::new(
+        28,
+        28,
+        medgate_shared::pixels::PixelFormat::Gray8,
+        vec![7; 28 * 28],
+    )?;
+    let stranger = Sealer::new(
+        public.clone(),
+        GatewayIdentity::generate(),
+        RotationPolicy::default(),
+    )
+    .seal(&meta, &pixels)?
+    .bytes;
+    let own = Sealer::new(public, enrolled.clone(), RotationPolicy::default())
+        .seal(&meta, &pixels)?
+        .bytes;
+    let wrapped_len = medgate_shared::envelope::parse(&own)?.wrapped_key.len();
+    let (settings, tls) = system.client(JUNK_GATEWAY)?;
+    let topic = format!("medgate/v1/{SITE}/{JUNK_GATEWAY}/images/junk");
+    let thread = std::thread::Builder::new()
+        .name("junk".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let (client, mut events) =
+                    AsyncClient::new(settings.options(JUNK_GATEWAY, &tls), 4096);
+                tokio::spawn(async move { while events.poll().await.is_ok() {} });
+                let mut rng = rand::thread_rng();
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                    while sent < due {
+                        let payload = match sent % 3 {
+                            0 => {
+                                let mut noise = vec![0u8; 600];
+                                rng.fill_bytes(&mut noise);
+                                noise
+                            }
+                            1 => stranger.clone(),
+                            _ => {
+                                let mut wrapped = vec![0u8; wrapped_len];
+                                rng.fill_bytes(&mut wrapped);
+                                forge::with_wrapped_key(&own, &enrolled, &wrapped)?
+                            }
+                        };
+                        // A full client queue drops this one: junk is junk.
+                        let _ = client.try_publish(topic.clone(), QoS::AtMostOnce, false, payload);
+                        sent += 1;
+                    }
+                }
+                let _ = client.disconnect().await;
+                Ok(sent)
+            })
+        })?;
+    Ok(thread)
 }
 
 /// Publishes `payloads` round and round for `duration` from one client to
@@ -466,7 +588,8 @@ pub fn render_text(report: &LoadReport) -> String {
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
          ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, at most {} undelivered, same broker, same payloads; {} of {} lost), {}\n\
-         ratio:        {:.2} of the ceiling\n",
+         ratio:        {:.2} of the ceiling\n\
+         junk:         {:.0} messages/s offered, {} published during the measured time\n",
         report.sensors,
         report.offered_per_s,
         report.size,
@@ -494,6 +617,8 @@ pub fn render_text(report: &LoadReport) -> String {
         report.ceiling.messages,
         latency(report.ceiling.latency_ms),
         report.ratio_of_ceiling,
+        report.junk_offered_per_s,
+        report.junk_sent,
     )
 }
 

@@ -34,6 +34,9 @@ use crate::sensor::{Feed, Sensor};
 pub const SITE: &str = "demo-site";
 /// The demo gateway's name (and MQTT identity).
 pub const GATEWAY: &str = "gw-demo";
+/// A second enrolled gateway whose certificate and signing key the load
+/// generator's junk stream plays as stolen.
+pub const JUNK_GATEWAY: &str = "gw-junk";
 
 /// The gateway's result timeout: longer than the load generator's drain,
 /// so that an image the broker dropped shows as unanswered instead of being
@@ -79,6 +82,8 @@ pub struct Options {
     pub poll_ms: u64,
     /// The broker.
     pub broker: BrokerKind,
+    /// Also enrol [`JUNK_GATEWAY`] (for the load generator's junk).
+    pub junk_gateway: bool,
 }
 
 /// A running system.
@@ -94,6 +99,8 @@ pub struct System {
     receiver_public_key: PathBuf,
     /// The gateway's signing key file.
     gateway_identity: PathBuf,
+    /// [`JUNK_GATEWAY`]'s signing key file, when enrolled.
+    junk_identity: Option<PathBuf>,
     /// The receivers' trust list.
     trust_list: PathBuf,
     backend: String,
@@ -126,13 +133,22 @@ impl System {
         // list naming it (which the broker's access rules come from too).
         let (gateway_identity, enrolled) =
             identity::gateway_identity(&root.join("gateway-keys"), SITE, GATEWAY)?;
+        let mut enrolled = vec![enrolled];
+        let junk_identity = if options.junk_gateway {
+            let (path, junk) =
+                identity::gateway_identity(&root.join("gateway-keys"), SITE, JUNK_GATEWAY)?;
+            enrolled.push(junk);
+            Some(path)
+        } else {
+            None
+        };
         let trust_list = root.join("trusted-gateways.toml");
-        identity::write_trust_list(&trust_list, [enrolled.clone()])?;
+        identity::write_trust_list(&trust_list, enrolled.clone())?;
         let broker = Broker::start(
             options.broker,
             &pki,
             root,
-            &TrustList::new([enrolled]),
+            &TrustList::new(enrolled),
             options.receivers,
         )?;
         let (private_key, receiver_public_key) =
@@ -155,6 +171,7 @@ impl System {
             gateway_child: None,
             receiver_public_key,
             gateway_identity,
+            junk_identity,
             trust_list,
             backend: String::new(),
             interrupted: Arc::new(AtomicBool::new(false)),
@@ -356,6 +373,11 @@ impl System {
     /// The gateway's signing key file.
     pub fn gateway_identity(&self) -> &Path {
         &self.gateway_identity
+    }
+
+    /// [`JUNK_GATEWAY`]'s signing key file, when enrolled.
+    pub fn junk_identity(&self) -> Option<&Path> {
+        self.junk_identity.as_deref()
     }
 
     /// Stops the sensors capturing and kills the gateway child process (a

@@ -350,6 +350,10 @@ pub enum OpenError {
     /// The wrapped session key does not open with the receiver's private key.
     #[error("session key {0} cannot be unwrapped")]
     UnknownKey(KeyId),
+    /// The signing gateway asked for more new session keys than any
+    /// gateway needs; this one was not tried.
+    #[error("gateway key {0} asked for too many new session keys; refused without trying")]
+    KeyRateLimited(SignerId),
     /// The AEAD tag does not verify: the bytes were altered or forged.
     #[error("authentication failed (AEAD tag mismatch)")]
     Aead,
@@ -367,6 +371,7 @@ impl OpenError {
             Self::BadSignature => "bad_signature",
             Self::UnknownRecipient(_) => "unknown_recipient",
             Self::UnknownKey(_) => "unknown_key",
+            Self::KeyRateLimited(_) => "key_rate_limited",
             Self::Aead => "aead",
             Self::TagMismatch => "tag_mismatch",
         }

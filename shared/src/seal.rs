@@ -149,17 +149,59 @@ impl From<OpenError> for Rejected {
     }
 }
 
-/// Session keys unwrapped so far, and key ids that failed (each costs at
-/// most one RSA attempt), both bounded, oldest evicted.
+/// New session keys one gateway signing key may have unwrapped at once...
+pub const UNWRAP_BURST: u32 = 32;
+/// ...and then one more per this long. A gateway starts a session key after
+/// 10 000 images or an hour, and at each restart; a signer asking for far
+/// more is an enrolled key in the wrong hands or a broken gateway, and each
+/// request would cost an RSA operation. Its excess is refused
+/// (`key_rate_limited`) without one; a real image refused so comes back at
+/// the gateway's result timeout.
+pub const UNWRAP_REFILL: Duration = Duration::from_secs(10);
+
+/// A signer's unwrap allowance.
+struct Allowance {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Session keys unwrapped so far, key ids that failed (each costs at most
+/// one RSA attempt), both bounded, oldest evicted; and each signer's
+/// allowance of new unwraps.
 struct KeyCache {
     good: HashMap<KeyId, SessionKey>,
     good_order: VecDeque<KeyId>,
     bad: HashSet<KeyId>,
     bad_order: VecDeque<KeyId>,
+    allowances: HashMap<SignerId, Allowance>,
     capacity: usize,
 }
 
 impl KeyCache {
+    /// Takes one unwrap from `signer`'s allowance, if it has one left.
+    fn allow_unwrap(&mut self, signer: SignerId, now: Instant) -> bool {
+        // Signers are enrolled keys whose signature verified, so this map
+        // is as small as the trust list; bound it anyway.
+        if self.allowances.len() >= self.capacity && !self.allowances.contains_key(&signer) {
+            self.allowances.clear();
+        }
+        let burst = f64::from(UNWRAP_BURST);
+        let allowance = self.allowances.entry(signer).or_insert(Allowance {
+            tokens: burst,
+            at: now,
+        });
+        let earned =
+            now.saturating_duration_since(allowance.at).as_secs_f64() / UNWRAP_REFILL.as_secs_f64();
+        allowance.tokens = (allowance.tokens + earned).min(burst);
+        allowance.at = now;
+        if allowance.tokens >= 1.0 {
+            allowance.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     fn remember_good(&mut self, id: KeyId, key: SessionKey) {
         if self.good.contains_key(&id) {
             return;
@@ -208,6 +250,7 @@ impl Opener {
                 good_order: VecDeque::new(),
                 bad: HashSet::new(),
                 bad_order: VecDeque::new(),
+                allowances: HashMap::new(),
                 capacity,
             }),
         }
@@ -257,11 +300,15 @@ impl Opener {
         // parse() checked that key_id is the hash of these wrapped bytes, so
         // a cached key under this id was unwrapped from the same bytes.
         let cached = {
-            let cache = self.cache();
+            let mut cache = self.cache();
             if cache.bad.contains(&header.key_id) {
                 return Err(OpenError::UnknownKey(header.key_id).into());
             }
-            cache.good.get(&header.key_id).cloned()
+            let cached = cache.good.get(&header.key_id).cloned();
+            if cached.is_none() && !cache.allow_unwrap(header.signer, Instant::now()) {
+                return Err(OpenError::KeyRateLimited(header.signer).into());
+            }
+            cached
         };
         let session = match cached {
             Some(session) => session,

@@ -18,7 +18,7 @@ use medgate_shared::ids::Name;
 use medgate_shared::kdf::{MessageKeys, SessionKey};
 use medgate_shared::keys::key_id_of;
 use medgate_shared::pixels::{PixelFormat, Pixels};
-use medgate_shared::seal::{Opener, RotationPolicy, Sealer};
+use medgate_shared::seal::{self, Opener, RotationPolicy, Sealer};
 use proptest::prelude::*;
 
 fn meta(sequence: u64) -> ImageMeta {
@@ -397,4 +397,35 @@ proptest! {
         prop_assert_eq!(opened.pixels, px);
         prop_assert_eq!(opened.header.meta, m);
     }
+}
+
+#[test]
+fn an_enrolled_key_asking_for_ever_new_session_keys_is_cut_off_without_rsa() {
+    let (sealed, _) = recorded();
+    let opener = Opener::new(test_key(), 4096);
+    let parsed = envelope::parse(&sealed).unwrap();
+    let signature_at = parsed.signed.len();
+    let key_at = signature_at - parsed.wrapped_key.len();
+    let forged = |fill: u32| {
+        let mut bad = sealed.clone();
+        for (i, byte) in bad[key_at..signature_at].iter_mut().enumerate() {
+            *byte = (fill.wrapping_mul(2_654_435_761) >> (i % 24)) as u8 ^ i as u8;
+        }
+        let id = key_id_of(&bad[key_at..signature_at]);
+        let id_at = find(&bad[..key_at], parsed.header.key_id.as_bytes()).unwrap();
+        bad[id_at..id_at + 16].copy_from_slice(id.as_bytes());
+        let signature = test_identity().sign(&envelope::origin_message(&bad[..signature_at]));
+        bad[signature_at..signature_at + 64].copy_from_slice(&signature);
+        bad
+    };
+    // The real image's key was the first unwrap.
+    assert!(open_recorded(&opener, &sealed).is_ok());
+    let reasons: Vec<&str> = (0..seal::UNWRAP_BURST + 5)
+        .map(|k| open_recorded(&opener, &forged(k)).unwrap_err().reason())
+        .collect();
+    let tried = reasons.iter().filter(|r| **r == "unknown_key").count();
+    assert_eq!(tried, seal::UNWRAP_BURST as usize - 1, "{reasons:?}");
+    assert!(reasons.ends_with(&["key_rate_limited"; 5]), "{reasons:?}");
+    // A key already unwrapped still opens.
+    assert!(open_recorded(&opener, &sealed).is_ok());
 }

@@ -23,12 +23,29 @@ pub fn tampered(sealed: &[u8]) -> Vec<u8> {
 /// # Errors
 /// If `sealed` is not a well-formed sealed image.
 pub fn with_unknown_key(sealed: &[u8], identity: &GatewayIdentity) -> Result<Vec<u8>, FormatError> {
+    let len = envelope::parse(sealed)?.wrapped_key.len();
+    with_wrapped_key(sealed, identity, &vec![0x5a; len])
+}
+
+/// `sealed` with `wrapped` (as long as its own wrapped key) in place of its
+/// wrapped key, the key id to match, signed again by `identity`.
+///
+/// # Errors
+/// If `sealed` is not a well-formed sealed image.
+///
+/// # Panics
+/// When `wrapped` is not as long as the wrapped key it replaces.
+pub fn with_wrapped_key(
+    sealed: &[u8],
+    identity: &GatewayIdentity,
+    wrapped: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let parsed = envelope::parse(sealed)?;
     let body_at = parsed.associated_data.len() - SIGNATURE_LEN;
     let key_at = body_at - parsed.wrapped_key.len();
     let old_id = parsed.header.key_id;
     let mut bad = sealed.to_vec();
-    bad[key_at..body_at].fill(0x5a);
+    bad[key_at..body_at].copy_from_slice(wrapped);
     let forged_id = key_id_of(&bad[key_at..body_at]);
     // The key id sits in the header, before the wrapped key.
     if let Some(id_at) = bad[..key_at]
