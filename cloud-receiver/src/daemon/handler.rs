@@ -62,6 +62,8 @@ pub struct Context {
     pub memory: Mutex<Memory>,
     /// The same answers on disk, when a state folder is configured.
     pub journal: Option<Journal>,
+    /// How many refusals get their own audit record.
+    pub audits: AuditLimiter,
     /// The inference thread.
     pub batcher: Batcher,
     /// The model's card (classes, threshold, input size, version).
@@ -87,6 +89,73 @@ impl Context {
         // The daemon ends on any panic (logging::exit_on_panic), so a
         // poisoned lock is never seen in service; tests may still see one.
         self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Audit records published per second at most, after a burst of
+/// [`AUDIT_BURST`].
+pub const AUDIT_RATE: f64 = 50.0;
+/// Audit records that may go out at once.
+pub const AUDIT_BURST: f64 = 200.0;
+
+/// Whether a refusal gets its own audit record.
+enum Admit {
+    Yes,
+    /// No; `report` is how many were suppressed since the last report, at
+    /// most once a second.
+    No {
+        report: Option<u64>,
+    },
+}
+
+/// The audit allowance: a token bucket, and a count of what it held back.
+pub struct AuditLimiter {
+    state: Mutex<AuditState>,
+}
+
+struct AuditState {
+    tokens: f64,
+    at: Instant,
+    suppressed: u64,
+    reported: Option<Instant>,
+}
+
+impl Default for AuditLimiter {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(AuditState {
+                tokens: AUDIT_BURST,
+                at: Instant::now(),
+                suppressed: 0,
+                reported: None,
+            }),
+        }
+    }
+}
+
+impl AuditLimiter {
+    fn admit(&self, now: Instant) -> Admit {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let earned = now.saturating_duration_since(state.at).as_secs_f64() * AUDIT_RATE;
+        state.tokens = (state.tokens + earned).min(AUDIT_BURST);
+        state.at = now;
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            return Admit::Yes;
+        }
+        state.suppressed += 1;
+        let due = state
+            .reported
+            .is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 1);
+        if due {
+            state.reported = Some(now);
+            let report = std::mem::take(&mut state.suppressed);
+            Admit::No {
+                report: Some(report),
+            }
+        } else {
+            Admit::No { report: None }
+        }
     }
 }
 
@@ -517,6 +586,21 @@ async fn reject(
     header: Option<&Header>,
 ) {
     ctx.metrics.reject(reason);
+    // A flood of junk must not flood the audit topic (and the client queue
+    // that results share): past the allowance, refusals are counted only.
+    match ctx.audits.admit(Instant::now()) {
+        Admit::Yes => {}
+        Admit::No { report } => {
+            ctx.metrics.audits_suppressed.inc();
+            if let Some(suppressed) = report {
+                tracing::warn!(
+                    suppressed,
+                    "refusals arriving faster than the audit allowance: counted, not each audited (rejected_total, audits_suppressed_total)"
+                );
+            }
+            return;
+        }
+    }
     tracing::warn!(topic, reason, detail = %detail, bytes = publish.payload.len(), "message refused");
     let record = AuditRecord {
         receiver: ctx.name.to_string(),
@@ -544,4 +628,38 @@ async fn reject(
 
 fn millis(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn audits_are_limited_to_a_burst_then_a_rate_and_the_excess_is_reported_once_a_second() {
+        let limiter = AuditLimiter::default();
+        let start = Instant::now();
+        let admitted = (0..1000)
+            .filter(|_| matches!(limiter.admit(start), Admit::Yes))
+            .count();
+        assert_eq!(admitted, AUDIT_BURST as usize);
+        // The excess was reported once (the first suppression), not 800 times.
+        let later = start + Duration::from_millis(500);
+        let mut reports = Vec::new();
+        let mut yes = 0;
+        for _ in 0..100 {
+            match limiter.admit(later) {
+                Admit::Yes => yes += 1,
+                Admit::No { report: Some(n) } => reports.push(n),
+                Admit::No { report: None } => {}
+            }
+        }
+        assert_eq!(yes, (AUDIT_RATE / 2.0) as usize, "half a second's worth");
+        assert!(reports.is_empty(), "no second report within the second");
+        match limiter.admit(start + Duration::from_millis(1100)) {
+            Admit::Yes => {}
+            Admit::No { .. } => panic!("the allowance refills"),
+        }
+    }
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub overloaded: Counter,
     /// Refusals answered to gateways (authenticated).
     pub refusals_answered: Counter,
+    /// Refusals counted but not each audited (over the audit allowance).
+    pub audits_suppressed: Counter,
     /// Broker connection errors.
     pub connection_errors: Counter,
     /// Completed broker connections.
@@ -55,6 +57,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             overloaded: Counter::default(),
             refusals_answered: Counter::default(),
+            audits_suppressed: Counter::default(),
             connection_errors: Counter::default(),
             connections: Counter::default(),
         };
@@ -108,6 +111,11 @@ impl Metrics {
             "overloaded",
             "Messages left unacknowledged because intake was full",
             metrics.overloaded.clone(),
+        );
+        r.register(
+            "audits_suppressed",
+            "Refusals counted in rejected_total but not each published as an audit record",
+            metrics.audits_suppressed.clone(),
         );
         r.register(
             "refusals_answered",

@@ -32,7 +32,7 @@ use super::acks::Acks;
 use super::batcher::{self, BatchLimits};
 use super::config::Settings;
 use super::dedupe::Dedupe;
-use super::handler::{self, Context, Memory};
+use super::handler::{self, AuditLimiter, Context, Memory};
 use super::journal;
 use super::metrics::Metrics;
 use super::replay::ReplayGuard;
@@ -153,6 +153,7 @@ pub async fn run(
         trust: settings.trust.clone(),
         memory: Mutex::new(memory),
         journal,
+        audits: AuditLimiter::default(),
         batcher,
         card,
         rules: settings.rules.clone(),
