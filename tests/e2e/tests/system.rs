@@ -242,6 +242,39 @@ impl Rig {
         rig
     }
 
+    /// Kills the gateway process (SIGKILL) and returns once it is dead (a
+    /// zombie until [`start_gateway`](Self::start_gateway) reaps it and
+    /// starts it again). The broker may not have noticed yet: a client
+    /// connecting with its certificate takes the dead connection's place.
+    fn kill_gateway(&self) {
+        let Some(gateway) = &self.gateway else {
+            return;
+        };
+        let pid = gateway.0.id();
+        let killed = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            if matches!(state, None | Some("Z" | "X")) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not die"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     fn start_gateway(&mut self) {
         self.gateway = Some(Killed(
             Command::new(binary("medgate-gateway"))
@@ -605,9 +638,7 @@ fn forged_results_never_reach_a_sensor_and_the_real_ones_do() {
 
 #[test]
 fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_again() {
-    // The minimal broker config: the replayer holds gw-1's certificate
-    // beside the running gateway.
-    let mut rig = Rig::start_on(20, Duration::from_millis(50), 1, false);
+    let mut rig = Rig::start_with(20, Duration::from_millis(50), 1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let spy_settings = client::settings(&rig.pki, &rig.broker, "receiver-2").unwrap();
     let replayer_settings = client::settings(&rig.pki, &rig.broker, "gw-1").unwrap();
@@ -631,7 +662,10 @@ fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_agai
         .to_string();
     rig.every_frame_answered_once();
 
-    // A restart (as systemd does it), then the captured image again.
+    // A restart (as systemd does it), then the captured image again, sent
+    // with gw-1's certificate while the real gateway is down (client ids
+    // are certificate names: the replayer is gw-1 to the broker).
+    rig.kill_gateway();
     rig.restart_receiver_gracefully(0);
     let metrics_before = runtime
         .block_on(metrics::scrape(rig.receiver_metrics[0]))
@@ -718,6 +752,9 @@ fn a_broker_gone_for_30_s_while_sensors_capture_loses_nothing() {
 fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
     // One receiver, so that "replayed" is judged by the receiver that saw
     // the original (replay windows are per receiver).
+    // The minimal broker config: the attacker holds gw-1's certificate
+    // beside the running gateway (on the shipped config it would be gw-1
+    // itself to the broker, see the replay test).
     let rig = Rig::start_on(40, Duration::from_millis(50), 1, false);
     rig.results_flow(5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
