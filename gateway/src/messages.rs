@@ -34,6 +34,8 @@ pub enum Event {
         id: MessageId,
         /// Whether the device has it (and the spool let go of the image).
         delivered: bool,
+        /// Whether the image went to quarantine.
+        quarantined: bool,
     },
     /// A message on our results topics.
     Result {

@@ -88,7 +88,7 @@ pub async fn run(
     let status_topic = topics::status(&settings.site, &settings.name);
     options.set_last_will(LastWill::new(
         status_topic.clone(),
-        publisher::status_payload(&settings.name, "offline"),
+        publisher::status_payload(&settings.name, "offline", None),
         QoS::AtLeastOnce,
         true,
         None,
@@ -201,7 +201,7 @@ pub async fn run(
             status_topic,
             QoS::AtLeastOnce,
             true,
-            publisher::status_payload(&settings.name, "offline"),
+            publisher::status_payload(&settings.name, "offline", None),
         )
         .await;
     if !mqtt::disconnect(&client, link).await {

@@ -325,6 +325,32 @@ impl Spool {
         Ok(Some(entry))
     }
 
+    /// How many images are in `quarantine/`, and the notes of the `recent`
+    /// latest, newest first.
+    pub fn quarantine_summary(&self, recent: usize) -> (usize, Vec<QuarantineNote>) {
+        let Ok(items) = fs::read_dir(self.dir.join(QUARANTINE)) else {
+            return (0, Vec::new());
+        };
+        let mut notes: Vec<PathBuf> = Vec::new();
+        let mut count = 0;
+        for item in items.filter_map(Result::ok) {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.ends_with(SUFFIX) {
+                count += 1;
+            } else if name.ends_with(".json") {
+                notes.push(item.path());
+            }
+        }
+        // Names start with the spool order, so they sort by age.
+        notes.sort_unstable_by(|a, b| b.cmp(a));
+        let recent = notes
+            .iter()
+            .take(recent)
+            .filter_map(|path| serde_json::from_slice(&fs::read(path).ok()?).ok())
+            .collect();
+        (count, recent)
+    }
+
     /// How many images are in `quarantine/`.
     pub fn quarantined(&self) -> usize {
         fs::read_dir(self.dir.join(QUARANTINE)).map_or(0, |items| {

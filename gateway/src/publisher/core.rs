@@ -181,11 +181,7 @@ impl<C: Requests> Core<C> {
                 if let Err(e) = self.client.try_subscribe(filter) {
                     tracing::error!(cause = %e, "cannot subscribe to results");
                 }
-                let status = topics::status(&self.config.site, &self.config.gateway);
-                let payload = status_payload(&self.config.gateway, "online");
-                if self.client.try_publish(status, true, payload).is_ok() {
-                    self.awaiting_pkid.push_back(None);
-                }
+                self.publish_status();
                 self.publish_due().await;
             }
             Event::Disconnected => {
@@ -216,13 +212,35 @@ impl<C: Requests> Core<C> {
                 }
             }
             Event::Result { topic, payload } => self.result(&topic, &payload).await,
-            Event::Delivered { id, delivered } => {
+            Event::Delivered {
+                id,
+                delivered,
+                quarantined,
+            } => {
                 self.delivering.remove(&id);
                 if delivered {
                     self.publications.remove(&id);
                     self.refresh_gauges();
                 }
+                if quarantined && self.connected {
+                    self.publish_status();
+                }
             }
+        }
+    }
+
+    /// Publishes the retained "online" status with the quarantine's count
+    /// and latest images.
+    fn publish_status(&mut self) {
+        let quarantine = self
+            .spool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .quarantine_summary(super::STATUS_RECENT_QUARANTINED);
+        let status = topics::status(&self.config.site, &self.config.gateway);
+        let payload = status_payload(&self.config.gateway, "online", Some(&quarantine));
+        if self.client.try_publish(status, true, payload).is_ok() {
+            self.awaiting_pkid.push_back(None);
         }
     }
 
@@ -414,6 +432,7 @@ impl<C: Requests> Core<C> {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let delivered = delivered.await.is_ok();
+            let mut quarantined = false;
             if delivered {
                 let cause = note.as_ref().map(|n| n.cause.clone());
                 let let_go = tokio::task::spawn_blocking(move || {
@@ -426,6 +445,7 @@ impl<C: Requests> Core<C> {
                 .await;
                 match (let_go, cause) {
                     (Ok(Ok(())), Some(cause)) => {
+                        quarantined = true;
                         metrics
                             .quarantined
                             .get_or_create(&vec![("cause", cause.clone())])
@@ -439,7 +459,13 @@ impl<C: Requests> Core<C> {
                     }
                 }
             }
-            let _ = feedback.send(Event::Delivered { id, delivered }).await;
+            let _ = feedback
+                .send(Event::Delivered {
+                    id,
+                    delivered,
+                    quarantined,
+                })
+                .await;
         });
     }
 

@@ -19,6 +19,10 @@ use medgate_shared::ids::Name;
 use serde::Serialize;
 
 use crate::capture::now_ms;
+use crate::spool::QuarantineNote;
+
+/// Quarantined images the retained status names, newest first.
+pub const STATUS_RECENT_QUARANTINED: usize = 20;
 
 /// The gateway's retained status message.
 #[derive(Debug, Serialize)]
@@ -27,15 +31,28 @@ struct Status<'a> {
     gateway: &'a str,
     version: &'a str,
     at_ms: u64,
+    /// Images in the spool's quarantine (refused or never answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quarantined: Option<usize>,
+    /// The latest of them, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recently_quarantined: Option<&'a [QuarantineNote]>,
 }
 
-/// The retained status payload for `state` ("online" / "offline").
-pub fn status_payload(gateway: &Name, state: &str) -> Vec<u8> {
+/// The retained status payload for `state` ("online" / "offline"), with
+/// the quarantine's count and latest notes when known.
+pub fn status_payload(
+    gateway: &Name,
+    state: &str,
+    quarantine: Option<&(usize, Vec<QuarantineNote>)>,
+) -> Vec<u8> {
     serde_json::to_vec(&Status {
         state,
         gateway: gateway.as_str(),
         version: crate::VERSION,
         at_ms: now_ms(),
+        quarantined: quarantine.map(|(count, _)| *count),
+        recently_quarantined: quarantine.map(|(_, notes)| notes.as_slice()),
     })
     .unwrap_or_default()
 }

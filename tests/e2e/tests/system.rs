@@ -552,6 +552,32 @@ fn a_damaged_spool_image_is_refused_once_and_quarantined_and_a_wiped_state_is_cl
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().contains(&id));
     assert!(!still_spooled, "the quarantined image left the spool");
+    // Hospital IT sees it in the gateway's retained status.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = client::settings(&rig.pki, &rig.broker, "security").unwrap();
+    runtime.block_on(async {
+        let mut security = TestClient::connect(
+            &settings,
+            "security",
+            &["medgate/v1/site-a/gw-1/status".to_owned()],
+            WAIT,
+        )
+        .await
+        .unwrap();
+        loop {
+            let got = security
+                .expect("medgate/v1/site-a/gw-1/status", 1, WAIT)
+                .await
+                .unwrap()
+                .remove(0);
+            let status: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+            if status["quarantined"] == 1 {
+                assert_eq!(status["recently_quarantined"][0]["message_id"], id);
+                assert_eq!(status["recently_quarantined"][0]["reason"], "aead");
+                break;
+            }
+        }
+    });
 }
 
 #[test]

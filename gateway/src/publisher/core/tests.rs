@@ -574,10 +574,34 @@ async fn an_authenticated_refusal_quarantines_the_image_and_a_forged_one_does_no
         ("refused", "aead")
     );
     assert!(h.spooled(&id), "kept until the device knows");
+    h.broker.take();
     delivery.done.send(()).unwrap();
     h.feedback().await;
     assert!(!h.spooled(&id), "out of the spool");
     assert_eq!(h.quarantined("refused"), 1);
+    // The retained status lists it.
+    let status = h
+        .broker
+        .take()
+        .into_iter()
+        .find_map(|r| match r {
+            Request::Publish {
+                topic,
+                retain: true,
+                payload,
+            } if topic.ends_with("/status") => {
+                Some(serde_json::from_slice::<serde_json::Value>(&payload).unwrap())
+            }
+            _ => None,
+        })
+        .expect("a new retained status");
+    assert_eq!(status["state"], "online");
+    assert_eq!(status["quarantined"], 1);
+    assert_eq!(
+        status["recently_quarantined"][0]["message_id"],
+        id.to_string()
+    );
+    assert_eq!(status["recently_quarantined"][0]["reason"], "aead");
     assert_eq!(h.spool.lock().unwrap().quarantined(), 1);
     let notes: Vec<_> = std::fs::read_dir(h.dir.path().join("spool/quarantine"))
         .unwrap()
