@@ -144,17 +144,10 @@ impl Rig {
         Self::start_with(frames, period, 2)
     }
 
+    /// The broker runs the shipped `configs/mosquitto/medgate.conf` (client
+    /// ids are certificate names) with the access rules `medgate-receiver
+    /// broker-acl` writes from the rig's trust list.
     fn start_with(frames: u32, period: Duration, receivers: usize) -> Rig {
-        Self::start_on(frames, period, receivers, true)
-    }
-
-    /// With `shipped_config` the broker runs `configs/mosquitto/medgate.conf`
-    /// (client ids are certificate names); without it, a minimal config
-    /// where a second client with one certificate can connect beside the
-    /// first (to play an attacker holding a gateway's certificate). Either
-    /// way the access rules are what `medgate-receiver broker-acl` writes
-    /// from the rig's trust list.
-    fn start_on(frames: u32, period: Duration, receivers: usize, shipped_config: bool) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
         let keys = dir.path().join("keys");
@@ -171,7 +164,19 @@ impl Rig {
             .unwrap();
         assert!(enrolled.status.success());
         let trust = dir.path().join("gateways.toml");
-        std::fs::write(&trust, &enrolled.stdout).unwrap();
+        // A second enrolled gateway, whose certificate and key the junk
+        // test plays as stolen.
+        let junk = Command::new(binary("medgate-gateway"))
+            .args(["keygen", "--site", "site-a", "--name", "gw-junk", "--out"])
+            .arg(keys.join("gw-junk.identity.pem"))
+            .output()
+            .unwrap();
+        assert!(junk.status.success());
+        std::fs::write(
+            &trust,
+            [enrolled.stdout, b"\n".to_vec(), junk.stdout].concat(),
+        )
+        .unwrap();
         let acl = Command::new(binary("medgate-receiver"))
             .args(["broker-acl", "--trust"])
             .arg(&trust)
@@ -192,7 +197,7 @@ impl Rig {
         );
         let options = BrokerOptions {
             acl: Some(String::from_utf8(acl.stdout).unwrap()),
-            shipped_config,
+            shipped_config: true,
             ..BrokerOptions::default()
         };
         let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();
@@ -750,6 +755,115 @@ fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_agai
 }
 
 #[test]
+fn a_junk_flood_from_a_stolen_gateway_identity_is_refused_and_counted_while_the_stream_goes_on() {
+    // Scenario 8's shape; its p99 under 1 000 junk messages/s is measured
+    // with `medgate-sim load --junk-rate`, not asserted here.
+    let rig = Rig::start_with(40, Duration::from_millis(50), 1);
+    rig.results_flow(3);
+    const JUNK: u64 = 1500;
+    let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
+    let stolen = GatewayIdentity::read(&rig.keys_dir.join("gw-junk.identity.pem")).unwrap();
+    let meta = ImageMeta {
+        message_id: MessageId::random(),
+        site: "site-a".parse().unwrap(),
+        gateway: "gw-junk".parse().unwrap(),
+        device: "junk".parse().unwrap(),
+        epoch: 1,
+        sequence: 1,
+        captured_at_ms: 0,
+        modality: Modality::Dx,
+        model_hint: None,
+    };
+    let pixels = Pixels::new(28, 28, PixelFormat::Gray8, vec![7; 28 * 28]).unwrap();
+    let stranger = Sealer::new(
+        public.clone(),
+        GatewayIdentity::generate(),
+        RotationPolicy::default(),
+    )
+    .seal(&meta, &pixels)
+    .unwrap()
+    .bytes;
+    let own = Sealer::new(public, stolen.clone(), RotationPolicy::default())
+        .seal(&meta, &pixels)
+        .unwrap()
+        .bytes;
+    let wrapped_len = envelope::parse(&own).unwrap().wrapped_key.len();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let settings = client::settings(&rig.pki, &rig.broker, "gw-junk").unwrap();
+    runtime.block_on(async {
+        let junk = TestClient::connect(&settings, "gw-junk", &[], WAIT)
+            .await
+            .unwrap();
+        for k in 0..JUNK {
+            // Random-looking bytes, an image signed by nobody enrolled, and
+            // the stolen key's images with a new random wrapped key each.
+            let payload = match k % 3 {
+                0 => (0..600u64).map(|i| (i * 31 + k * 7) as u8).collect(),
+                1 => stranger.clone(),
+                _ => {
+                    // A distinct key id every time (k in the first bytes).
+                    let mut wrapped: Vec<u8> = (0..wrapped_len as u64)
+                        .map(|i| (i.wrapping_mul(2_654_435_761) >> 3) as u8)
+                        .collect();
+                    wrapped[..8].copy_from_slice(&k.to_le_bytes());
+                    forge::with_wrapped_key(&own, &stolen, &wrapped).unwrap()
+                }
+            };
+            junk.publish("medgate/v1/site-a/gw-junk/images/junk", payload)
+                .await
+                .unwrap();
+        }
+    });
+    // Every real frame answered (none rejected) while the junk went by...
+    rig.every_frame_answered_once();
+    // ...and every junk message refused and counted, with few RSA attempts
+    // and the audit topic spared.
+    let deadline = std::time::Instant::now() + WAIT;
+    let count = |text: &str, reason: &str| {
+        metrics::value(
+            text,
+            &format!("medgate_receiver_rejected_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let text = loop {
+        let text = runtime
+            .block_on(metrics::scrape(rig.receiver_metrics[0]))
+            .unwrap();
+        let refused: f64 = [
+            "malformed",
+            "unknown_gateway",
+            "unknown_key",
+            "key_rate_limited",
+        ]
+        .iter()
+        .map(|r| count(&text, r))
+        .sum();
+        if refused >= JUNK as f64 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all junk refused within {WAIT:?}:\n{text}"
+        );
+        // Polling the receiver's counters for the outcome, with a deadline.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(count(&text, "malformed"), (JUNK / 3) as f64, "{text}");
+    assert_eq!(count(&text, "unknown_gateway"), (JUNK / 3) as f64, "{text}");
+    // The stolen key gets its allowance of unwraps and no more.
+    assert!(count(&text, "unknown_key") <= 40.0, "{text}");
+    assert!(
+        count(&text, "key_rate_limited") >= (JUNK / 3) as f64 - 40.0,
+        "{text}"
+    );
+    assert!(
+        metrics::value(&text, "medgate_receiver_audits_suppressed_total").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+}
+
+#[test]
 fn a_restarted_broker_loses_nothing() {
     let mut rig = Rig::start(40, Duration::from_millis(30));
     rig.results_flow(5);
@@ -778,10 +892,7 @@ fn a_broker_gone_for_30_s_while_sensors_capture_loses_nothing() {
 fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
     // One receiver, so that "replayed" is judged by the receiver that saw
     // the original (replay windows are per receiver).
-    // The minimal broker config: the attacker holds gw-1's certificate
-    // beside the running gateway (on the shipped config it would be gw-1
-    // itself to the broker, see the replay test).
-    let rig = Rig::start_on(40, Duration::from_millis(50), 1, false);
+    let mut rig = Rig::start_with(40, Duration::from_millis(50), 1);
     rig.results_flow(5);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reasons = runtime.block_on(async {
@@ -795,15 +906,19 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
         };
         let mut security = connect("security", "security", "medgate/v1/+/audit/+").await;
         // A copy of real traffic (a receiver's certificate may read images),
-        // and an attacker holding gw-1's certificate.
+        // then an attacker holding gw-1's certificate. Client ids are
+        // certificate names, so the attacker is gw-1 to the broker: it
+        // strikes while the real gateway is down (killed), which then
+        // comes back.
         let mut spy = connect("receiver-2", "spy", "medgate/v1/site-a/gw-1/images/+").await;
-        let attacker = connect("gw-1", "attacker", "medgate/v1/site-a/attacker/none").await;
         let real = spy
             .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
             .await
             .unwrap()
             .remove(0);
         let topic = real.topic.clone();
+        rig.kill_gateway();
+        let attacker = connect("gw-1", "attacker", "medgate/v1/site-a/attacker/none").await;
 
         let tampered = forge::tampered(&real.payload);
         // Worse: gw-1's signing key leaked too. Another wrapped key, a used
@@ -879,7 +994,9 @@ fn attacks_are_refused_audited_and_counted_while_the_stream_goes_on() {
             "unknown_key"
         ]
     );
-    // Counted by reason, none classified; and the stream went on.
+    // Counted by reason, none classified; and the stream goes on once the
+    // gateway is back.
+    rig.start_gateway();
     rig.every_frame_answered_once();
     let metrics = runtime
         .block_on(metrics::scrape(rig.receiver_metrics[0]))
