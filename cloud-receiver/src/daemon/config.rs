@@ -142,6 +142,9 @@ pub struct LimitsSection {
     /// Devices with a replay window.
     #[serde(default = "default_replay_devices")]
     pub replay_devices: usize,
+    /// Of those, at most this many per gateway.
+    #[serde(default = "default_replay_devices_per_gateway")]
+    pub replay_devices_per_gateway: usize,
     /// Results remembered by message id.
     #[serde(default = "default_remember")]
     pub remember_results: usize,
@@ -158,6 +161,7 @@ impl Default for LimitsSection {
         Self {
             replay_window: default_replay_window(),
             replay_devices: default_replay_devices(),
+            replay_devices_per_gateway: default_replay_devices_per_gateway(),
             remember_results: default_remember(),
             session_keys: default_session_keys(),
             shutdown_grace_secs: default_grace(),
@@ -209,6 +213,9 @@ fn default_replay_window() -> u64 {
 }
 fn default_replay_devices() -> usize {
     100_000
+}
+fn default_replay_devices_per_gateway() -> usize {
+    1024
 }
 fn default_remember() -> usize {
     100_000
@@ -304,6 +311,12 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         "limits.replay_window",
         limits.replay_window,
         1..=1 << 20,
+    )?;
+    settings::in_range(
+        file,
+        "limits.replay_devices_per_gateway",
+        limits.replay_devices_per_gateway,
+        1..,
     )?;
     let metrics = if raw.metrics.enabled {
         Some(settings::socket_address(

@@ -37,7 +37,20 @@ pub enum ReplayError {
         /// The window size.
         window: u64,
     },
+    /// The sequence number is further ahead of the newest than any gateway
+    /// counts within one epoch (a crash skips at most a block of numbers):
+    /// taking it would push every real number out of the window.
+    #[error("sequence {sequence} is implausibly far ahead of the newest ({newest})")]
+    TooFarAhead {
+        /// The sequence number.
+        sequence: u64,
+        /// The newest sequence seen for this device.
+        newest: u64,
+    },
 }
+
+/// How far ahead of a device's newest sequence number a new one may be.
+pub const MAX_AHEAD: u64 = 1 << 32;
 
 #[derive(Debug, Clone)]
 struct Window {
@@ -98,6 +111,10 @@ pub struct ReplayGuard {
     windows: HashMap<DeviceKey, Window>,
     order: VecDeque<DeviceKey>,
     max_devices: usize,
+    /// Windows per (site, gateway), and their bound: one gateway inventing
+    /// device names or epochs evicts its own windows, never another's.
+    per_gateway: HashMap<(Name, Name), usize>,
+    max_per_gateway: usize,
 }
 
 impl ReplayGuard {
@@ -109,6 +126,27 @@ impl ReplayGuard {
             windows: HashMap::new(),
             order: VecDeque::new(),
             max_devices: max_devices.max(1),
+            per_gateway: HashMap::new(),
+            max_per_gateway: max_devices.max(1),
+        }
+    }
+
+    /// Bounds the windows one gateway may hold (at most `max_devices`).
+    pub fn per_gateway(mut self, limit: usize) -> Self {
+        self.max_per_gateway = limit.clamp(1, self.max_devices);
+        self
+    }
+
+    fn evict(&mut self, at: usize) {
+        if let Some(key) = self.order.remove(at) {
+            self.windows.remove(&key);
+            let gateway = (key.0, key.1);
+            if let Some(count) = self.per_gateway.get_mut(&gateway) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_gateway.remove(&gateway);
+                }
+            }
         }
     }
 
@@ -124,16 +162,32 @@ impl ReplayGuard {
     pub fn check(&mut self, device: &DeviceKey, sequence: u64) -> Result<(), ReplayError> {
         let size = self.window();
         let Some(window) = self.windows.get_mut(device) else {
-            if self.windows.len() >= self.max_devices
-                && let Some(oldest) = self.order.pop_front()
-            {
-                self.windows.remove(&oldest);
+            let gateway = (device.0.clone(), device.1.clone());
+            let held = self.per_gateway.get(&gateway).copied().unwrap_or(0);
+            if held >= self.max_per_gateway {
+                // This gateway's own oldest window goes.
+                if let Some(at) = self
+                    .order
+                    .iter()
+                    .position(|k| (&k.0, &k.1) == (&gateway.0, &gateway.1))
+                {
+                    self.evict(at);
+                }
+            } else if self.windows.len() >= self.max_devices {
+                self.evict(0);
             }
             self.windows
                 .insert(device.clone(), Window::new(sequence, self.words));
             self.order.push_back(device.clone());
+            *self.per_gateway.entry(gateway).or_insert(0) += 1;
             return Ok(());
         };
+        if sequence > window.newest.saturating_add(MAX_AHEAD) {
+            return Err(ReplayError::TooFarAhead {
+                sequence,
+                newest: window.newest,
+            });
+        }
         if sequence > window.newest {
             window.advance(sequence - window.newest);
             window.newest = sequence;
@@ -182,6 +236,45 @@ mod tests {
             d.parse().unwrap(),
             1,
         )
+    }
+
+    fn key_of(gateway: &str, d: &str) -> DeviceKey {
+        (
+            "s".parse().unwrap(),
+            gateway.parse().unwrap(),
+            d.parse().unwrap(),
+            1,
+        )
+    }
+
+    #[test]
+    fn a_gateway_inventing_devices_evicts_only_its_own_windows() {
+        let mut guard = ReplayGuard::new(64, 100).per_gateway(3);
+        guard.check(&key_of("honest", "cam"), 5).unwrap();
+        for k in 0..50 {
+            guard.check(&key_of("noisy", &format!("d{k}")), 1).unwrap();
+        }
+        // The honest gateway's window survived the flood.
+        assert!(matches!(
+            guard.check(&key_of("honest", "cam"), 5),
+            Err(ReplayError::Reused { .. })
+        ));
+        assert_eq!(
+            guard.per_gateway[&("s".parse().unwrap(), "noisy".parse().unwrap())],
+            3
+        );
+    }
+
+    #[test]
+    fn a_huge_jump_is_refused_and_does_not_move_the_window() {
+        let mut guard = ReplayGuard::new(64, 10);
+        guard.check(&key("a"), 100).unwrap();
+        assert!(matches!(
+            guard.check(&key("a"), u64::MAX),
+            Err(ReplayError::TooFarAhead { .. })
+        ));
+        guard.check(&key("a"), 101).unwrap();
+        guard.check(&key("a"), 100 + MAX_AHEAD).unwrap();
     }
 
     #[test]
@@ -233,6 +326,7 @@ mod tests {
             let got = guard.check(&d, s).map_err(|e| match e {
                 ReplayError::Reused { .. } => "reused",
                 ReplayError::TooOld { .. } => "old",
+                ReplayError::TooFarAhead { .. } => "ahead",
             });
             assert_eq!(got, expected, "sequence {s}, newest {newest}");
             if got.is_ok() {

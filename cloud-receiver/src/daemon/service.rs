@@ -115,7 +115,8 @@ pub async fn run(
     let limits = settings.limits.clone();
     let mut memory = Memory {
         dedupe: Dedupe::new(limits.remember_results),
-        replay: ReplayGuard::new(limits.replay_window, limits.replay_devices),
+        replay: ReplayGuard::new(limits.replay_window, limits.replay_devices)
+            .per_gateway(limits.replay_devices_per_gateway),
     };
     let (journal, journal_writer) = match &settings.state_dir {
         Some(dir) => {
