@@ -1,6 +1,9 @@
 //! A Prometheus text endpoint (`GET /metrics`) on a local address. Small on
 //! purpose: one request per connection, a bounded request head, no other
-//! routes; Prometheus scrapes it every few seconds at most.
+//! routes; Prometheus scrapes it every few seconds at most. Bounded too: at
+//! most [`MAX_CONNECTIONS`] at once (more are closed at once) and each one
+//! gets [`CONNECTION_DEADLINE`] for its request and the answer, so a client
+//! that connects and says nothing costs one task for a few seconds.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest request head read before answering.
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections served at once; more are closed unanswered.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long one connection may take, request and answer together.
+pub const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves `registry` on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -21,15 +28,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "metrics endpoint busy: connection closed");
+                        drop(stream);
+                        continue;
+                    };
                     let registry = registry.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &registry).await {
-                            tracing::debug!(%peer, cause = %e, "metrics request failed");
+                        let _slot = slot;
+                        match tokio::time::timeout(CONNECTION_DEADLINE, answer(stream, &registry)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "metrics request failed"),
+                            Err(_) => tracing::debug!(%peer, "metrics request too slow: closed"),
                         }
                     });
                 }
@@ -152,6 +168,44 @@ mod tests {
         stream.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         assert!(response.contains("medgate_things_total 3"), "{response}");
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_clients_are_bounded_in_number_and_time() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::new(Registry::default()), async {
+            let _ = stopped.await;
+        }));
+        // Connections that never send a request fill every slot...
+        let mut silent = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // ...so one more is closed at once, its request unanswered.
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        let mut got = Vec::new();
+        let _ = extra.read_to_end(&mut got).await;
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        // After the deadline the silent ones are closed and a scrape works.
+        tokio::time::sleep(CONNECTION_DEADLINE + std::time::Duration::from_millis(10)).await;
+        for mut stream in silent {
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "closed without an answer");
+        }
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
         stop.send(()).unwrap();
         server.await.unwrap();
     }
