@@ -203,7 +203,20 @@ impl Spool {
         }
         found.sort();
         for (order, path) in found {
-            let bytes = fs::read(&path).map_err(io(&path))?;
+            // One unreadable file must not stop the gateway: it is set
+            // aside like any other that is not a spool file.
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), cause = %e, "spool file cannot be read");
+                    if let Err(e) = spool.quarantine(&path) {
+                        tracing::error!(cause = %e, "and cannot be moved aside; it is skipped");
+                    }
+                    recovery.quarantined += 1;
+                    spool.next = spool.next.max(order + 1);
+                    continue;
+                }
+            };
             match Entry::from_file(&bytes, order) {
                 Some(entry) if !spool.by_id.contains_key(&entry.id) => {
                     spool.index(entry);
@@ -546,13 +559,16 @@ mod tests {
             &first.bytes[..40],
         )
         .unwrap();
-        // A bare sealed image (no answer key and tag) is not a spool file.
+        // A bare sealed image (no answer key and tag) is not a spool file,
+        // and one that cannot even be read does not stop the start.
         fs::write(dir.path().join("0000000000000006-z.mgsi"), &first.bytes).unwrap();
+        fs::create_dir(dir.path().join("0000000000000007-w.mgsi")).unwrap();
         let (spool, recovery) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(recovery.entries, 1);
         assert_eq!(recovery.discarded_partial, 1);
-        assert_eq!(recovery.quarantined, 2);
+        assert_eq!(recovery.quarantined, 3);
         assert!(spool.contains(&id));
+        assert!(dir.path().join("corrupt/0000000000000007-w.mgsi").exists());
         assert!(dir.path().join("corrupt/0000000000000005-y.mgsi").exists());
     }
 

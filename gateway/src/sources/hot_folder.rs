@@ -216,11 +216,21 @@ impl HotFolderSource {
         let body = body.unwrap_or_default();
         let sidecar = done.join(format!("{stem}.{kind}.json"));
         let tmp = done.join(format!(".{stem}.{kind}.json.tmp"));
-        let written = async {
-            tokio::fs::write(&tmp, &body).await?;
-            tokio::fs::rename(&tmp, &sidecar).await
-        }
-        .await;
+        // Durable before the spool lets go of the image: written, flushed,
+        // renamed into place, and the folder flushed.
+        let written = {
+            let (tmp, sidecar, done) = (tmp.clone(), sidecar.clone(), done.clone());
+            tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp)?;
+                file.write_all(&body)?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &sidecar)?;
+                std::fs::File::open(&done)?.sync_all()
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
         match written {
             Ok(()) => {
                 tracing::info!(device = %self.folder.device, file = %sidecar.display(), verdict = %said, "result written");
