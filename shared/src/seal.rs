@@ -281,6 +281,19 @@ impl Opener {
         trust: &T,
     ) -> Result<Opened, Rejected> {
         let envelope = envelope::parse(bytes).map_err(OpenError::from)?;
+        self.open_parsed(&envelope, trust)
+    }
+
+    /// As [`open`](Self::open), for an envelope the caller has parsed (and
+    /// checked against what it knows, e.g. the topic it came on).
+    ///
+    /// # Errors
+    /// [`Rejected`].
+    pub fn open_parsed<T: TrustedGateways + ?Sized>(
+        &self,
+        envelope: &envelope::Envelope<'_>,
+        trust: &T,
+    ) -> Result<Opened, Rejected> {
         let header = &envelope.header;
         if header.recipient != self.key.public().id() {
             return Err(OpenError::UnknownRecipient(header.recipient).into());
@@ -294,7 +307,7 @@ impl Opener {
             }
             .into());
         };
-        if !envelope::verify_origin(&envelope, &origin) {
+        if !envelope::verify_origin(envelope, &origin) {
             return Err(OpenError::BadSignature.into());
         }
         // parse() checked that key_id is the hash of these wrapped bytes, so
@@ -323,7 +336,7 @@ impl Opener {
                 }
             },
         };
-        envelope::open_with(&envelope, &session).map_err(|error| Rejected {
+        envelope::open_with(envelope, &session).map_err(|error| Rejected {
             error,
             answerable: Some(Box::new((
                 header.clone(),

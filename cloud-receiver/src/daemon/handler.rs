@@ -189,7 +189,7 @@ struct Refused {
     detail: String,
     /// Set when the session key was recovered and the image came on its own
     /// gateway's topic: the refusal can be authenticated and answered.
-    answerable: Option<(Header, AnswerKey)>,
+    answerable: Option<Box<(Header, AnswerKey)>>,
 }
 
 /// Handles one publish from the images subscription.
@@ -208,7 +208,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
     let accepted = match open(&ctx, &publish, &origin).await {
         Ok(accepted) => accepted,
         Err(refused) => {
-            let header = refused.answerable.as_ref().map(|(h, _)| h);
+            let header = refused.answerable.as_ref().map(|boxed| &boxed.0);
             reject(
                 &ctx,
                 &publish,
@@ -219,7 +219,8 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
                 header,
             )
             .await;
-            if let Some((header, key)) = &refused.answerable {
+            if let Some(boxed) = &refused.answerable {
+                let (header, key) = &**boxed;
                 answer_refusal(&ctx, header, key, refused.reason, &refused.detail).await;
             }
             ticket.ack(&publish);
@@ -337,19 +338,32 @@ fn abandon(ctx: &Context, accepted: &Accepted, device: &DeviceKey) {
     drop(memory.dedupe.abandon(accepted.header.meta.message_id));
 }
 
-/// Checks the topic against the header, then opens and preprocesses on a
-/// blocking thread (Ed25519, RSA, ChaCha20, Henon and SHA-512 are CPU work).
-/// The opener takes no global lock, so images open in parallel.
+/// Parses, checks the header against the topic it came on, then opens and
+/// preprocesses, on a blocking thread (Ed25519, RSA, ChaCha20, Henon and
+/// SHA-512 are CPU work). The opener takes no global lock, so images open
+/// in parallel.
 async fn open(
     ctx: &Arc<Context>,
     publish: &Publish,
     origin: &(Name, Name, Name),
 ) -> Result<Accepted, Refused> {
-    // The topic is the broker's word for who published; an image on another
-    // gateway's or device's topic is refused before any crypto, and never
-    // answered (its gateway did not send it there).
-    if let Ok(parsed) = envelope::parse(&publish.payload) {
-        let meta = &parsed.header.meta;
+    let payload = publish.payload.clone();
+    let worker = ctx.clone();
+    let side = ctx.card.input_size[0];
+    let origin = origin.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let envelope = envelope::parse(&payload).map_err(|e| {
+            let e = envelope::OpenError::from(e);
+            Refused {
+                reason: e.reason(),
+                detail: e.to_string(),
+                answerable: None,
+            }
+        })?;
+        // The topic is the broker's word for who published; an image on
+        // another gateway's or device's topic is refused before any crypto,
+        // and never answered (its gateway did not send it there).
+        let meta = &envelope.header.meta;
         if (&meta.site, &meta.gateway, &meta.device) != (&origin.0, &origin.1, &origin.2) {
             return Err(Refused {
                 reason: "topic_mismatch",
@@ -360,28 +374,24 @@ async fn open(
                 answerable: None,
             });
         }
-    }
-    let payload = publish.payload.clone();
-    let worker = ctx.clone();
-    let side = ctx.card.input_size[0];
-    let opened = tokio::task::spawn_blocking(move || {
         let trust = worker.trust.current();
-        let opened = worker.opener.open(&payload, trust.as_ref());
-        opened.map(|opened| Accepted {
-            input: preprocess(&opened.pixels, side),
-            header: opened.header,
-            sha512: opened.sha512,
-            answer_key: opened.answer_key,
-        })
+        match worker.opener.open_parsed(&envelope, trust.as_ref()) {
+            Ok(opened) => Ok(Accepted {
+                input: preprocess(&opened.pixels, side),
+                header: opened.header,
+                sha512: opened.sha512,
+                answer_key: opened.answer_key,
+            }),
+            Err(rejected) => Err(Refused {
+                reason: rejected.error.reason(),
+                detail: rejected.error.to_string(),
+                answerable: rejected.answerable,
+            }),
+        }
     })
     .await;
     match opened {
-        Ok(Ok(accepted)) => Ok(accepted),
-        Ok(Err(rejected)) => Err(Refused {
-            reason: rejected.error.reason(),
-            detail: rejected.error.to_string(),
-            answerable: rejected.answerable.map(|boxed| *boxed),
-        }),
+        Ok(outcome) => outcome,
         Err(e) => Err(Refused {
             reason: "malformed",
             detail: format!("opening failed: {e}"),
