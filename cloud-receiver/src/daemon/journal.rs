@@ -116,11 +116,11 @@ pub fn open(
         source,
     })?;
     let path = dir.join(FILE);
-    let (lines, skipped) = read_last(&path, keep)?;
+    let (kept, skipped) = read_last(&path, keep)?;
+    let (lines, parsed): (Vec<String>, Vec<Line>) = kept.into_iter().unzip();
     rewrite(&path, &lines)?;
-    let answers = lines
-        .iter()
-        .filter_map(|text| serde_json::from_str::<Line>(text).ok())
+    let answers = parsed
+        .into_iter()
         .map(|line| Remembered {
             device: (line.site, line.gateway, line.device, line.epoch),
             sequence: line.sequence,
@@ -147,8 +147,8 @@ pub fn open(
 }
 
 /// The last `keep` parsable lines of `path` (none when it does not exist),
-/// and how many lines were skipped.
-fn read_last(path: &Path, keep: usize) -> Result<(Vec<String>, usize), JournalError> {
+/// each with what it says, and how many lines were skipped.
+fn read_last(path: &Path, keep: usize) -> Result<(Vec<(String, Line)>, usize), JournalError> {
     let error = |source| JournalError {
         path: path.to_owned(),
         source,
@@ -163,14 +163,17 @@ fn read_last(path: &Path, keep: usize) -> Result<(Vec<String>, usize), JournalEr
     for line in BufReader::new(file).split(b'\n') {
         let line = line.map_err(error)?;
         match std::str::from_utf8(&line) {
-            Ok(text) if serde_json::from_str::<Line>(text).is_ok() => {
-                if last.len() == keep {
-                    last.pop_front();
-                }
-                last.push_back(text.to_owned());
-            }
             _ if line.is_empty() => {}
-            _ => skipped += 1,
+            Ok(text) => match serde_json::from_str::<Line>(text) {
+                Ok(parsed) => {
+                    if last.len() == keep {
+                        last.pop_front();
+                    }
+                    last.push_back((text.to_owned(), parsed));
+                }
+                Err(_) => skipped += 1,
+            },
+            Err(_) => skipped += 1,
         }
     }
     Ok((last.into(), skipped))
@@ -215,7 +218,8 @@ fn write_loop(path: &Path, mut file: File, rx: &Receiver<String>, keep: usize, m
         }
         count += batch.len();
         if count >= keep.saturating_mul(2) {
-            let compacted = read_last(path, keep).and_then(|(lines, _)| {
+            let compacted = read_last(path, keep).and_then(|(kept, _)| {
+                let lines: Vec<String> = kept.into_iter().map(|(text, _)| text).collect();
                 rewrite(path, &lines)?;
                 Ok(lines.len())
             });
