@@ -94,7 +94,12 @@ pub struct Entry {
 impl Entry {
     fn from_file(contents: &[u8], order: u64) -> Option<Self> {
         let (prefix, sealed) = contents.split_at_checked(FILE_PREFIX)?;
-        if prefix[..5] != FILE_MAGIC {
+        Self::from_parts(prefix, sealed, order)
+    }
+
+    /// An entry from a file's prefix and the sealed image after it.
+    fn from_parts(prefix: &[u8], sealed: &[u8], order: u64) -> Option<Self> {
+        if prefix.len() != FILE_PREFIX || prefix[..5] != FILE_MAGIC {
             return None;
         }
         let header = envelope::parse(sealed).ok()?.header;
@@ -110,7 +115,7 @@ impl Entry {
             sequence: header.meta.sequence,
             sha512,
             answer_key: AnswerKey::from_bytes(key),
-            bytes: contents.len() as u64,
+            bytes: (prefix.len() + sealed.len()) as u64,
             order,
         })
     }
@@ -239,13 +244,14 @@ impl Spool {
     /// [`SpoolError::Full`] when it does not fit (nothing written);
     /// [`SpoolError::Io`] when the disk fails (nothing kept).
     pub fn put(&mut self, sealed: &Sealed) -> Result<MessageId, SpoolError> {
-        let mut contents = Vec::with_capacity(FILE_PREFIX + sealed.bytes.len());
-        contents.extend_from_slice(&FILE_MAGIC);
-        contents.extend_from_slice(sealed.answer_key.as_bytes());
-        contents.extend_from_slice(&sealed.sha512);
-        contents.extend_from_slice(&sealed.bytes);
+        // The prefix and the image are written one after the other, so
+        // that a large image is not copied once more.
+        let mut prefix = Vec::with_capacity(FILE_PREFIX);
+        prefix.extend_from_slice(&FILE_MAGIC);
+        prefix.extend_from_slice(sealed.answer_key.as_bytes());
+        prefix.extend_from_slice(&sealed.sha512);
         let order = self.next;
-        let Some(entry) = Entry::from_file(&contents, order) else {
+        let Some(entry) = Entry::from_parts(&prefix, &sealed.bytes, order) else {
             return Err(SpoolError::Io {
                 path: self.dir.clone(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a sealed image"),
@@ -255,7 +261,7 @@ impl Spool {
         if self.by_id.contains_key(&id) {
             return Ok(id);
         }
-        let wanted = contents.len() as u64;
+        let wanted = entry.bytes;
         if self.used + wanted > self.limit {
             return Err(SpoolError::Full {
                 used: self.used,
@@ -268,7 +274,8 @@ impl Spool {
         let path = self.dir.join(&name);
         let written = (|| {
             let mut file = File::create(&tmp)?;
-            file.write_all(&contents)?;
+            file.write_all(&prefix)?;
+            file.write_all(&sealed.bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             sync_dir(&self.dir)

@@ -36,6 +36,12 @@ use crate::kdf::{MessageKeys, SessionKey};
 use crate::keys::{WrappedKey, key_id_of};
 use crate::pixels::{self, Pixels, PixelsError};
 
+/// The most bytes an envelope adds to its pixels: prefix, the largest
+/// header and wrapped key, signature, SHA-512 tag and Poly1305 tag. A
+/// gateway uses it to know, before sealing, whether an image can travel.
+pub const MAX_OVERHEAD: usize =
+    PREFIX_LEN + MAX_HEADER_LEN + 2 + MAX_WRAPPED_KEY_LEN + SIGNATURE_LEN + TAG_LEN + AEAD_TAG_LEN;
+
 /// The first four bytes of every sealed image.
 pub const MAGIC: [u8; 4] = *b"MGSI";
 /// The format version this code writes and reads.
@@ -293,8 +299,8 @@ pub fn seal_with(
 
     let tag = integrity_tag(&out[4..PREFIX_LEN + header_bytes.len()], image.data());
     let keys = MessageKeys::derive(session, &meta.message_id);
-    let cipher = henon::encrypt(&keys.henon, image);
-    out.extend_from_slice(cipher.data());
+    out.resize(body_at + pixel_len, 0);
+    henon::encrypt_into(&keys.henon, image, &mut out[body_at..]);
     out.extend_from_slice(&tag);
 
     let aead = ChaCha20Poly1305::new((&keys.aead_key).into());

@@ -86,23 +86,38 @@ impl Schedule {
 
 /// Encrypts an image; the result has the same size and format.
 pub fn encrypt(key: &HenonKey, plain: &Pixels) -> Pixels {
+    let mut data = vec![0u8; plain.data().len()];
+    encrypt_into(key, plain, &mut data);
+    plain.with_data(data)
+}
+
+/// Encrypts an image into `out`, which must be exactly as long as its
+/// pixel data (a sealer writes the ciphertext straight into the envelope,
+/// so a large image is not held twice).
+///
+/// # Panics
+/// If `out` is not as long as the image's data.
+pub fn encrypt_into(key: &HenonKey, plain: &Pixels, out: &mut [u8]) {
+    assert_eq!(
+        out.len(),
+        plain.data().len(),
+        "ciphertext buffer must match the image"
+    );
     let Schedule {
         permutation,
         diffusion,
         mut stream,
     } = Schedule::new(key, plain.width(), plain.height());
-    let mut data = vec![0u8; plain.data().len()];
     match plain.format() {
-        PixelFormat::Gray8 => permutation.gather(plain.data(), &mut data),
+        PixelFormat::Gray8 => permutation.gather(plain.data(), out),
         PixelFormat::Gray16 => {
             let (input, _) = plain.data().as_chunks::<2>();
-            let (output, _) = data.as_chunks_mut::<2>();
+            let (output, _) = out.as_chunks_mut::<2>();
             permutation.gather(input, output);
         }
     }
-    diffuse::forward_encrypt(&mut data, &diffusion, &mut stream);
-    diffuse::backward_encrypt(&mut data, &diffusion);
-    plain.with_data(data)
+    diffuse::forward_encrypt(out, &diffusion, &mut stream);
+    diffuse::backward_encrypt(out, &diffusion);
 }
 
 /// Decrypts an image made by [`encrypt`] under the same key.
