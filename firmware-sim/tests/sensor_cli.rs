@@ -56,7 +56,7 @@ fn a_simulated_sensor_serves_folder_images_and_prints_results() {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let frame = sensor.read_frame().unwrap();
+        let frame = sensor.read_frame(u64::MAX).unwrap();
         assert_eq!((frame.pixels.width(), frame.pixels.height()), (32, 32));
         // Until FRAME_DONE the sensor keeps offering the same frame.
         assert!(sensor.frame_ready().unwrap());

@@ -7,6 +7,12 @@
 //! smoke test); measure with e.g.
 //! `$CARGO_TARGET_DIR/debug/examples/footprint --rate 10 --size 512 --seconds 60`.
 //! The gateway binary is the one beside this example's folder.
+//!
+//! `--input bomb|largest` measures one input instead: the gateway's peak
+//! RSS (VmHWM) while it refuses an 8192² decompression bomb, or while it
+//! accepts, seals, publishes and delivers the result of the largest image a
+//! 16 MiB packet carries at 8 bits (4095², noise, so that the PNG is large
+//! too).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: fail loudly.
 
 #[path = "../tests/support/mod.rs"]
@@ -15,9 +21,20 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use medgate_gateway::capture::pixel_budget;
 use medgate_testkit::procstat::{clock_ticks, cpu_ticks, status_kb};
-use support::{World, answer};
+use support::{World, answer, bomb_png, files_in, noise_png, noise_png16};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Input {
+    /// An 8192 x 8192 black PNG, refused.
+    Bomb,
+    /// The largest image the default packet limit carries, accepted.
+    Largest,
+    /// The same from a 16-bit source (twice the decoded bytes).
+    Largest16,
+}
 
 #[derive(Parser)]
 struct Args {
@@ -33,6 +50,9 @@ struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Measure one input instead of a steady rate.
+    #[arg(long, value_enum)]
+    input: Option<Input>,
 }
 
 fn main() {
@@ -57,6 +77,72 @@ async fn measure(args: Args) {
     let mut gateway = world.start_process(&binary);
     let pid = gateway.id();
 
+    if let Some(input) = args.input {
+        let done = world.done();
+        // A first image proves the gateway runs and is connected.
+        world.drop_image("warm-up.png", 1, 64);
+        let images = receiver
+            .expect("medgate/v1/site-a/gw-1/images/", 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        answer(&receiver, &mut opener, &images[0].payload).await;
+        support::eventually("the warm-up result", || {
+            files_in(&done, ".result.json").len() == 1
+        })
+        .await;
+        let before_kb = status_kb(pid, "VmHWM:");
+        let started = Instant::now();
+        let (name, file_bytes) = match input {
+            Input::Bomb => {
+                let bomb = bomb_png(8192);
+                world.drop_file("bomb.png", &bomb);
+                let rejected = world.inbox.join("rejected");
+                support::eventually("the bomb refused", || {
+                    !files_in(&rejected, ".reason.txt").is_empty()
+                })
+                .await;
+                ("bomb 8192x8192".to_owned(), bomb.len())
+            }
+            Input::Largest | Input::Largest16 => {
+                let side = ((pixel_budget(16 << 20)) as f64).sqrt() as u32;
+                let png = if matches!(input, Input::Largest16) {
+                    noise_png16(side, side)
+                } else {
+                    noise_png(side, side)
+                };
+                world.drop_file("largest.png", &png);
+                let images = receiver
+                    .expect(
+                        "medgate/v1/site-a/gw-1/images/",
+                        1,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap();
+                answer(&receiver, &mut opener, &images[0].payload).await;
+                support::eventually("the largest image's result", || {
+                    files_in(&done, ".result.json").len() == 2
+                })
+                .await;
+                (
+                    format!("largest {side}x{side} 8-bit from {input:?}"),
+                    png.len(),
+                )
+            }
+        };
+        let report = serde_json::json!({
+            "input": name,
+            "file_bytes": file_bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+            "peak_rss_kb_before": before_kb,
+            "peak_rss_kb": status_kb(pid, "VmHWM:"),
+            "rss_kb_after": status_kb(pid, "VmRSS:"),
+        });
+        gateway.kill().unwrap();
+        gateway.wait().unwrap();
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        return;
+    }
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = answered.clone();
     let answering = tokio::spawn(async move {

@@ -91,6 +91,10 @@ impl Daemon for Gateway {
         )
     }
 
+    fn warnings(settings: &Settings) -> Vec<String> {
+        settings.warnings.clone()
+    }
+
     fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         // Two worker threads and a small blocking pool (sealing, fsync, file
         // reads): enough for a Pi-class box, and each thread costs memory.

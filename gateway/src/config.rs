@@ -19,6 +19,7 @@ use medgate_shared::pixels::PixelFormat;
 use medgate_shared::seal::RotationPolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::capture::{self, Oversize, Preparation};
 use crate::sources::hot_folder::HotFolder;
 use crate::sources::spi::{SensorBus, SpiSensorConfig};
 
@@ -177,6 +178,12 @@ pub struct PreprocessSection {
     /// Optional `[width, height]`.
     #[serde(default)]
     pub resize: Option<[u32; 2]>,
+    /// Largest decoded source image (before conversion), bytes.
+    #[serde(default = "default_max_decoded_bytes")]
+    pub max_decoded_bytes: u64,
+    /// An image too large for the broker link: `refuse` or `downscale`.
+    #[serde(default)]
+    pub too_large: Oversize,
 }
 
 impl Default for PreprocessSection {
@@ -184,6 +191,8 @@ impl Default for PreprocessSection {
         Self {
             bit_depth: default_bit_depth(),
             resize: None,
+            max_decoded_bytes: default_max_decoded_bytes(),
+            too_large: Oversize::default(),
         }
     }
 }
@@ -260,6 +269,9 @@ fn default_result_timeout() -> u64 {
 fn default_bit_depth() -> u8 {
     8
 }
+fn default_max_decoded_bytes() -> u64 {
+    32 << 20
+}
 fn default_true() -> bool {
     true
 }
@@ -314,10 +326,11 @@ pub struct Settings {
     pub result_timeout: Duration,
     /// Publications without an answer before quarantine.
     pub max_publications: u32,
-    /// Sealed pixel format.
-    pub pixel_format: PixelFormat,
-    /// Optional resize.
-    pub resize: Option<(u32, u32)>,
+    /// How images are prepared, and the input limits.
+    pub preparation: Preparation,
+    /// What `check-config` and the start-up log warn about: settings that
+    /// work but refuse some images.
+    pub warnings: Vec<String>,
     /// Metrics address.
     pub metrics: Option<SocketAddr>,
     /// Hot folders.
@@ -402,6 +415,19 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         }
         None => None,
     };
+    settings::in_range(
+        file,
+        "preprocess.max_decoded_bytes",
+        raw.preprocess.max_decoded_bytes,
+        (1 << 20)..=(1 << 30),
+    )?;
+    let preparation = Preparation {
+        format: pixel_format,
+        resize,
+        max_decoded_bytes: raw.preprocess.max_decoded_bytes,
+        oversize: raw.preprocess.too_large,
+    };
+    let warnings = link_check(file, &preparation, raw.mqtt.max_packet_bytes)?;
     let metrics = if raw.metrics.enabled {
         Some(settings::socket_address(
             file,
@@ -533,14 +559,51 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         spool_bytes: raw.spool.max_bytes,
         result_timeout: Duration::from_secs(raw.spool.result_timeout_secs),
         max_publications: raw.spool.max_publications,
-        pixel_format,
-        resize,
+        preparation,
+        warnings,
         metrics,
         hot_folders,
         spi_sensors,
         mqtt: raw.mqtt,
     })
 }
+
+/// What the packet limit allows at this preparation: an error when no
+/// image at all could be published (a resize the link cannot carry), a
+/// warning when large images will be refused.
+fn link_check(
+    file: &Path,
+    preparation: &Preparation,
+    packet_bytes: u32,
+) -> Result<Vec<String>, SettingsError> {
+    let budget = capture::pixel_budget(packet_bytes);
+    let per_pixel = preparation.format.bytes_per_pixel() as u64;
+    let bits = per_pixel * 8;
+    if let Some((w, h)) = preparation.resize {
+        let bytes = u64::from(w) * u64::from(h) * per_pixel;
+        if bytes > budget && preparation.oversize == Oversize::Refuse {
+            return Err(SettingsError::key(
+                file,
+                "preprocess.resize",
+                format!(
+                    "{w}x{h} at {bits} bits is {bytes} bytes of pixels, more than a {packet_bytes}-byte packet (mqtt.max_packet_bytes) carries ({budget}): every capture would be refused; resize smaller, use bit_depth = 8, or raise mqtt.max_packet_bytes and the broker's max_packet_size"
+                ),
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    // Images of a typical detector (3000 x 3000) should fit.
+    let side = ((budget / per_pixel) as f64).sqrt() as u64;
+    if side >= TYPICAL_SIDE || preparation.oversize == Oversize::Downscale {
+        return Ok(Vec::new());
+    }
+    Ok(vec![format!(
+        "images over about {side}x{side} at {bits} bits ({budget} bytes of pixels) will be refused: mqtt.max_packet_bytes = {packet_bytes} cannot carry them; set preprocess.resize, preprocess.too_large = \"downscale\", bit_depth = 8, or raise mqtt.max_packet_bytes and the broker's max_packet_size"
+    )])
+}
+
+/// The side of a typical radiography detector, in pixels.
+const TYPICAL_SIDE: u64 = 3000;
 
 fn modality_at(file: &Path, key: &str, code: &str) -> Result<Modality, SettingsError> {
     Modality::from_code(code).ok_or_else(|| {

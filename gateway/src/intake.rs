@@ -9,8 +9,8 @@ use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::seal::Sealer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::capture::Capture;
-use crate::messages::{Event, Spooled};
+use crate::capture::{Capture, pixel_budget};
+use crate::messages::{Event, LinkLimit, Spooled};
 use crate::metrics::Metrics;
 use crate::sequence::Sequences;
 use crate::spool::{Spool, SpoolError};
@@ -21,6 +21,10 @@ pub enum Refusal {
     /// The spool is full.
     #[error(transparent)]
     Full(SpoolError),
+    /// Sealed, it could not be published (too large for the broker link):
+    /// the source refuses the image for good.
+    #[error("{0}")]
+    TooLarge(String),
     /// Sealing, the disk or the sequence store failed.
     #[error("{0}")]
     Failed(String),
@@ -64,6 +68,7 @@ pub struct IntakeActor {
     sequences: Option<Sequences>,
     spool: Arc<Mutex<Spool>>,
     events: mpsc::Sender<Event>,
+    link: LinkLimit,
     metrics: Metrics,
 }
 
@@ -78,6 +83,7 @@ pub fn intake(
     sequences: Sequences,
     spool: Arc<Mutex<Spool>>,
     events: mpsc::Sender<Event>,
+    link: LinkLimit,
     metrics: Metrics,
 ) -> (Intake, IntakeActor) {
     let (tx, rx) = mpsc::channel(queue.max(1));
@@ -89,6 +95,7 @@ pub fn intake(
         sequences: Some(sequences),
         spool,
         events,
+        link,
         metrics,
     };
     (Intake { tx }, actor)
@@ -111,10 +118,17 @@ impl IntakeActor {
         };
         let spool = self.spool.clone();
         let (site, gateway) = (self.site.clone(), self.gateway.clone());
+        let budget = pixel_budget(self.link.get());
         // Sealing a large image and fsync are blocking work.
         let joined = tokio::task::spawn_blocking(move || {
-            let outcome =
-                seal_and_spool(&mut sealer, &mut sequences, &spool, site, gateway, &capture);
+            let outcome = seal_and_spool(
+                &mut sealer,
+                &mut sequences,
+                &spool,
+                (site, gateway),
+                budget,
+                capture,
+            );
             (sealer, sequences, outcome)
         })
         .await;
@@ -140,6 +154,8 @@ impl IntakeActor {
                         self.metrics.refused_full.inc();
                         tracing::warn!(cause = %e, "capture refused: spool full");
                     }
+                    // Counted and logged by the source, which refuses it.
+                    Refusal::TooLarge(_) => {}
                     other => {
                         self.metrics.error("intake");
                         tracing::error!(cause = %other, "capture refused");
@@ -160,10 +176,18 @@ fn seal_and_spool(
     sealer: &mut Sealer,
     sequences: &mut Sequences,
     spool: &Mutex<Spool>,
-    site: Name,
-    gateway: Name,
-    capture: &Capture,
+    (site, gateway): (Name, Name),
+    budget: u64,
+    capture: Capture,
 ) -> Result<Spooled, Refusal> {
+    let bytes = capture.pixels.data().len() as u64;
+    if bytes > budget {
+        return Err(Refusal::TooLarge(format!(
+            "{}x{} image of {bytes} pixel bytes; the broker link carries at most {budget} per image",
+            capture.pixels.width(),
+            capture.pixels.height()
+        )));
+    }
     // Check room first, so that a full spool costs no sequence number or
     // sealing work.
     {
@@ -194,6 +218,8 @@ fn seal_and_spool(
     let sealed = sealer
         .seal(&meta, &capture.pixels)
         .map_err(|e| Refusal::Failed(format!("sealing: {e}")))?;
+    // Not needed any more: a large image is not held twice while written.
+    drop(capture);
     spool
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

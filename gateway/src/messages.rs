@@ -3,10 +3,47 @@
 //! core hands each result to the source of its device. A leaf module: it
 //! uses none of those parts, so that they depend on it and not on each other.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::messages::ResultMessage;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use tokio::sync::oneshot;
+
+/// The largest packet the broker link carries now: `mqtt.max_packet_bytes`,
+/// or the broker's own maximum once a CONNACK has named a lower one. The
+/// core learns it; intake and the sources check every capture against it,
+/// so that nothing is spooled that could never be published. Clones share
+/// the value.
+#[derive(Debug, Clone)]
+pub struct LinkLimit {
+    configured: u32,
+    current: Arc<AtomicU32>,
+}
+
+impl LinkLimit {
+    /// A limit of `configured` bytes until the broker says otherwise.
+    pub fn new(configured: u32) -> Self {
+        Self {
+            configured,
+            current: Arc::new(AtomicU32::new(configured)),
+        }
+    }
+
+    /// The packet limit now, in bytes.
+    pub fn get(&self) -> u32 {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// What the broker's CONNACK said (`None`: no limit of its own); the
+    /// lower of it and the configured one applies.
+    pub fn broker_says(&self, maximum: Option<u32>) -> u32 {
+        let limit = maximum.map_or(self.configured, |m| m.min(self.configured));
+        self.current.store(limit, Ordering::Relaxed);
+        limit
+    }
+}
 
 /// What the publisher's core hears about.
 pub enum Event {
@@ -16,6 +53,8 @@ pub enum Event {
     Connected {
         /// Whether it kept our session (subscriptions).
         session_present: bool,
+        /// The broker's Maximum Packet Size, if it named one.
+        max_packet_bytes: Option<u32>,
     },
     /// The connection dropped.
     Disconnected,

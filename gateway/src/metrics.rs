@@ -18,8 +18,11 @@ pub struct Metrics {
     pub sealed: Counter,
     /// Captures refused because the spool was full.
     pub refused_full: Counter,
-    /// Files refused as unreadable (moved to `rejected/`).
-    pub rejected_files: Counter,
+    /// Files refused (moved to `rejected/`), by reason: unreadable,
+    /// file_too_large, decoded_too_large, too_large_for_link.
+    pub rejected_files: Family<Labels, Counter>,
+    /// Sensor frames refused (released with a REJECTED result), by reason.
+    pub rejected_frames: Family<Labels, Counter>,
     /// Bytes in the spool.
     pub spool_bytes: Gauge,
     /// Entries in the spool.
@@ -52,7 +55,8 @@ impl Metrics {
             captured: Counter::default(),
             sealed: Counter::default(),
             refused_full: Counter::default(),
-            rejected_files: Counter::default(),
+            rejected_files: Family::default(),
+            rejected_frames: Family::default(),
             spool_bytes: Gauge::default(),
             spool_entries: Gauge::default(),
             published: Counter::default(),
@@ -79,8 +83,13 @@ impl Metrics {
         );
         r.register(
             "rejected_files",
-            "Unreadable files moved to rejected/",
+            "Files refused and moved to rejected/, by reason",
             m.rejected_files.clone(),
+        );
+        r.register(
+            "rejected_frames",
+            "Sensor frames refused and released with a REJECTED result, by reason",
+            m.rejected_frames.clone(),
         );
         r.register("spool_bytes", "Bytes in the spool", m.spool_bytes.clone());
         r.register(
@@ -130,6 +139,20 @@ impl Metrics {
             .set(i64::try_from(spool.used_bytes()).unwrap_or(i64::MAX));
         self.spool_entries
             .set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a refused file.
+    pub fn rejected_file(&self, reason: &str) {
+        self.rejected_files
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// Counts a refused sensor frame.
+    pub fn rejected_frame(&self, reason: &str) {
+        self.rejected_frames
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// Counts an error of `kind`.

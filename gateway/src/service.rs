@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::Preparation;
 use crate::config::Settings;
 use crate::intake;
+use crate::messages::LinkLimit;
 use crate::metrics::Metrics;
 use crate::publisher::core::{Core, CoreConfig};
 use crate::publisher::{self, link};
@@ -81,6 +81,9 @@ pub async fn run(
     let spool = Arc::new(Mutex::new(spool));
     let sequences = Sequences::open(&settings.state_dir)?;
 
+    for warning in &settings.warnings {
+        tracing::warn!(file = %settings.file.display(), "{warning}");
+    }
     let stop = CancellationToken::new();
     let metrics_address = endpoint::start(settings.metrics, registry, stop.clone()).await?;
 
@@ -98,13 +101,14 @@ pub async fn run(
 
     let mut routes = HashMap::new();
     let mut sources: Vec<(Box<dyn Source>, mpsc::Receiver<_>)> = Vec::new();
-    let preparation = Preparation {
-        format: settings.pixel_format,
-        resize: settings.resize,
-    };
+    let preparation = settings.preparation;
+    let link_limit = LinkLimit::new(settings.mqtt.max_packet_bytes);
     for sensor in &settings.spi_sensors {
-        let source: Box<dyn Source> =
-            Box::new(SpiSensorSource::new(sensor.clone(), metrics.clone()));
+        let source: Box<dyn Source> = Box::new(SpiSensorSource::new(
+            sensor.clone(),
+            link_limit.clone(),
+            metrics.clone(),
+        ));
         let (tx, rx) = mpsc::channel(64);
         routes.insert(source.device().clone(), tx);
         sources.push((source, rx));
@@ -113,6 +117,7 @@ pub async fn run(
         let source: Box<dyn Source> = Box::new(HotFolderSource::new(
             folder.clone(),
             preparation,
+            link_limit.clone(),
             metrics.clone(),
         ));
         let (tx, rx) = mpsc::channel(64);
@@ -135,7 +140,8 @@ pub async fn run(
                 gateway: settings.name.clone(),
                 result_timeout: settings.result_timeout,
                 max_publications: settings.max_publications,
-                max_packet_bytes: settings.mqtt.max_packet_bytes,
+                link: link_limit.clone(),
+                inflight_bytes: publisher::core::INFLIGHT_BYTES,
             },
             client.clone(),
             events_rx,
@@ -158,6 +164,7 @@ pub async fn run(
         sequences,
         spool.clone(),
         events_tx,
+        link_limit.clone(),
         metrics.clone(),
     );
     let intake_task = tokio::spawn(intake_actor.run());

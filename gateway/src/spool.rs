@@ -92,6 +92,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Size of the sealed image it holds (what is published).
+    pub fn sealed_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(FILE_PREFIX as u64)
+    }
+
     fn from_file(contents: &[u8], order: u64) -> Option<Self> {
         let (prefix, sealed) = contents.split_at_checked(FILE_PREFIX)?;
         Self::from_parts(prefix, sealed, order)

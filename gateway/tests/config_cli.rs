@@ -151,6 +151,21 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             "preprocess.bit_depth",
         ),
         (
+            "a resize no packet can carry",
+            format!("{good}\n[preprocess]\nbit_depth = 16\nresize = [4096, 4096]\n"),
+            "preprocess.resize",
+        ),
+        (
+            "unknown too_large policy",
+            format!("{good}\n[preprocess]\ntoo_large = \"crop\"\n"),
+            "preprocess.too_large",
+        ),
+        (
+            "decode budget too small",
+            format!("{good}\n[preprocess]\nmax_decoded_bytes = 1000\n"),
+            "preprocess.max_decoded_bytes",
+        ),
+        (
             "tiny spool",
             good.replace("[spool]\n", "[spool]\nmax_bytes = 10\n"),
             "spool.max_bytes",
@@ -190,6 +205,29 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
     .unwrap();
     let out = gateway(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(EX_CONFIG), "{}", stderr(&out));
+}
+
+#[test]
+fn check_config_warns_when_large_images_would_be_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = valid_config(dir.path());
+    let path = dir.path().join("gateway.toml");
+    // 16 bits without a resize: 16 MiB packets carry about 2896 x 2896.
+    std::fs::write(&path, format!("{good}\n[preprocess]\nbit_depth = 16\n")).unwrap();
+    let out = gateway(&["check-config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("warning") && message.contains("2896x2896 at 16 bits"),
+        "{message}"
+    );
+    // Down-scaling what does not fit, or 8 bits: nothing to warn about.
+    for preprocess in ["bit_depth = 16\ntoo_large = \"downscale\"", "bit_depth = 8"] {
+        std::fs::write(&path, format!("{good}\n[preprocess]\n{preprocess}\n")).unwrap();
+        let out = gateway(&["check-config", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    }
 }
 
 #[test]

@@ -22,12 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::status_payload;
 use crate::capture::now_ms;
-use crate::messages::{Delivery, Event, Rejection, Verdict};
+use crate::capture::publish_overhead;
+use crate::messages::{Delivery, Event, LinkLimit, Rejection, Verdict};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, QuarantineNote, Spool};
 
 /// How often the core looks for images to (re)publish.
 const TICK: Duration = Duration::from_millis(200);
+
+/// Bytes of images published and not yet acknowledged, at most (one image
+/// is always allowed): rumqttc holds each until its PUBACK, so this bounds
+/// the memory large images take on their way out. Small images are bound
+/// by `mqtt.max_inflight` long before.
+pub const INFLIGHT_BYTES: u64 = 32 << 20;
 
 /// The client's request queue is full; the request was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +73,10 @@ struct Publication {
     published_at: Option<Instant>,
     acked: bool,
     count: u32,
+    /// Size of the last publication.
+    bytes: u64,
+    /// Queued or sent on this connection, no PUBACK yet.
+    in_flight: bool,
 }
 
 /// The core's fixed inputs.
@@ -78,8 +89,11 @@ pub struct CoreConfig {
     pub result_timeout: Duration,
     /// Publications without an answer before quarantine.
     pub max_publications: u32,
-    /// Max packet size, for error messages.
-    pub max_packet_bytes: u32,
+    /// The packet limit of the broker link, which the core learns from
+    /// the broker.
+    pub link: LinkLimit,
+    /// Unacknowledged image bytes at most ([`INFLIGHT_BYTES`]).
+    pub inflight_bytes: u64,
 }
 
 /// The core actor, publishing through `C` (the rumqttc client in the
@@ -150,27 +164,29 @@ impl<C: Requests> Core<C> {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Spooled(spooled) => {
-                // A tick may have published it already (it was in the spool
-                // before this event arrived).
-                let fresh = self
-                    .publications
-                    .entry(spooled.id)
-                    .or_default()
-                    .published_at
-                    .is_none();
-                if self.connected && fresh {
-                    self.publish(spooled.id, &spooled.device).await;
-                }
+                // At once, through the same checks as a tick (packet limit,
+                // bytes in flight); a tick may have published it already.
+                self.publications.entry(spooled.id).or_default();
+                self.publish_due().await;
             }
-            Event::Connected { session_present } => {
+            Event::Connected {
+                session_present,
+                max_packet_bytes,
+            } => {
                 self.connected = true;
                 self.metrics.connected.set(1);
-                tracing::info!(session_present, "connected to the broker");
+                let limit = self.config.link.broker_says(max_packet_bytes);
+                tracing::info!(
+                    session_present,
+                    max_packet_bytes = limit,
+                    "connected to the broker"
+                );
                 // Packet ids of the old connection mean nothing now, and
                 // what was not acknowledged is sent again (replay).
                 self.awaiting_pkid.clear();
                 self.by_pkid.clear();
                 for publication in self.publications.values_mut() {
+                    publication.in_flight = false;
                     if !publication.acked {
                         publication.published_at = None;
                     }
@@ -200,6 +216,9 @@ impl<C: Requests> Core<C> {
                 let Some(id) = self.by_pkid.remove(&pkid) else {
                     return;
                 };
+                if let Some(p) = self.publications.get_mut(&id) {
+                    p.in_flight = false;
+                }
                 if reason == PubAckReason::Success || reason == PubAckReason::NoMatchingSubscribers
                 {
                     self.metrics.acknowledged.inc();
@@ -249,7 +268,7 @@ impl<C: Requests> Core<C> {
         if !self.connected {
             return;
         }
-        let due: Vec<(MessageId, Name)> = {
+        let due: Vec<(MessageId, Name, u64)> = {
             let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
             spool
                 .entries()
@@ -260,32 +279,70 @@ impl<C: Requests> Core<C> {
                             .is_none_or(|at| at.elapsed() >= self.config.result_timeout)
                     })
                 })
-                .map(|e| (e.id, e.device.clone()))
+                .map(|e| (e.id, e.device.clone(), e.sealed_bytes()))
                 .collect()
         };
-        for (id, device) in due {
+        let mut inflight: u64 = self
+            .publications
+            .values()
+            .filter(|p| p.in_flight)
+            .map(|p| p.bytes)
+            .sum();
+        for (id, device, bytes) in due {
+            let topic_len = topics::images(&self.config.site, &self.config.gateway, &device).len();
+            let packet = bytes + publish_overhead(topic_len);
+            let limit = self.config.link.get();
+            if packet > u64::from(limit) {
+                // Never sent: rumqttc would refuse it and drop the
+                // connection, again at every reconnect.
+                self.give_up(
+                    id,
+                    "too_large",
+                    format!(
+                        "the sealed image needs a {packet}-byte packet; the broker link carries at most {limit} (mqtt.max_packet_bytes, or the broker's maximum if lower)"
+                    ),
+                )
+                .await;
+                continue;
+            }
+            if inflight > 0 && inflight + bytes > self.config.inflight_bytes {
+                break;
+            }
             let count = self.publications.get(&id).map_or(0, |p| p.count);
             if count >= self.config.max_publications {
-                let entry = {
-                    let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
-                    spool.get(&id).cloned()
-                };
-                if let Some(entry) = entry {
-                    tracing::error!(message = %id, publications = count, "no receiver answered this image");
-                    let verdict = Verdict::Rejected(Rejection {
-                        message_id: id.to_string(),
-                        cause: "unanswered".into(),
-                        reason: format!("{count} publications without an answer"),
-                        receiver: None,
-                    });
-                    self.deliver(&entry, verdict).await;
-                }
+                self.give_up(
+                    id,
+                    "unanswered",
+                    format!("{count} publications without an answer"),
+                )
+                .await;
                 continue;
             }
             if !self.publish(id, &device).await {
                 break;
             }
+            inflight += bytes;
         }
+    }
+
+    /// Stops publishing a spooled image: its device learns it will not be
+    /// classified, and the image moves to quarantine.
+    async fn give_up(&mut self, id: MessageId, cause: &str, reason: String) {
+        let entry = {
+            let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
+            spool.get(&id).cloned()
+        };
+        let Some(entry) = entry else {
+            return;
+        };
+        tracing::error!(message = %id, cause, %reason, "image will not be published");
+        let verdict = Verdict::Rejected(Rejection {
+            message_id: id.to_string(),
+            cause: cause.into(),
+            reason,
+            receiver: None,
+        });
+        self.deliver(&entry, verdict).await;
     }
 
     /// Queues one publication; false when the client queue is full.
@@ -314,11 +371,8 @@ impl<C: Requests> Core<C> {
                 return true;
             }
         };
-        if bytes.len() as u64 + 256 > u64::from(self.config.max_packet_bytes) {
-            self.metrics.error("too_large");
-            tracing::error!(message = %id, bytes = bytes.len(), limit = self.config.max_packet_bytes, "sealed image larger than mqtt.max_packet_bytes; raise it (and the broker's max_packet_size) or resize images");
-        }
         let topic = topics::images(&self.config.site, &self.config.gateway, device);
+        let size = bytes.len() as u64;
         match self.client.try_publish(topic, false, bytes) {
             Ok(()) => {
                 self.awaiting_pkid.push_back(Some(id));
@@ -328,6 +382,8 @@ impl<C: Requests> Core<C> {
                     tracing::info!(message = %id, times = publication.count + 1, "publishing again (no result yet)");
                 }
                 publication.count += 1;
+                publication.bytes = size;
+                publication.in_flight = true;
                 publication.published_at = Some(Instant::now());
                 publication.acked = false;
                 self.metrics.published.inc();

@@ -2,16 +2,26 @@
 //! the core needs (connection up or down, publications sent and
 //! acknowledged, results) as [`Event`]s. Polling again after an error is
 //! how rumqttc reconnects; the link waits with a growing backoff in between.
+//! The backoff starts again from its first pause only after a connection
+//! has stayed up for [`STABLE`]: a connection the broker accepts and then
+//! drops at once (a refused packet, an ACL that kicks the client) backs
+//! off to the longest pause instead of reconnecting ten times a second.
+
+use std::time::Duration;
 
 use medgate_daemon::mqtt::Backoff;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{Event as MqttEvent, EventLoop};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::messages::Event;
 use crate::metrics::Metrics;
+
+/// How long a connection must last before a failure counts as a new one.
+pub const STABLE: Duration = Duration::from_secs(30);
 
 /// Polls the event loop until `stop`, forwarding events to the core.
 pub async fn link(
@@ -21,6 +31,7 @@ pub async fn link(
     metrics: Metrics,
 ) {
     let mut backoff = Backoff::new();
+    let mut up_since: Option<Instant> = None;
     loop {
         let polled = tokio::select! {
             polled = eventloop.poll() => polled,
@@ -28,9 +39,10 @@ pub async fn link(
         };
         let event = match polled {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
-                backoff.reset();
+                up_since = Some(Instant::now());
                 Event::Connected {
                     session_present: ack.session_present,
+                    max_packet_bytes: ack.properties.and_then(|p| p.max_packet_size),
                 }
             }
             Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => Event::Acked {
@@ -49,6 +61,9 @@ pub async fn link(
             Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
+                if up_since.take().is_some_and(|at| at.elapsed() >= STABLE) {
+                    backoff.reset();
+                }
                 metrics.error("connection");
                 tracing::warn!(cause = %e, retry_in_ms = backoff.delay().as_millis() as u64, "broker connection failed");
                 let _ = events.send(Event::Disconnected).await;

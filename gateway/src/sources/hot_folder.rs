@@ -8,10 +8,12 @@
 //! moves to `done/{message_id}-{name}`; its result is written beside it as
 //! `done/{message_id}-{stem}.result.json`, or, when the image will not be
 //! classified (refused by a receiver, or unanswered, and quarantined),
-//! `done/{message_id}-{stem}.rejected.json` saying why. A file that is not a readable
-//! image moves to `rejected/` with a `.reason.txt`; nothing vanishes
-//! silently. When the spool is full the file stays where it is and is
-//! tried again on a later scan.
+//! `done/{message_id}-{stem}.rejected.json` saying why. A file that is not
+//! a readable image, or too large (on disk, decoded, or for the broker
+//! link, see [`crate::capture`]), moves to `rejected/` with a
+//! `.reason.txt`, counted by reason, and is never spooled; nothing
+//! vanishes silently. When the spool is full the file stays where it is
+//! and is tried again on a later scan.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,9 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Source, SourceTask};
-use crate::capture::{self, Capture, Preparation};
+use crate::capture::{self, Capture, DecodeError, Preparation};
 use crate::intake::{Intake, Refusal};
-use crate::messages::{Delivery, Verdict};
+use crate::messages::{Delivery, LinkLimit, Verdict};
 use crate::metrics::Metrics;
 
 /// A hot folder, as the config check makes it.
@@ -47,16 +49,23 @@ pub struct HotFolder {
 pub struct HotFolderSource {
     folder: HotFolder,
     preparation: Preparation,
+    link: LinkLimit,
     metrics: Metrics,
     done: HashMap<MessageId, PathBuf>,
 }
 
 impl HotFolderSource {
     /// A source for `folder`.
-    pub fn new(folder: HotFolder, preparation: Preparation, metrics: Metrics) -> Self {
+    pub fn new(
+        folder: HotFolder,
+        preparation: Preparation,
+        link: LinkLimit,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             folder,
             preparation,
+            link,
             metrics,
             done: HashMap::new(),
         }
@@ -111,24 +120,34 @@ impl HotFolderSource {
             if stop.is_cancelled() {
                 return true;
             }
-            let bytes = match tokio::fs::read(&path).await {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), cause = %e, "cannot read a hot-folder file; will retry");
-                    continue;
-                }
-            };
             let preparation = self.preparation;
-            let decoded =
-                tokio::task::spawn_blocking(move || capture::decode(&bytes, preparation)).await;
+            let limits = preparation.limits(self.link.get());
+            let file = path.clone();
+            // Read at most the limit, decode within it: both blocking.
+            let decoded = tokio::task::spawn_blocking(move || {
+                let bytes = read_limited(&file, limits.max_file_bytes())?;
+                Ok::<_, std::io::Error>(capture::decode(bytes, preparation, &limits))
+            })
+            .await;
             let pixels = match decoded {
-                Ok(Ok(pixels)) => pixels,
-                Ok(Err(e)) => {
-                    self.reject(&path, &e.to_string()).await;
+                Ok(Ok(Ok(pixels))) => pixels,
+                Ok(Ok(Err(e))) => {
+                    self.reject(&path, e.reason(), &e.to_string()).await;
                     continue;
                 }
+                Ok(Err(e)) => match e.downcast::<DecodeError>() {
+                    Ok(e) => {
+                        self.reject(&path, e.reason(), &e.to_string()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), cause = %e, "cannot read a hot-folder file; will retry");
+                        continue;
+                    }
+                },
                 Err(e) => {
-                    self.reject(&path, &format!("decoder failed: {e}")).await;
+                    self.reject(&path, "decoder_failed", &format!("decoder failed: {e}"))
+                        .await;
                     continue;
                 }
             };
@@ -143,6 +162,9 @@ impl HotFolderSource {
                 // Counted and logged by intake; the file waits for room.
                 Err(Refusal::Full(_)) => return true,
                 Err(Refusal::Stopping) => return false,
+                Err(Refusal::TooLarge(reason)) => {
+                    self.reject(&path, "too_large_for_link", &reason).await;
+                }
                 Err(Refusal::Failed(reason)) => {
                     tracing::error!(file = %path.display(), %reason, "capture failed; the file stays for a retry");
                 }
@@ -167,11 +189,11 @@ impl HotFolderSource {
         }
     }
 
-    async fn reject(&self, path: &Path, reason: &str) {
-        self.metrics.rejected_files.inc();
+    async fn reject(&self, path: &Path, label: &str, reason: &str) {
+        self.metrics.rejected_file(label);
         let name = file_name(path);
         let target = self.folder.path.join("rejected").join(&name);
-        tracing::warn!(file = %path.display(), reason, "not an image; moved to rejected/");
+        tracing::warn!(file = %path.display(), cause = label, reason, "file refused; moved to rejected/");
         if let Err(e) = tokio::fs::rename(path, &target).await {
             tracing::error!(file = %path.display(), cause = %e, "cannot move a rejected file");
             return;
@@ -258,6 +280,25 @@ impl Source for HotFolderSource {
     ) -> SourceTask {
         Box::pin(self.serve(intake, results, stop))
     }
+}
+
+/// Reads `path`, refusing (with [`DecodeError::FileTooLarge`] inside the
+/// error) a file longer than `limit` without reading more than that.
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let too_large = |bytes| std::io::Error::other(DecodeError::FileTooLarge { bytes, limit });
+    if size > limit {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // The file may grow while read: never past the limit.
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 fn file_name(path: &Path) -> String {

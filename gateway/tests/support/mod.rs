@@ -49,9 +49,24 @@ impl World {
         result_timeout_secs: u64,
         edit: impl FnOnce(&mut GatewayConfig),
     ) -> World {
+        Self::with_broker(
+            &BrokerOptions::default(),
+            spool_bytes,
+            result_timeout_secs,
+            edit,
+        )
+    }
+
+    /// As [`World::with`], on a broker started with `options`.
+    pub fn with_broker(
+        options: &BrokerOptions,
+        spool_bytes: u64,
+        result_timeout_secs: u64,
+        edit: impl FnOnce(&mut GatewayConfig),
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "medgate test CA").unwrap();
-        let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
+        let broker = Mosquitto::start(&pki, dir.path(), options).unwrap();
         let key = ReceiverPrivateKey::generate(3072).unwrap();
         let public = dir.path().join("receiver.pub.pem");
         std::fs::write(&public, key.public().to_pem().unwrap()).unwrap();
@@ -119,6 +134,13 @@ impl World {
         std::fs::write(&tmp, &png).unwrap();
         std::fs::rename(&tmp, self.inbox.join(name)).unwrap();
         image.into_raw()
+    }
+
+    /// Drops `bytes` into the hot folder as `name` (rename).
+    pub fn drop_file(&self, name: &str, bytes: &[u8]) {
+        let tmp = self.inbox.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, self.inbox.join(name)).unwrap();
     }
 
     pub fn start_in_process(&self) -> Running {
@@ -277,6 +299,46 @@ pub fn files_in(dir: &Path, suffix: &str) -> Vec<String> {
 
 pub async fn metrics_text(address: std::net::SocketAddr) -> String {
     medgate_testkit::metrics::scrape(address).await.unwrap()
+}
+
+/// A PNG of `side`² black pixels: a few dozen KB on disk, `side`² bytes
+/// decoded (8192: 64 MiB from 65 KB).
+pub fn bomb_png(side: u32) -> Vec<u8> {
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let image = image::GrayImage::new(side, side);
+    let mut png = Vec::new();
+    PngEncoder::new_with_quality(&mut png, CompressionType::Best, FilterType::NoFilter)
+        .write_image(image.as_raw(), side, side, image::ExtendedColorType::L8)
+        .unwrap();
+    png
+}
+
+/// A PNG of `width` × `height` noise-like pixels (compresses poorly).
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::GrayImage::from_fn(width, height, |x, y| {
+        let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 13);
+        image::Luma([(v >> 7) as u8])
+    });
+    let mut png = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+/// A 16-bit grayscale PNG of `width` × `height` noise-like pixels.
+pub fn noise_png16(width: u32, height: u32) -> Vec<u8> {
+    let image: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        image::ImageBuffer::from_fn(width, height, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 13);
+            image::Luma([(v >> 3) as u16])
+        });
+    let mut png = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
 }
 
 pub fn counter(metrics: &str, name: &str) -> f64 {

@@ -58,6 +58,12 @@ pub trait Daemon {
     /// One line for `check-config`, after the file name and "ok".
     fn summary(settings: &Self::Settings) -> String;
 
+    /// Settings that work but will refuse some inputs; `check-config`
+    /// prints each as a warning (and still succeeds).
+    fn warnings(_settings: &Self::Settings) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The async runtime the service runs on.
     ///
     /// # Errors
@@ -82,6 +88,9 @@ pub fn execute<D: Daemon>(command: DaemonCommand) -> ExitCode {
         DaemonCommand::Run { config } => serve::<D>(&config),
         DaemonCommand::CheckConfig { file } => match D::load(&file) {
             Ok(settings) => {
+                for warning in D::warnings(&settings) {
+                    eprintln!("{}: warning: {}: {warning}", D::PROGRAM, file.display());
+                }
                 println!("{}: ok ({})", file.display(), D::summary(&settings));
                 ExitCode::SUCCESS
             }

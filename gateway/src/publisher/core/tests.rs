@@ -99,6 +99,11 @@ fn name(text: &str) -> Name {
 
 impl Harness {
     fn new() -> Self {
+        Self::with_inflight(1 << 20)
+    }
+
+    /// A harness whose core keeps at most `inflight_bytes` unacknowledged.
+    fn with_inflight(inflight_bytes: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
         let spool = Arc::new(Mutex::new(spool));
@@ -112,7 +117,8 @@ impl Harness {
                 gateway: name("gw-1"),
                 result_timeout: TIMEOUT,
                 max_publications: MAX_PUBLICATIONS,
-                max_packet_bytes: 1 << 20,
+                link: LinkLimit::new(1 << 20),
+                inflight_bytes,
             },
             broker.clone(),
             events_rx,
@@ -141,7 +147,16 @@ impl Harness {
     }
 
     async fn connect(&mut self, session_present: bool) {
-        self.core.handle(Event::Connected { session_present }).await;
+        self.connect_with(session_present, None).await;
+    }
+
+    async fn connect_with(&mut self, session_present: bool, max_packet_bytes: Option<u32>) {
+        self.core
+            .handle(Event::Connected {
+                session_present,
+                max_packet_bytes,
+            })
+            .await;
     }
 
     /// Seals an image for `xr-1` (known to the test as `label`), spools it
@@ -646,4 +661,43 @@ async fn an_image_nobody_answers_is_quarantined_after_the_last_publication() {
     h.core.publish_due().await;
     assert!(h.deliveries.try_recv().is_err());
     assert_eq!(h.metrics.published.get(), u64::from(MAX_PUBLICATIONS));
+}
+
+#[tokio::test]
+async fn an_image_larger_than_the_broker_takes_is_never_sent_and_is_quarantined() {
+    let mut h = Harness::new();
+    // The broker's CONNACK names a limit below the sealed test image.
+    h.connect_with(false, Some(600)).await;
+    h.broker.take();
+    let id = h.spool_image(b"image").await;
+    let delivery = h.deliveries.recv().await.unwrap();
+    let rejection = rejected(&delivery);
+    assert_eq!(rejection.cause, "too_large");
+    assert!(
+        rejection.reason.contains("at most 600"),
+        "{}",
+        rejection.reason
+    );
+    assert_eq!(h.broker.take(), [], "nothing sent that the broker refuses");
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
+    assert!(!h.spooled(&id));
+    assert_eq!(h.quarantined("too_large"), 1);
+}
+
+#[tokio::test]
+async fn unacknowledged_bytes_are_bounded_and_the_next_image_waits_for_a_puback() {
+    // Room for one sealed 8 x 8 test image (about 770 bytes), not two.
+    let mut h = Harness::with_inflight(1000);
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await;
+    h.broker.take();
+    h.spool_image(b"first").await;
+    h.spool_image(b"second").await;
+    assert_eq!(h.broker.take(), [h.published(b"first")]);
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), [], "over the in-flight budget");
+    h.broker_answers(PubAckReason::Success).await;
+    h.core.publish_due().await;
+    assert_eq!(h.broker.take(), [h.published(b"second")]);
 }

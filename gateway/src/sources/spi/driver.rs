@@ -35,6 +35,17 @@ pub enum SensorError {
         /// What is wrong.
         reason: String,
     },
+    /// The frame is larger than the broker link carries; its pixels are
+    /// not read.
+    #[error("frame {frame} has {bytes} bytes of pixels; the broker link carries at most {budget}")]
+    FrameTooLarge {
+        /// The sensor's frame counter.
+        frame: u32,
+        /// Its pixel bytes.
+        bytes: u64,
+        /// What the link carries.
+        budget: u64,
+    },
 }
 
 /// A frame read from the sensor.
@@ -78,11 +89,14 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
     }
 
     /// Reads the waiting frame (the sensor keeps it until
-    /// [`frame_done`](Self::frame_done)).
+    /// [`frame_done`](Self::frame_done)) if its pixels are at most
+    /// `max_bytes`: the description is checked before anything is
+    /// allocated.
     ///
     /// # Errors
-    /// [`SensorError`] for a fault, a bus error or an impossible frame.
-    pub fn read_frame(&mut self) -> Result<Frame, SensorError> {
+    /// [`SensorError`] for a fault, a bus error, an impossible frame or one
+    /// over `max_bytes`.
+    pub fn read_frame(&mut self, max_bytes: u64) -> Result<Frame, SensorError> {
         let mut status = [0u8; 1];
         self.read_register(reg::STATUS, &mut status)?;
         if status[0] & reg::STATUS_FAULT != 0 {
@@ -110,6 +124,13 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
                 "length {} for {w}x{h} at {} bits",
                 info.length, info.bits
             )));
+        }
+        if expected as u64 > max_bytes {
+            return Err(SensorError::FrameTooLarge {
+                frame: info.frame,
+                bytes: expected as u64,
+                budget: max_bytes,
+            });
         }
         let mut data = vec![0u8; expected];
         for chunk in data.chunks_mut(CHUNK) {

@@ -30,9 +30,9 @@ use self::frames::FrameMap;
 use self::registers::{FLAG_REJECTED, ResultRecord};
 use self::virtual_bus::VirtualBus;
 use super::{Source, SourceTask};
-use crate::capture::{self, Capture};
+use crate::capture::{self, Capture, pixel_budget};
 use crate::intake::{Intake, Refusal};
-use crate::messages::{Delivery, Verdict};
+use crate::messages::{Delivery, LinkLimit, Verdict};
 use crate::metrics::Metrics;
 
 /// How an SPI sensor is reached.
@@ -72,13 +72,19 @@ pub struct SpiSensorConfig {
 /// The source.
 pub struct SpiSensorSource {
     config: SpiSensorConfig,
+    link: LinkLimit,
     metrics: Metrics,
 }
 
 impl SpiSensorSource {
-    /// A source for `config`.
-    pub fn new(config: SpiSensorConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+    /// A source for `config`; frames larger than `link` carries are
+    /// refused.
+    pub fn new(config: SpiSensorConfig, link: LinkLimit, metrics: Metrics) -> Self {
+        Self {
+            config,
+            link,
+            metrics,
+        }
     }
 }
 
@@ -106,6 +112,7 @@ impl Source for SpiSensorSource {
                 .spawn(move || {
                     drive(
                         &self.config,
+                        &self.link,
                         &self.metrics,
                         &runtime,
                         &intake,
@@ -131,6 +138,7 @@ impl Source for SpiSensorSource {
 /// Connects (again and again, with backoff) and runs the sensor until `stop`.
 fn drive(
     config: &SpiSensorConfig,
+    link: &LinkLimit,
     metrics: &Metrics,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
@@ -156,6 +164,7 @@ fn drive(
                     session(
                         &mut sensor,
                         config,
+                        link,
                         metrics,
                         runtime,
                         intake,
@@ -174,6 +183,7 @@ fn drive(
                 session(
                     &mut sensor,
                     config,
+                    link,
                     metrics,
                     runtime,
                     intake,
@@ -208,6 +218,7 @@ fn drive(
 fn session<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
     config: &SpiSensorConfig,
+    link: &LinkLimit,
     metrics: &Metrics,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
@@ -227,7 +238,7 @@ fn session<S: SpiDevice, P: InputPin>(
             std::thread::sleep(config.poll);
             continue;
         }
-        let frame = match sensor.read_frame() {
+        let frame = match sensor.read_frame(pixel_budget(link.get())) {
             // The first frame after a (re)start may be one taken just before
             // a crash, before FRAME_DONE reached the sensor: it is spooled
             // already, so release it rather than send it twice.
@@ -238,16 +249,26 @@ fn session<S: SpiDevice, P: InputPin>(
                 continue;
             }
             Ok(frame) => frame,
-            Err(e @ SensorError::BadFrame { .. }) => {
+            Err(SensorError::BadFrame { frame, reason }) => {
                 // Nothing sensible to keep: say so, release it, go on.
-                metrics.error("sensor_frame");
-                tracing::error!(device = %config.device, cause = %e, "bad frame released");
-                sensor.frame_done()?;
+                refuse_frame(sensor, config, metrics, frame, "bad_frame", &reason)?;
+                continue;
+            }
+            Err(e @ SensorError::FrameTooLarge { frame, .. }) => {
+                refuse_frame(
+                    sensor,
+                    config,
+                    metrics,
+                    frame,
+                    "too_large_for_link",
+                    &e.to_string(),
+                )?;
                 continue;
             }
             Err(e) => return Err(e),
         };
         first = false;
+        let number = frame.frame;
         let capture = Capture {
             device: config.device.clone(),
             modality: config.modality,
@@ -255,7 +276,7 @@ fn session<S: SpiDevice, P: InputPin>(
             pixels: frame.pixels,
         };
         match runtime.block_on(intake.submit(capture)) {
-            Ok(id) => match frames.insert(id, frame.frame) {
+            Ok(id) => match frames.insert(id, number) {
                 Ok(()) => sensor.frame_done()?,
                 Err(e) => {
                     // Spooled, but its result could not be routed after a
@@ -270,6 +291,16 @@ fn session<S: SpiDevice, P: InputPin>(
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(Refusal::Stopping) => return Ok(()),
+            Err(Refusal::TooLarge(reason)) => {
+                refuse_frame(
+                    sensor,
+                    config,
+                    metrics,
+                    number,
+                    "too_large_for_link",
+                    &reason,
+                )?;
+            }
             Err(Refusal::Failed(reason)) => {
                 tracing::error!(device = %config.device, %reason, "frame not accepted; the sensor keeps it");
                 std::thread::sleep(Duration::from_millis(200));
@@ -277,6 +308,27 @@ fn session<S: SpiDevice, P: InputPin>(
         }
     }
     Ok(())
+}
+
+/// Refuses a frame for good: the sensor gets a REJECTED result for it and
+/// is told to release it; counted by reason, never spooled.
+fn refuse_frame<S: SpiDevice, P: InputPin>(
+    sensor: &mut SpiSensor<S, P>,
+    config: &SpiSensorConfig,
+    metrics: &Metrics,
+    frame: u32,
+    label: &str,
+    reason: &str,
+) -> Result<(), SensorError> {
+    metrics.rejected_frame(label);
+    tracing::error!(device = %config.device, frame, cause = label, reason, "frame refused; released with a REJECTED result");
+    sensor.write_result(ResultRecord {
+        frame,
+        class: 0xFF,
+        confidence: 0,
+        flags: FLAG_REJECTED,
+    })?;
+    sensor.frame_done()
 }
 
 fn write_back<S: SpiDevice, P: InputPin>(
