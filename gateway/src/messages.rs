@@ -4,7 +4,8 @@
 //! uses none of those parts, so that they depend on it and not on each other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::messages::ResultMessage;
@@ -42,6 +43,44 @@ impl LinkLimit {
         let limit = maximum.map_or(self.configured, |m| m.min(self.configured));
         self.current.store(limit, Ordering::Relaxed);
         limit
+    }
+}
+
+/// When the publisher's core last turned its loop: the systemd watchdog
+/// is fed only while it does, so that a frozen core (a disk that hangs, a
+/// deadlock) gets the service restarted. Clones share the value.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    /// A heartbeat that has just beaten.
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The loop turned.
+    pub fn beat(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::intake;
-use crate::messages::LinkLimit;
+use crate::messages::{Heartbeat, LinkLimit};
 use crate::metrics::Metrics;
+use crate::publisher::core::TICK;
 use crate::publisher::core::{Core, CoreConfig};
 use crate::publisher::{self, link};
 use crate::sequence::{SequenceError, Sequences};
@@ -125,6 +126,7 @@ pub async fn run(
         sources.push((source, rx));
     }
 
+    let heartbeat = Heartbeat::new();
     let link_stop = CancellationToken::new();
     let link = tokio::spawn(link::link(
         eventloop,
@@ -142,6 +144,7 @@ pub async fn run(
                 max_publications: settings.max_publications,
                 link: link_limit.clone(),
                 inflight_bytes: publisher::core::INFLIGHT_BYTES,
+                heartbeat: heartbeat.clone(),
             },
             client.clone(),
             events_rx,
@@ -177,7 +180,7 @@ pub async fn run(
     tracker.close();
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    let watchdog = tokio::spawn(feed_watchdog(stop.clone()));
+    let watchdog = tokio::spawn(feed_watchdog(heartbeat, stop.clone()));
     if let Some(started) = started {
         let _ = started.send(Started {
             metrics: metrics_address,
@@ -220,19 +223,29 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends WATCHDOG=1 at half the interval systemd asked for, while the
-/// runtime is alive (a wedged runtime stops the pings and systemd restarts
-/// the service).
-async fn feed_watchdog(stop: CancellationToken) {
+/// Sends WATCHDOG=1 at half the interval systemd asked for while the
+/// publisher's core turns (its heartbeat is younger than the interval, or
+/// than a few of its ticks): a wedged runtime or a frozen core stops the
+/// pings and systemd restarts the service.
+async fn feed_watchdog(heartbeat: Heartbeat, stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
+    let allowed = interval.max(TICK * 5);
     let mut tick = tokio::time::interval(interval / 2);
+    let mut silent = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                let age = heartbeat.age();
+                if age <= allowed {
+                    silent = false;
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else if !silent {
+                    silent = true;
+                    tracing::error!(stalled_ms = age.as_millis() as u64, "the publisher core has stopped turning; no longer feeding the systemd watchdog");
+                }
             }
         }
     }

@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 use super::status_payload;
 use crate::capture::now_ms;
 use crate::capture::publish_overhead;
-use crate::messages::{Delivery, Event, LinkLimit, Rejection, Verdict};
+use crate::messages::{Delivery, Event, Heartbeat, LinkLimit, Rejection, Verdict};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, QuarantineNote, Spool};
 
 /// How often the core looks for images to (re)publish.
-const TICK: Duration = Duration::from_millis(200);
+pub const TICK: Duration = Duration::from_millis(200);
 
 /// Bytes of images published and not yet acknowledged, at most (one image
 /// is always allowed): rumqttc holds each until its PUBACK, so this bounds
@@ -68,6 +68,15 @@ impl Requests for AsyncClient {
     }
 }
 
+/// A verdict on its way to a device's source.
+struct Waiting {
+    id: MessageId,
+    device: Name,
+    delivery: Delivery,
+    delivered: oneshot::Receiver<()>,
+    note: Option<QuarantineNote>,
+}
+
 #[derive(Debug, Default)]
 struct Publication {
     published_at: Option<Instant>,
@@ -94,6 +103,8 @@ pub struct CoreConfig {
     pub link: LinkLimit,
     /// Unacknowledged image bytes at most ([`INFLIGHT_BYTES`]).
     pub inflight_bytes: u64,
+    /// Beaten at every turn of the loop (the watchdog reads it).
+    pub heartbeat: Heartbeat,
 }
 
 /// The core actor, publishing through `C` (the rumqttc client in the
@@ -108,6 +119,10 @@ pub struct Core<C> {
     feedback: mpsc::Sender<Event>,
     /// Images whose result is on its way to the device.
     delivering: HashSet<MessageId>,
+    /// Verdicts whose device's source is not taking any now (its queue is
+    /// full: a sensor unplugged), oldest first; tried again every tick, so
+    /// that one absent device never stops the others.
+    waiting: VecDeque<Waiting>,
     metrics: Metrics,
     connected: bool,
     publications: HashMap<MessageId, Publication>,
@@ -137,6 +152,7 @@ impl<C: Requests> Core<C> {
             routes,
             feedback,
             delivering: HashSet::new(),
+            waiting: VecDeque::new(),
             metrics,
             connected: false,
             publications: HashMap::new(),
@@ -150,9 +166,13 @@ impl<C: Requests> Core<C> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.config.heartbeat.beat();
             tokio::select! {
                 () = stop.cancelled() => return,
-                _ = tick.tick() => self.publish_due().await,
+                _ = tick.tick() => {
+                    self.retry_waiting();
+                    self.publish_due().await;
+                }
                 event = self.events.recv() => match event {
                     Some(event) => self.handle(event).await,
                     None => return,
@@ -301,8 +321,7 @@ impl<C: Requests> Core<C> {
                     format!(
                         "the sealed image needs a {packet}-byte packet; the broker link carries at most {limit} (mqtt.max_packet_bytes, or the broker's maximum if lower)"
                     ),
-                )
-                .await;
+                );
                 continue;
             }
             if inflight > 0 && inflight + bytes > self.config.inflight_bytes {
@@ -314,8 +333,7 @@ impl<C: Requests> Core<C> {
                     id,
                     "unanswered",
                     format!("{count} publications without an answer"),
-                )
-                .await;
+                );
                 continue;
             }
             if !self.publish(id, &device).await {
@@ -327,7 +345,7 @@ impl<C: Requests> Core<C> {
 
     /// Stops publishing a spooled image: its device learns it will not be
     /// classified, and the image moves to quarantine.
-    async fn give_up(&mut self, id: MessageId, cause: &str, reason: String) {
+    fn give_up(&mut self, id: MessageId, cause: &str, reason: String) {
         let entry = {
             let spool = self.spool.lock().unwrap_or_else(PoisonError::into_inner);
             spool.get(&id).cloned()
@@ -342,7 +360,7 @@ impl<C: Requests> Core<C> {
             reason,
             receiver: None,
         });
-        self.deliver(&entry, verdict).await;
+        self.deliver(&entry, verdict);
     }
 
     /// Queues one publication; false when the client queue is full.
@@ -447,14 +465,14 @@ impl<C: Requests> Core<C> {
                 })
             }
         };
-        self.deliver(&entry, verdict).await;
+        self.deliver(&entry, verdict);
     }
 
     /// Hands a verdict to the source of the image's device; once the device
     /// has it, the spool lets go of the image (deleted after a result, moved
     /// to quarantine after a rejection). A crash in between means answering
     /// it again, never losing it.
-    async fn deliver(&mut self, entry: &Entry, verdict: Verdict) {
+    fn deliver(&mut self, entry: &Entry, verdict: Verdict) {
         let id = entry.id;
         let (done, delivered) = oneshot::channel();
         let note = match &verdict {
@@ -469,20 +487,80 @@ impl<C: Requests> Core<C> {
                 at_ms: now_ms(),
             }),
         };
-        let routed = match self.routes.get(&entry.device) {
-            Some(route) => route.send(Delivery { verdict, done }).await.is_ok(),
+        let waiting = Waiting {
+            id,
+            device: entry.device.clone(),
+            delivery: Delivery { verdict, done },
+            delivered,
+            note,
+        };
+        self.delivering.insert(id);
+        if let Some(waiting) = self.route(waiting) {
+            tracing::warn!(device = %waiting.device, message = %id, "the device's source is not taking results now; this one waits (the image stays spooled)");
+            self.waiting.push_back(waiting);
+        }
+    }
+
+    /// Hands a verdict to its source without waiting; gives it back when
+    /// the source's queue is full.
+    fn route(&mut self, waiting: Waiting) -> Option<Waiting> {
+        let Waiting {
+            id,
+            device,
+            delivery,
+            delivered,
+            note,
+        } = waiting;
+        match self.routes.get(&device) {
+            Some(route) => match route.try_send(delivery) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(delivery)) => {
+                    return Some(Waiting {
+                        id,
+                        device,
+                        delivery,
+                        delivered,
+                        note,
+                    });
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::warn!(device = %device, "the source of this image is gone; it stays spooled");
+                    self.delivering.remove(&id);
+                    return None;
+                }
+            },
             None => {
                 // No source for this device any more (config changed): the
                 // log is all the device gets.
-                let _ = done.send(());
-                true
+                let _ = delivery.done.send(());
             }
-        };
-        if !routed {
-            tracing::warn!(device = %entry.device, "the source of this image is gone; it stays spooled");
-            return;
         }
-        self.delivering.insert(id);
+        self.watch(id, delivered, note);
+        None
+    }
+
+    /// Tries the waiting verdicts again, oldest first, each device's in
+    /// order.
+    fn retry_waiting(&mut self) {
+        let mut blocked: HashSet<Name> = HashSet::new();
+        for _ in 0..self.waiting.len() {
+            let Some(waiting) = self.waiting.pop_front() else {
+                break;
+            };
+            if blocked.contains(&waiting.device) {
+                self.waiting.push_back(waiting);
+                continue;
+            }
+            if let Some(waiting) = self.route(waiting) {
+                blocked.insert(waiting.device.clone());
+                self.waiting.push_back(waiting);
+            }
+        }
+    }
+
+    /// Once the device has the verdict, lets the spool go of the image and
+    /// tells the core.
+    fn watch(&self, id: MessageId, delivered: oneshot::Receiver<()>, note: Option<QuarantineNote>) {
         let spool = self.spool.clone();
         let feedback = self.feedback.clone();
         let metrics = self.metrics.clone();

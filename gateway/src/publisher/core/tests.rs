@@ -104,12 +104,18 @@ impl Harness {
 
     /// A harness whose core keeps at most `inflight_bytes` unacknowledged.
     fn with_inflight(inflight_bytes: u64) -> Self {
+        Self::with_limits(inflight_bytes, 16)
+    }
+
+    /// A harness whose core keeps at most `inflight_bytes` unacknowledged
+    /// and whose device takes `route` verdicts before it reads them.
+    fn with_limits(inflight_bytes: u64, route: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(&dir.path().join("spool"), 64 << 20).unwrap();
         let spool = Arc::new(Mutex::new(spool));
         let metrics = Metrics::register(&mut Registry::default());
         let (events_tx, events_rx) = mpsc::channel(16);
-        let (route, deliveries) = mpsc::channel(16);
+        let (route, deliveries) = mpsc::channel(route);
         let broker = Recorder::default();
         let core = Core::new(
             CoreConfig {
@@ -119,6 +125,7 @@ impl Harness {
                 max_publications: MAX_PUBLICATIONS,
                 link: LinkLimit::new(1 << 20),
                 inflight_bytes,
+                heartbeat: Heartbeat::new(),
             },
             broker.clone(),
             events_rx,
@@ -700,4 +707,40 @@ async fn unacknowledged_bytes_are_bounded_and_the_next_image_waits_for_a_puback(
     h.broker_answers(PubAckReason::Success).await;
     h.core.publish_due().await;
     assert_eq!(h.broker.take(), [h.published(b"second")]);
+}
+
+#[tokio::test]
+async fn a_device_that_takes_no_results_never_stops_the_core() {
+    // The device's source holds one verdict and reads none (a sensor
+    // unplugged with results pending).
+    let mut h = Harness::with_limits(1 << 20, 1);
+    h.connect(false).await;
+    h.broker_answers(PubAckReason::Success).await;
+    let first = h.spool_image(b"first").await;
+    h.broker_answers(PubAckReason::Success).await;
+    let second = h.spool_image(b"second").await;
+    h.broker_answers(PubAckReason::Success).await;
+    h.broker.take();
+    let results = [h.result_for(first), h.result_for(second)];
+    for result in results {
+        tokio::time::timeout(Duration::from_secs(5), h.result_arrives(result))
+            .await
+            .expect("the core does not wait for the device");
+    }
+    // The core goes on: a new image is published at once.
+    h.spool_image(b"third").await;
+    assert_eq!(h.broker.take(), [h.published(b"third")]);
+    assert!(h.spooled(&first) && h.spooled(&second));
+    // The device comes back: it gets both, in order, the second from a
+    // later tick.
+    let delivery = h.deliveries.recv().await.unwrap();
+    assert_eq!(classified(&delivery).message_id, first.to_string());
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
+    h.core.retry_waiting();
+    let delivery = h.deliveries.recv().await.unwrap();
+    assert_eq!(classified(&delivery).message_id, second.to_string());
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
+    assert!(!h.spooled(&first) && !h.spooled(&second));
 }
