@@ -468,11 +468,16 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         }
         settings::in_range(file, &key("scan_interval_ms"), folder.scan_interval_ms, 1..)?;
         hot_folders.push(HotFolder {
-            device,
             path: folder.path.clone(),
             modality,
             scan_interval: Duration::from_millis(folder.scan_interval_ms),
             settle: Duration::from_millis(folder.settle_ms),
+            state_dir: raw
+                .gateway
+                .state_dir
+                .join("hot_folders")
+                .join(device.as_str()),
+            device,
         });
     }
     let mut spi_sensors = Vec::new();

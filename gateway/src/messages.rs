@@ -3,8 +3,9 @@
 //! core hands each result to the source of its device. A leaf module: it
 //! uses none of those parts, so that they depend on it and not on each other.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use medgate_shared::ids::{MessageId, Name};
@@ -81,6 +82,44 @@ impl Heartbeat {
 impl Default for Heartbeat {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What is wrong with each source now (a hot folder it cannot move files
+/// out of, …), by device: the retained status names it until it is fixed.
+/// Clones share the value.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    problems: Arc<Mutex<BTreeMap<String, String>>>,
+    version: Arc<AtomicU64>,
+}
+
+impl Health {
+    /// Records `problem` for `device` (`None`: it works); true when that
+    /// changed something.
+    pub fn set(&self, device: &Name, problem: Option<String>) -> bool {
+        let mut problems = self.problems.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = match problem {
+            Some(problem) => problems.insert(device.to_string(), problem.clone()) != Some(problem),
+            None => problems.remove(device.as_str()).is_some(),
+        };
+        if changed {
+            self.version.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// The problems now.
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes so far (the core republishes its status when it moves).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Whether the broker connection is up (1) or not (0).
     pub connected: Gauge,
+    /// Captured hot-folder files that could not be moved to `done/`, by
+    /// device (non-zero: the folder is broken).
+    pub hot_folder_stuck: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -68,6 +71,7 @@ impl Metrics {
             quarantined: Family::default(),
             errors: Family::default(),
             connected: Gauge::default(),
+            hot_folder_stuck: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("medgate_gateway");
         r.register("captured", "Images taken from a source", m.captured.clone());
@@ -130,6 +134,11 @@ impl Metrics {
         );
         r.register("errors", "Errors by kind", m.errors.clone());
         r.register("connected", "Broker connection up", m.connected.clone());
+        r.register(
+            "hot_folder_stuck_files",
+            "Captured hot-folder files that cannot be moved to done/ (the folder is broken)",
+            m.hot_folder_stuck.clone(),
+        );
         m
     }
 

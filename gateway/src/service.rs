@@ -4,7 +4,7 @@
 //! holds, the publisher says "offline", then the connection closes. Every
 //! accepted image is in the spool by then and is published on the next start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::intake;
-use crate::messages::{Heartbeat, LinkLimit};
+use crate::messages::{Health, Heartbeat, LinkLimit};
 use crate::metrics::Metrics;
 use crate::publisher::core::TICK;
 use crate::publisher::core::{Core, CoreConfig};
@@ -92,7 +92,7 @@ pub async fn run(
     let status_topic = topics::status(&settings.site, &settings.name);
     options.set_last_will(LastWill::new(
         status_topic.clone(),
-        publisher::status_payload(&settings.name, "offline", None),
+        publisher::status_payload(&settings.name, "offline", None, BTreeMap::new()),
         QoS::AtLeastOnce,
         true,
         None,
@@ -104,10 +104,12 @@ pub async fn run(
     let mut sources: Vec<(Box<dyn Source>, mpsc::Receiver<_>)> = Vec::new();
     let preparation = settings.preparation;
     let link_limit = LinkLimit::new(settings.mqtt.max_packet_bytes);
+    let health = Health::default();
     for sensor in &settings.spi_sensors {
         let source: Box<dyn Source> = Box::new(SpiSensorSource::new(
             sensor.clone(),
             link_limit.clone(),
+            health.clone(),
             metrics.clone(),
         ));
         let (tx, rx) = mpsc::channel(64);
@@ -119,6 +121,7 @@ pub async fn run(
             folder.clone(),
             preparation,
             link_limit.clone(),
+            health.clone(),
             metrics.clone(),
         ));
         let (tx, rx) = mpsc::channel(64);
@@ -145,6 +148,7 @@ pub async fn run(
                 link: link_limit.clone(),
                 inflight_bytes: publisher::core::INFLIGHT_BYTES,
                 heartbeat: heartbeat.clone(),
+                health: health.clone(),
             },
             client.clone(),
             events_rx,
@@ -211,7 +215,7 @@ pub async fn run(
             status_topic,
             QoS::AtLeastOnce,
             true,
-            publisher::status_payload(&settings.name, "offline", None),
+            publisher::status_payload(&settings.name, "offline", None, BTreeMap::new()),
         )
         .await;
     if !mqtt::disconnect(&client, link).await {

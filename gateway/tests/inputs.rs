@@ -133,3 +133,131 @@ async fn an_image_the_broker_cannot_carry_is_refused_at_capture_and_the_link_sta
     );
     gateway.stop().await;
 }
+
+/// The gauge of captured files stuck in the folder.
+async fn stuck(address: std::net::SocketAddr) -> f64 {
+    counter(
+        &metrics_text(address).await,
+        "medgate_gateway_hot_folder_stuck_files{device=\"scanner-1\"}",
+    )
+}
+
+async fn sealed(address: std::net::SocketAddr) -> f64 {
+    counter(&metrics_text(address).await, "medgate_gateway_sealed_total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_cannot_leave_the_folder_is_captured_once_even_across_a_restart() {
+    let world = World::new(64 << 20, 60);
+    // done/ cannot take files: it is a plain file (permissions would not
+    // stop a gateway running as root).
+    std::fs::write(world.done(), b"not a folder").unwrap();
+    let mut receiver = world.receiver().await;
+    let settings = medgate_testkit::client::settings(&world.pki, &world.broker, "it-1").unwrap();
+    let mut status = medgate_testkit::client::TestClient::connect(
+        &settings,
+        "it-1",
+        &["medgate/v1/site-a/gw-1/status".to_owned()],
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let mut gateway = world.start_in_process();
+    let address = gateway.started().await.metrics.unwrap();
+
+    world.drop_image("a.png", 3, 64);
+    let first = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stuck(address).await != 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "never reported");
+        tokio::task::yield_now().await;
+    }
+    // b.png is captured by a scan that lists a.png again (oldest first).
+    world.drop_image("b.png", 4, 64);
+    let second = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
+    assert_ne!(first[0].payload, second[0].payload);
+    while stuck(address).await != 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "b.png not reported");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sealed(address).await, 2.0, "each file captured once");
+    // The retained status names the broken folder.
+    loop {
+        let got = status
+            .expect("medgate/v1/site-a/gw-1/status", 1, WAIT)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&got[0].payload).into_owned();
+        if text.contains("\"problems\"") && text.contains("cannot be moved to") {
+            assert!(text.contains("scanner-1"), "{text}");
+            break;
+        }
+    }
+    gateway.stop().await;
+
+    // A restart captures neither again; a new file still flows.
+    let mut gateway = world.start_in_process();
+    let address = gateway.started().await.metrics.unwrap();
+    world.drop_image("c.png", 5, 64);
+    let opener = world.opener();
+    let (a_id, b_id) = (
+        world
+            .opener()
+            .open(&first[0].payload)
+            .unwrap()
+            .header
+            .meta
+            .message_id,
+        world
+            .opener()
+            .open(&second[0].payload)
+            .unwrap()
+            .header
+            .meta
+            .message_id,
+    );
+    loop {
+        let got = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
+        let id = opener.open(&got[0].payload).unwrap().header.meta.message_id;
+        // a and b come again from the spool, under their own ids.
+        if id != a_id && id != b_id {
+            break;
+        }
+    }
+    assert_eq!(
+        sealed(address).await,
+        1.0,
+        "only c.png sealed after the restart"
+    );
+    // c.png cannot leave either.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stuck(address).await != 3.0 {
+        assert!(tokio::time::Instant::now() < deadline, "c.png not reported");
+        tokio::task::yield_now().await;
+    }
+
+    // The folder is repaired: the files move, a and b under their first ids.
+    std::fs::remove_file(world.done()).unwrap();
+    std::fs::create_dir(world.done()).unwrap();
+    let done = world.done();
+    eventually("a.png and b.png moved", || {
+        files_in(&done, ".png").len() >= 2
+    })
+    .await;
+    let moved = files_in(&done, ".png");
+    for id in [a_id, b_id] {
+        assert!(
+            moved.iter().any(|n| n.starts_with(&id.to_string())),
+            "{moved:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while stuck(address).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still reported broken"
+        );
+        tokio::task::yield_now().await;
+    }
+    gateway.stop().await;
+}

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::status_payload;
 use crate::capture::now_ms;
 use crate::capture::publish_overhead;
-use crate::messages::{Delivery, Event, Heartbeat, LinkLimit, Rejection, Verdict};
+use crate::messages::{Delivery, Event, Health, Heartbeat, LinkLimit, Rejection, Verdict};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, QuarantineNote, Spool};
 
@@ -105,6 +105,8 @@ pub struct CoreConfig {
     pub inflight_bytes: u64,
     /// Beaten at every turn of the loop (the watchdog reads it).
     pub heartbeat: Heartbeat,
+    /// The sources' problems, which the status names.
+    pub health: Health,
 }
 
 /// The core actor, publishing through `C` (the rumqttc client in the
@@ -125,6 +127,8 @@ pub struct Core<C> {
     waiting: VecDeque<Waiting>,
     metrics: Metrics,
     connected: bool,
+    /// The health version the last status showed.
+    status_version: u64,
     publications: HashMap<MessageId, Publication>,
     /// Message ids in the order their publish requests were queued; `None`
     /// for the status message.
@@ -155,6 +159,7 @@ impl<C: Requests> Core<C> {
             waiting: VecDeque::new(),
             metrics,
             connected: false,
+            status_version: 0,
             publications: HashMap::new(),
             awaiting_pkid: VecDeque::new(),
             by_pkid: HashMap::new(),
@@ -170,6 +175,9 @@ impl<C: Requests> Core<C> {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {
+                    if self.connected && self.status_version != self.config.health.version() {
+                        self.publish_status();
+                    }
                     self.retry_waiting();
                     self.publish_due().await;
                 }
@@ -277,7 +285,13 @@ impl<C: Requests> Core<C> {
             .unwrap_or_else(PoisonError::into_inner)
             .quarantine_summary(super::STATUS_RECENT_QUARANTINED);
         let status = topics::status(&self.config.site, &self.config.gateway);
-        let payload = status_payload(&self.config.gateway, "online", Some(&quarantine));
+        self.status_version = self.config.health.version();
+        let payload = status_payload(
+            &self.config.gateway,
+            "online",
+            Some(&quarantine),
+            self.config.health.problems(),
+        );
         if self.client.try_publish(status, true, payload).is_ok() {
             self.awaiting_pkid.push_back(None);
         }

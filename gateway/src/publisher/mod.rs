@@ -15,6 +15,8 @@
 pub mod core;
 pub mod link;
 
+use std::collections::BTreeMap;
+
 use medgate_shared::ids::Name;
 use serde::Serialize;
 
@@ -37,14 +39,19 @@ struct Status<'a> {
     /// The latest of them, newest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     recently_quarantined: Option<&'a [QuarantineNote]>,
+    /// What is wrong with a source now, by device.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    problems: BTreeMap<String, String>,
 }
 
 /// The retained status payload for `state` ("online" / "offline"), with
-/// the quarantine's count and latest notes when known.
+/// the quarantine's count and latest notes when known, and the sources'
+/// problems.
 pub fn status_payload(
     gateway: &Name,
     state: &str,
     quarantine: Option<&(usize, Vec<QuarantineNote>)>,
+    problems: BTreeMap<String, String>,
 ) -> Vec<u8> {
     serde_json::to_vec(&Status {
         state,
@@ -53,6 +60,7 @@ pub fn status_payload(
         at_ms: now_ms(),
         quarantined: quarantine.map(|(count, _)| *count),
         recently_quarantined: quarantine.map(|(_, notes)| notes.as_slice()),
+        problems,
     })
     .unwrap_or_default()
 }

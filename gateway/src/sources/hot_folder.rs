@@ -14,20 +14,30 @@
 //! `.reason.txt`, counted by reason, and is never spooled; nothing
 //! vanishes silently. When the spool is full the file stays where it is
 //! and is tried again on a later scan.
+//!
+//! Capture is idempotent per file: a file spooled but not movable to
+//! `done/` (a read-only or full folder) is recorded in
+//! `{state_dir}/hot_folders/{device}/` by its identity (device, inode,
+//! size, modification time) and never captured again, by a later scan or
+//! after a restart; the move is retried every scan, and until it succeeds
+//! the folder is reported broken (log, `hot_folder_stuck_files` gauge, the
+//! retained status's `problems`).
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use medgate_shared::header::Modality;
 use medgate_shared::ids::{MessageId, Name};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture, DecodeError, Preparation};
 use crate::intake::{Intake, Refusal};
-use crate::messages::{Delivery, LinkLimit, Verdict};
+use crate::messages::{Delivery, Health, LinkLimit, Verdict};
 use crate::metrics::Metrics;
 
 /// A hot folder, as the config check makes it.
@@ -43,6 +53,9 @@ pub struct HotFolder {
     pub scan_interval: Duration,
     /// Settle time.
     pub settle: Duration,
+    /// Where captured files that could not be moved are recorded
+    /// (`{state_dir}/hot_folders/{device}`).
+    pub state_dir: PathBuf,
 }
 
 /// A hot-folder source.
@@ -50,8 +63,11 @@ pub struct HotFolderSource {
     folder: HotFolder,
     preparation: Preparation,
     link: LinkLimit,
+    health: Health,
     metrics: Metrics,
     done: HashMap<MessageId, PathBuf>,
+    /// Captured files still in the folder (the move to `done/` failed).
+    stuck: HashMap<FileKey, Stuck>,
 }
 
 impl HotFolderSource {
@@ -60,14 +76,17 @@ impl HotFolderSource {
         folder: HotFolder,
         preparation: Preparation,
         link: LinkLimit,
+        health: Health,
         metrics: Metrics,
     ) -> Self {
         Self {
             folder,
             preparation,
             link,
+            health,
             metrics,
             done: HashMap::new(),
+            stuck: HashMap::new(),
         }
     }
 
@@ -83,6 +102,11 @@ impl HotFolderSource {
                 tracing::error!(folder = %dir.display(), cause = %e, "cannot create hot-folder subfolder");
             }
         }
+        self.stuck = load_stuck(&self.folder.state_dir);
+        if !self.stuck.is_empty() {
+            tracing::warn!(folder = %self.folder.path.display(), files = self.stuck.len(), "captured files still wait to be moved to done/; they will not be captured again");
+        }
+        self.report_stuck(None);
         let mut tick = tokio::time::interval(self.folder.scan_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -116,9 +140,18 @@ impl HotFolderSource {
             }
             Err(_) => return true,
         };
+        let present: Vec<FileKey> = files.iter().filter_map(|p| file_key(p).ok()).collect();
+        self.forget_vanished(&present);
         for path in files {
             if stop.is_cancelled() {
                 return true;
+            }
+            let key = file_key(&path).ok();
+            if let Some(stuck) = key.as_ref().and_then(|k| self.stuck.get(k)) {
+                // Spooled already: only the move is left to do.
+                let id = stuck.id;
+                self.mark_done(&path, id, key).await;
+                continue;
             }
             let preparation = self.preparation;
             let limits = preparation.limits(self.link.get());
@@ -158,7 +191,7 @@ impl HotFolderSource {
                 pixels,
             };
             match intake.submit(capture).await {
-                Ok(id) => self.mark_done(&path, id).await,
+                Ok(id) => self.mark_done(&path, id, key).await,
                 // Counted and logged by intake; the file waits for room.
                 Err(Refusal::Full(_)) => return true,
                 Err(Refusal::Stopping) => return false,
@@ -173,19 +206,78 @@ impl HotFolderSource {
         true
     }
 
-    async fn mark_done(&mut self, path: &Path, id: MessageId) {
+    /// Moves a spooled file to `done/`; when that fails, records it so
+    /// that it is never captured again, and reports the folder broken.
+    async fn mark_done(&mut self, path: &Path, id: MessageId, key: Option<FileKey>) {
         let name = file_name(path);
         let target = self.folder.path.join("done").join(format!("{id}-{name}"));
         match tokio::fs::rename(path, &target).await {
             Ok(()) => {
                 self.done.insert(id, target);
+                if let Some(key) = key
+                    && let Some(stuck) = self.stuck.remove(&key)
+                {
+                    let _ = std::fs::remove_file(&stuck.record);
+                    tracing::info!(file = %path.display(), "captured file moved to done/ at last");
+                    self.report_stuck(None);
+                }
             }
             Err(e) => {
-                // The image is spooled; a second capture of this file would
-                // only be a duplicate, so say so loudly.
+                let Some(key) = key else {
+                    self.metrics.error("hot_folder_move");
+                    tracing::error!(file = %path.display(), cause = %e, "image spooled but the file could not be moved to done/ nor identified; it may be captured again");
+                    return;
+                };
+                if self.stuck.contains_key(&key) {
+                    return;
+                }
                 self.metrics.error("hot_folder_move");
-                tracing::error!(file = %path.display(), cause = %e, "image spooled but the file could not be moved to done/");
+                let record = match record_stuck(&self.folder.state_dir, &key, id) {
+                    Ok(record) => record,
+                    Err(record_error) => {
+                        tracing::error!(dir = %self.folder.state_dir.display(), cause = %record_error, "cannot record a captured file; only this run will not capture it again");
+                        PathBuf::new()
+                    }
+                };
+                self.stuck.insert(key, Stuck { id, record });
+                tracing::error!(file = %path.display(), message = %id, cause = %e, "image spooled but the file cannot be moved to done/; it stays, and is not captured again");
+                self.report_stuck(Some(&e));
             }
+        }
+    }
+
+    /// Stuck files whose file is gone (someone removed it) need no move.
+    fn forget_vanished(&mut self, present: &[FileKey]) {
+        let before = self.stuck.len();
+        self.stuck.retain(|key, stuck| {
+            let keep = present.contains(key);
+            if !keep {
+                let _ = std::fs::remove_file(&stuck.record);
+            }
+            keep
+        });
+        if self.stuck.len() != before {
+            self.report_stuck(None);
+        }
+    }
+
+    /// Tells metrics, the log and the status whether the folder is broken.
+    fn report_stuck(&self, cause: Option<&std::io::Error>) {
+        let count = self.stuck.len();
+        self.metrics
+            .hot_folder_stuck
+            .get_or_create(&vec![("device", self.folder.device.to_string())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        let problem = (count > 0).then(|| {
+            let why = cause.map_or_else(String::new, |e| format!(" ({e})"));
+            format!(
+                "{count} captured file(s) cannot be moved to {}{why}; they are not captured again",
+                self.folder.path.join("done").display()
+            )
+        });
+        let fixed = problem.is_none();
+        if self.health.set(&self.folder.device, problem) && fixed {
+            tracing::info!(folder = %self.folder.path.display(), "hot folder works again");
         }
     }
 
@@ -301,6 +393,88 @@ fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// What identifies a file across scans and restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct FileKey {
+    name: String,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i64,
+}
+
+/// A captured file that is still in the folder.
+#[derive(Debug)]
+struct Stuck {
+    id: MessageId,
+    /// Its record in the state folder.
+    record: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StuckRecord {
+    message_id: String,
+    file: FileKey,
+}
+
+fn file_key(path: &Path) -> std::io::Result<FileKey> {
+    let meta = std::fs::metadata(path)?;
+    Ok(FileKey {
+        name: file_name(path),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        mtime_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+    })
+}
+
+/// Records durably that the file `key` is image `id`.
+fn record_stuck(dir: &Path, key: &FileKey, id: MessageId) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{id}.json"));
+    let tmp = dir.join(format!(".{id}.json.tmp"));
+    let body = serde_json::to_vec(&StuckRecord {
+        message_id: id.to_string(),
+        file: key.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&body)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The records of an earlier run; unreadable ones are skipped with a
+/// warning.
+fn load_stuck(dir: &Path) -> HashMap<FileKey, Stuck> {
+    let mut stuck = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return stuck;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let parsed = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StuckRecord>(&b).ok())
+            .and_then(|r| Some((r.file, r.message_id.parse::<MessageId>().ok()?)));
+        match parsed {
+            Some((key, id)) => {
+                stuck.insert(key, Stuck { id, record: path });
+            }
+            None => {
+                tracing::warn!(file = %path.display(), "unreadable record of a captured file; ignored");
+            }
+        }
+    }
+    stuck
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
@@ -314,7 +488,10 @@ fn ready_files(dir: &Path, settle: Duration) -> std::io::Result<Vec<PathBuf>> {
     for item in std::fs::read_dir(dir)? {
         let item = item?;
         let name = item.file_name().to_string_lossy().into_owned();
+        // The gateway's own subfolders are never inputs, whatever they are.
         if name.starts_with('.')
+            || name == "done"
+            || name == "rejected"
             || [".tmp", ".part", ".partial"]
                 .iter()
                 .any(|s| name.ends_with(s))

@@ -126,6 +126,7 @@ impl Harness {
                 link: LinkLimit::new(1 << 20),
                 inflight_bytes,
                 heartbeat: Heartbeat::new(),
+                health: Health::default(),
             },
             broker.clone(),
             events_rx,

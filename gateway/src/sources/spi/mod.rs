@@ -32,7 +32,7 @@ use self::virtual_bus::VirtualBus;
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture, pixel_budget};
 use crate::intake::{Intake, Refusal};
-use crate::messages::{Delivery, LinkLimit, Verdict};
+use crate::messages::{Delivery, Health, LinkLimit, Verdict};
 use crate::metrics::Metrics;
 
 /// How an SPI sensor is reached.
@@ -73,16 +73,18 @@ pub struct SpiSensorConfig {
 pub struct SpiSensorSource {
     config: SpiSensorConfig,
     link: LinkLimit,
+    health: Health,
     metrics: Metrics,
 }
 
 impl SpiSensorSource {
     /// A source for `config`; frames larger than `link` carries are
-    /// refused.
-    pub fn new(config: SpiSensorConfig, link: LinkLimit, metrics: Metrics) -> Self {
+    /// refused; an unreachable sensor is reported in `health`.
+    pub fn new(config: SpiSensorConfig, link: LinkLimit, health: Health, metrics: Metrics) -> Self {
         Self {
             config,
             link,
+            health,
             metrics,
         }
     }
@@ -110,15 +112,7 @@ impl Source for SpiSensorSource {
             let spawned = std::thread::Builder::new()
                 .name(format!("spi-{device}"))
                 .spawn(move || {
-                    drive(
-                        &self.config,
-                        &self.link,
-                        &self.metrics,
-                        &runtime,
-                        &intake,
-                        results,
-                        &stop,
-                    );
+                    drive(&self, &runtime, &intake, results, &stop);
                     let _ = finished.send(());
                 });
             match spawned {
@@ -137,14 +131,18 @@ impl Source for SpiSensorSource {
 
 /// Connects (again and again, with backoff) and runs the sensor until `stop`.
 fn drive(
-    config: &SpiSensorConfig,
-    link: &LinkLimit,
-    metrics: &Metrics,
+    source: &SpiSensorSource,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
     mut results: mpsc::Receiver<Delivery>,
     stop: &CancellationToken,
 ) {
+    let SpiSensorSource {
+        config,
+        link,
+        health,
+        metrics,
+    } = source;
     let mut backoff = Duration::from_millis(100);
     let mut frames = match FrameMap::open(&config.frames_dir) {
         Ok(frames) => frames,
@@ -161,6 +159,7 @@ fn drive(
                 .map_err(|e| SensorError::Bus(e.to_string()))
                 .and_then(|(bus, pin)| SpiSensor::new(bus, pin))
                 .map(|mut sensor| {
+                    health.set(&config.device, None);
                     session(
                         &mut sensor,
                         config,
@@ -180,6 +179,7 @@ fn drive(
                 line,
                 speed_hz,
             } => linux::open(device, chip, *line, *speed_hz).map(|mut sensor| {
+                health.set(&config.device, None);
                 session(
                     &mut sensor,
                     config,
@@ -201,10 +201,12 @@ fn drive(
             Ok(Ok(())) => return,
             Ok(Err(e)) => {
                 metrics.error("sensor");
+                health.set(&config.device, Some(format!("sensor link failed: {e}")));
                 tracing::warn!(device = %config.device, cause = %e, "sensor link failed; reconnecting");
             }
             Err(e) => {
                 metrics.error("sensor");
+                health.set(&config.device, Some(format!("sensor not reachable: {e}")));
                 tracing::warn!(device = %config.device, cause = %e, retry_in_ms = backoff.as_millis() as u64, "sensor not reachable");
             }
         }
@@ -227,6 +229,9 @@ fn session<S: SpiDevice, P: InputPin>(
     stop: &CancellationToken,
 ) -> Result<(), SensorError> {
     let mut first = true;
+    // A frame spooled whose record could not be written: when the sensor
+    // offers it again, only the record is retried (never a second copy).
+    let mut unrecorded: Option<(u32, MessageId)> = None;
     while !stop.is_cancelled() {
         while let Ok(delivery) = results.try_recv() {
             // A bus error drops the delivery: the image stays spooled and
@@ -269,6 +274,21 @@ fn session<S: SpiDevice, P: InputPin>(
         };
         first = false;
         let number = frame.frame;
+        if let Some((pending, id)) = unrecorded
+            && pending == number
+        {
+            match frames.insert(id, number) {
+                Ok(()) => {
+                    unrecorded = None;
+                    sensor.frame_done()?;
+                }
+                Err(e) => {
+                    tracing::error!(device = %config.device, cause = %e, "still cannot record the frame; the sensor keeps it");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            continue;
+        }
         let capture = Capture {
             device: config.device.clone(),
             modality: config.modality,
@@ -279,6 +299,7 @@ fn session<S: SpiDevice, P: InputPin>(
             Ok(id) => match frames.insert(id, number) {
                 Ok(()) => sensor.frame_done()?,
                 Err(e) => {
+                    unrecorded = Some((number, id));
                     // Spooled, but its result could not be routed after a
                     // restart: keep the frame, so it is taken again.
                     metrics.error("sensor");
