@@ -21,6 +21,11 @@ pub enum Refusal {
     /// The spool is full.
     #[error(transparent)]
     Full(SpoolError),
+    /// The disk under the spool or the state folder is full (ENOSPC): the
+    /// source keeps the image and tries again; it recovers by itself once
+    /// there is room.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// Sealed, it could not be published (too large for the broker link):
     /// the source refuses the image for good.
     #[error("{0}")]
@@ -70,6 +75,8 @@ pub struct IntakeActor {
     events: mpsc::Sender<Event>,
     link: LinkLimit,
     metrics: Metrics,
+    /// Whether the last capture met a full disk (logged on change).
+    disk_full: bool,
 }
 
 /// Creates the intake actor and its handle; the channel holds `queue`
@@ -97,6 +104,7 @@ pub fn intake(
         events,
         link,
         metrics,
+        disk_full: false,
     };
     (Intake { tx }, actor)
 }
@@ -138,6 +146,14 @@ impl IntakeActor {
         };
         self.sealer = Some(sealer);
         self.sequences = Some(sequences);
+        let disk_full = matches!(outcome, Err(Refusal::DiskFull(_)));
+        let disk_full_changed = disk_full != self.disk_full;
+        if disk_full_changed {
+            self.disk_full = disk_full;
+            if !disk_full {
+                tracing::info!("the disk has room again; captures are accepted");
+            }
+        }
         match outcome {
             Ok(spooled) => {
                 self.metrics.sealed.inc();
@@ -156,6 +172,12 @@ impl IntakeActor {
                     }
                     // Counted and logged by the source, which refuses it.
                     Refusal::TooLarge(_) => {}
+                    Refusal::DiskFull(e) => {
+                        self.metrics.refused_disk_full.inc();
+                        if self.metrics.refused_disk_full.get() == 1 || disk_full_changed {
+                            tracing::error!(cause = %e, "capture refused: the disk is full; sources keep their images until there is room");
+                        }
+                    }
                     other => {
                         self.metrics.error("intake");
                         tracing::error!(cause = %other, "capture refused");
@@ -201,9 +223,13 @@ fn seal_and_spool(
             }));
         }
     }
-    let sequence = sequences
-        .next(&capture.device)
-        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let sequence = sequences.next(&capture.device).map_err(|e| {
+        if is_disk_full(&e.source) {
+            Refusal::DiskFull(e.to_string())
+        } else {
+            Refusal::Failed(e.to_string())
+        }
+    })?;
     let meta = ImageMeta {
         message_id: MessageId::random(),
         site,
@@ -226,6 +252,9 @@ fn seal_and_spool(
         .put(&sealed)
         .map_err(|e| match e {
             full @ SpoolError::Full { .. } => Refusal::Full(full),
+            SpoolError::Io { ref source, .. } if is_disk_full(source) => {
+                Refusal::DiskFull(e.to_string())
+            }
             other => Refusal::Failed(other.to_string()),
         })?;
     Ok(Spooled {
@@ -233,4 +262,12 @@ fn seal_and_spool(
         device: meta.device,
         captured_at_ms: meta.captured_at_ms,
     })
+}
+
+/// Whether an I/O error means the disk (or the quota) is full.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

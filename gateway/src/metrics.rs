@@ -18,6 +18,8 @@ pub struct Metrics {
     pub sealed: Counter,
     /// Captures refused because the spool was full.
     pub refused_full: Counter,
+    /// Captures refused because the disk was full (ENOSPC).
+    pub refused_disk_full: Counter,
     /// Files refused (moved to `rejected/`), by reason: unreadable,
     /// file_too_large, decoded_too_large, too_large_for_link.
     pub rejected_files: Family<Labels, Counter>,
@@ -58,6 +60,7 @@ impl Metrics {
             captured: Counter::default(),
             sealed: Counter::default(),
             refused_full: Counter::default(),
+            refused_disk_full: Counter::default(),
             rejected_files: Family::default(),
             rejected_frames: Family::default(),
             spool_bytes: Gauge::default(),
@@ -84,6 +87,11 @@ impl Metrics {
             "refused_full",
             "Captures refused because the spool was full",
             m.refused_full.clone(),
+        );
+        r.register(
+            "refused_disk_full",
+            "Captures refused because the disk was full (the source keeps them)",
+            m.refused_disk_full.clone(),
         );
         r.register(
             "rejected_files",

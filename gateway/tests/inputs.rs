@@ -261,3 +261,83 @@ async fn a_file_that_cannot_leave_the_folder_is_captured_once_even_across_a_rest
     }
     gateway.stop().await;
 }
+
+/// A tmpfs of `bytes` mounted at a folder while it lives. Mounting needs
+/// root, as these tests (and CI) run.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_captures_at_their_source_and_recovers_by_itself() {
+    // The spool's own bound (64 MiB) is far above the 1 MiB disk under it.
+    let world = World::new(64 << 20, 60);
+    let _disk = Tmpfs::mount(&world.dir.path().join("spool"), 1 << 20);
+    let mut receiver = world.receiver().await;
+    let mut gateway = world.start_in_process();
+    let address = gateway.started().await.metrics.unwrap();
+    // 24 images of 64 KiB: the disk holds about 15.
+    const COUNT: usize = 24;
+    for i in 0..COUNT {
+        world.drop_image(&format!("d-{i:02}.png"), i as u8 + 1, 256);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter(
+        &metrics_text(address).await,
+        "medgate_gateway_refused_disk_full_total",
+    ) < 1.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no refusal counted");
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !files_in(&world.inbox, ".png").is_empty(),
+        "refused files wait in the folder"
+    );
+    // Answering frees the disk; the waiting files are captured by
+    // themselves and every image gets its result.
+    let mut opener = world.opener();
+    let done = world.done();
+    while files_in(&done, ".result.json").len() < COUNT {
+        if let Ok(images) = receiver
+            .expect(IMAGES, 1, std::time::Duration::from_millis(200))
+            .await
+        {
+            answer(&receiver, &mut opener, &images[0].payload).await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline + WAIT,
+            "{} results",
+            files_in(&done, ".result.json").len()
+        );
+    }
+    assert_eq!(files_in(&done, ".png").len(), COUNT);
+    assert!(files_in(&world.inbox, ".png").is_empty());
+    let metrics = metrics_text(address).await;
+    assert_eq!(
+        counter(&metrics, "medgate_gateway_sealed_total"),
+        COUNT as f64,
+        "each image sealed once"
+    );
+    gateway.stop().await;
+}

@@ -193,7 +193,7 @@ impl HotFolderSource {
             match intake.submit(capture).await {
                 Ok(id) => self.mark_done(&path, id, key).await,
                 // Counted and logged by intake; the file waits for room.
-                Err(Refusal::Full(_)) => return true,
+                Err(Refusal::Full(_) | Refusal::DiskFull(_)) => return true,
                 Err(Refusal::Stopping) => return false,
                 Err(Refusal::TooLarge(reason)) => {
                     self.reject(&path, "too_large_for_link", &reason).await;

@@ -307,7 +307,7 @@ fn session<S: SpiDevice, P: InputPin>(
                     std::thread::sleep(Duration::from_millis(200));
                 }
             },
-            Err(Refusal::Full(_)) => {
+            Err(Refusal::Full(_) | Refusal::DiskFull(_)) => {
                 // The sensor keeps the frame; try again shortly.
                 std::thread::sleep(Duration::from_millis(200));
             }
