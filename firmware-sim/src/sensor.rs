@@ -176,6 +176,8 @@ pub struct SensorLog {
     /// Frame clock ticks at which the previous frame was still waiting for
     /// the host, so no frame was captured (the host is too slow).
     pub missed: u32,
+    /// Power cycles so far ([`Sensor::power_cycle`]).
+    pub boots: u32,
 }
 
 struct Frame {
@@ -189,6 +191,10 @@ const PENDING_RESULTS: usize = 65_536;
 
 /// The register machine.
 struct Machine {
+    /// The boot id (`BOOT`), drawn at every power-up.
+    boot: u32,
+    /// Frames captured since the last power-up: the frame counter.
+    since_boot: u32,
     frame: Option<Frame>,
     offset: usize,
     command: Option<u8>,
@@ -204,7 +210,8 @@ struct Machine {
 impl Machine {
     fn capture(&mut self, (pixels, truth): (Pixels, Option<u8>)) {
         self.log.produced += 1;
-        let frame = self.log.produced;
+        self.since_boot += 1;
+        let frame = self.since_boot;
         let info = FrameInfo {
             frame,
             width: pixels.width() as u16,
@@ -250,6 +257,7 @@ impl SpiTarget for Machine {
         self.written.push(mosi);
         match command & !reg::READ {
             reg::ID => reg::IDENTITY.get(at).copied().unwrap_or(0),
+            reg::BOOT => self.boot.to_le_bytes().get(at).copied().unwrap_or(0),
             reg::STATUS if self.frame.is_some() => reg::STATUS_FRAME_READY,
             reg::FRAME_INFO => self
                 .frame
@@ -330,7 +338,7 @@ impl Sensor {
         Self::start_limited(name, socket, feed, period, None)
     }
 
-    /// As [`start`](Self::start), producing at most `limit` frames.
+    /// As [`start`](Self::start), producing at most `limit` frames per power-up.
     ///
     /// # Errors
     /// If the socket cannot be bound.
@@ -366,6 +374,8 @@ impl Sensor {
             socket: socket.to_path_buf(),
             state: Arc::new((
                 Mutex::new(Machine {
+                    boot: new_boot(),
+                    since_boot: 0,
                     frame: None,
                     offset: 0,
                     command: None,
@@ -388,7 +398,7 @@ impl Sensor {
                         let (lock, _) = &*state;
                         let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
                         let more =
-                            machine.capturing && limit.is_none_or(|l| machine.log.produced < l);
+                            machine.capturing && limit.is_none_or(|l| machine.since_boot < l);
                         if machine.frame.is_some() && more {
                             machine.log.missed += 1;
                         } else if more {
@@ -444,6 +454,21 @@ impl Sensor {
             .capturing = false;
     }
 
+    /// Simulates a power cycle: a new boot id, the frame counter back to
+    /// 0 (the next frame is 1 again), the waiting frame and the memory of
+    /// captured frames lost, as a real sensor's RAM is.
+    pub fn power_cycle(&self) {
+        let (lock, changed) = &*self.state;
+        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        machine.boot = new_boot();
+        machine.since_boot = 0;
+        machine.frame = None;
+        machine.offset = 0;
+        machine.captured.clear();
+        machine.log.boots += 1;
+        changed.notify_all();
+    }
+
     /// A copy of what it has seen.
     pub fn log(&self) -> SensorLog {
         let (lock, _) = &*self.state;
@@ -471,6 +496,11 @@ impl Sensor {
         }
         machine.log.results.clone()
     }
+}
+
+/// A nonzero boot id.
+fn new_boot() -> u32 {
+    rand::random::<u32>() | 1
 }
 
 /// What a `RESULT` write says: the class name, or `rejected` when the

@@ -80,3 +80,77 @@ async fn sensor_images_reach_the_broker_sealed_and_results_reach_the_right_senso
     }
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_for_a_frame_from_before_a_sensor_restart_is_never_written_into_a_new_frame() {
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("xr-1.sock");
+    // One frame per power-up, so that each boot has a frame 1.
+    let sensor = Sensor::start_limited(
+        "xr-1",
+        &socket,
+        Feed::generated(64, 4),
+        Duration::from_millis(20),
+        Some(1),
+    )
+    .unwrap();
+    let section = SpiSensorSection {
+        poll_ms: 2,
+        ..SpiSensorSection::new("xr-1", &format!("unix:{}", socket.display()))
+    };
+    let world = World::with(64 << 20, 60, |config| config.spi_sensor = vec![section]);
+    let mut receiver = world.receiver().await;
+    let mut opener = world.opener();
+    let mut gateway = world.start_in_process();
+    gateway.started().await;
+
+    // Frame 1 of the first boot is spooled and published, not answered.
+    let before = receiver
+        .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+        .await
+        .unwrap();
+    let log = sensor.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + WAIT;
+        while log.log().released < 1 {
+            assert!(std::time::Instant::now() < deadline, "frame 1 released");
+            std::thread::yield_now();
+        }
+    })
+    .await
+    .unwrap();
+    // The sensor restarts: its next frame is frame 1 again, another frame.
+    sensor.power_cycle();
+    let after = receiver
+        .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+        .await
+        .unwrap();
+    let old = envelope::parse(&before[0].payload).unwrap().header.meta;
+    let new = envelope::parse(&after[0].payload).unwrap().header.meta;
+    assert_ne!(old.message_id, new.message_id, "the new frame is spooled");
+
+    // The old frame's result arrives: kept in a file, not written.
+    let (old_id, _, _) = answer(&receiver, &mut opener, &before[0].payload).await;
+    let orphaned = world
+        .dir
+        .path()
+        .join("state/frames/xr-1/orphaned")
+        .join(format!("{old_id}.json"));
+    support::eventually("the old verdict kept", || orphaned.exists()).await;
+    assert_eq!(
+        sensor.log().results,
+        [],
+        "nothing written into the new frame 1"
+    );
+
+    // The new frame's own result is written into it.
+    answer(&receiver, &mut opener, &after[0].payload).await;
+    let probe = sensor.clone();
+    let results = tokio::task::spawn_blocking(move || probe.wait_for_results(1, WAIT))
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].frame, 1);
+    assert_eq!(sensor.log().boots, 1);
+    gateway.stop().await;
+}

@@ -51,6 +51,8 @@ pub enum SensorError {
 /// A frame read from the sensor.
 #[derive(Debug, Clone)]
 pub struct Frame {
+    /// The sensor's boot id when it was read.
+    pub boot: u32,
     /// The sensor's frame counter.
     pub frame: u32,
     /// The pixels.
@@ -61,6 +63,9 @@ pub struct Frame {
 pub struct SpiSensor<Spi, Ready> {
     spi: Spi,
     ready: Ready,
+    /// Stands for the boot id of a sensor that reports 0: drawn at every
+    /// connection, so that no frame of an earlier connection is trusted.
+    connection_boot: u32,
 }
 
 impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
@@ -69,13 +74,33 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
     /// # Errors
     /// [`SensorError::Identity`] for another device, or a bus error.
     pub fn new(spi: Spi, ready: Ready) -> Result<Self, SensorError> {
-        let mut sensor = Self { spi, ready };
+        let mut sensor = Self {
+            spi,
+            ready,
+            connection_boot: rand::random::<u32>() | 1,
+        };
         let mut id = [0u8; 4];
         sensor.read_register(reg::ID, &mut id)?;
         if id != reg::IDENTITY {
             return Err(SensorError::Identity(id));
         }
         Ok(sensor)
+    }
+
+    /// The sensor's boot id now (see [`reg::BOOT`]); for a sensor that
+    /// reports 0 (it cannot tell), a number drawn for this connection.
+    ///
+    /// # Errors
+    /// [`SensorError::Bus`].
+    pub fn boot(&mut self) -> Result<u32, SensorError> {
+        let mut raw = [0u8; 4];
+        self.read_register(reg::BOOT, &mut raw)?;
+        let boot = u32::from_le_bytes(raw);
+        Ok(if boot == 0 {
+            self.connection_boot
+        } else {
+            boot
+        })
     }
 
     /// Whether a frame waits (the data-ready line).
@@ -102,6 +127,7 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
         if status[0] & reg::STATUS_FAULT != 0 {
             return Err(SensorError::Fault(status[0]));
         }
+        let boot = self.boot()?;
         let mut raw = [0u8; reg::FRAME_INFO_LEN];
         self.read_register(reg::FRAME_INFO, &mut raw)?;
         let info = FrameInfo::from_bytes(&raw);
@@ -138,6 +164,7 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
         }
         let pixels = Pixels::new(w, h, format, data).map_err(|e| bad(e.to_string()))?;
         Ok(Frame {
+            boot,
             frame: info.frame,
             pixels,
         })

@@ -231,13 +231,14 @@ fn session<S: SpiDevice, P: InputPin>(
     let mut first = true;
     // A frame spooled whose record could not be written: when the sensor
     // offers it again, only the record is retried (never a second copy).
-    let mut unrecorded: Option<(u32, MessageId)> = None;
+    let mut unrecorded: Option<(u32, u32, MessageId)> = None;
     while !stop.is_cancelled() {
         while let Ok(delivery) = results.try_recv() {
             // A bus error drops the delivery: the image stays spooled and
             // its result comes again.
-            write_back(sensor, config, frames, &delivery.verdict)?;
-            let _ = delivery.done.send(());
+            if write_back(sensor, config, metrics, frames, &delivery.verdict)? {
+                let _ = delivery.done.send(());
+            }
         }
         if !sensor.frame_ready()? {
             std::thread::sleep(config.poll);
@@ -247,7 +248,7 @@ fn session<S: SpiDevice, P: InputPin>(
             // The first frame after a (re)start may be one taken just before
             // a crash, before FRAME_DONE reached the sensor: it is spooled
             // already, so release it rather than send it twice.
-            Ok(frame) if first && frames.has_frame(frame.frame) => {
+            Ok(frame) if first && frames.has_frame(frame.boot, frame.frame) => {
                 first = false;
                 tracing::info!(device = %config.device, frame = frame.frame, "frame already spooled before a restart; released");
                 sensor.frame_done()?;
@@ -273,11 +274,11 @@ fn session<S: SpiDevice, P: InputPin>(
             Err(e) => return Err(e),
         };
         first = false;
-        let number = frame.frame;
-        if let Some((pending, id)) = unrecorded
-            && pending == number
+        let (boot, number) = (frame.boot, frame.frame);
+        if let Some((pending_boot, pending, id)) = unrecorded
+            && (pending_boot, pending) == (boot, number)
         {
-            match frames.insert(id, number) {
+            match frames.insert(id, boot, number) {
                 Ok(()) => {
                     unrecorded = None;
                     sensor.frame_done()?;
@@ -296,10 +297,10 @@ fn session<S: SpiDevice, P: InputPin>(
             pixels: frame.pixels,
         };
         match runtime.block_on(intake.submit(capture)) {
-            Ok(id) => match frames.insert(id, number) {
+            Ok(id) => match frames.insert(id, boot, number) {
                 Ok(()) => sensor.frame_done()?,
                 Err(e) => {
-                    unrecorded = Some((number, id));
+                    unrecorded = Some((boot, number, id));
                     // Spooled, but its result could not be routed after a
                     // restart: keep the frame, so it is taken again.
                     metrics.error("sensor");
@@ -352,17 +353,42 @@ fn refuse_frame<S: SpiDevice, P: InputPin>(
     sensor.frame_done()
 }
 
+/// Writes a verdict into the sensor's RESULT register; false when it is
+/// not delivered (the image stays spooled and is answered again).
 fn write_back<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
     config: &SpiSensorConfig,
+    metrics: &Metrics,
     frames: &mut FrameMap,
     verdict: &Verdict,
-) -> Result<(), SensorError> {
+) -> Result<bool, SensorError> {
     let id = verdict.message_id().parse::<MessageId>().ok();
-    let Some((id, frame)) = id.and_then(|id| Some((id, frames.frame(&id)?))) else {
+    let Some((id, (boot, frame))) = id.and_then(|id| Some((id, frames.frame(&id)?))) else {
         tracing::info!(device = %config.device, message = %verdict.message_id(), "verdict for an image without a frame record (a second copy of a frame): logged only");
-        return Ok(());
+        return Ok(true);
     };
+    // The frame counter restarts with the sensor: frame 7 of an earlier
+    // boot is not the frame 7 the sensor holds now. Such a verdict is kept
+    // beside the frame map, never written into another frame.
+    if boot != Some(sensor.boot()?) {
+        let body = match verdict {
+            Verdict::Classified(result) => serde_json::to_vec_pretty(result),
+            Verdict::Rejected(rejection) => serde_json::to_vec_pretty(rejection),
+        }
+        .unwrap_or_default();
+        metrics.error("sensor_restarted");
+        match frames.orphan(&id, &body) {
+            Ok(path) => {
+                tracing::warn!(device = %config.device, frame, message = %id, file = %path.display(), "the sensor restarted since this frame was captured; its verdict is kept in a file, not written into another frame");
+            }
+            Err(e) => {
+                // Not kept: the image stays spooled and is answered again.
+                tracing::error!(device = %config.device, frame, message = %id, cause = %e, "the sensor restarted since this frame was captured, and its verdict cannot be kept; the image stays spooled");
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
     let result = match verdict {
         Verdict::Classified(result) => result,
         Verdict::Rejected(rejection) => {
@@ -376,7 +402,7 @@ fn write_back<S: SpiDevice, P: InputPin>(
             })?;
             frames.forget(&id);
             tracing::warn!(device = %config.device, frame, cause = %rejection.cause, reason = %rejection.reason, "rejection written to the sensor");
-            return Ok(());
+            return Ok(true);
         }
     };
     let class = result
@@ -400,7 +426,7 @@ fn write_back<S: SpiDevice, P: InputPin>(
     // Forgotten only once the register has it.
     frames.forget(&id);
     tracing::info!(device = %config.device, frame, label = %result.label, "result written to the sensor");
-    Ok(())
+    Ok(true)
 }
 
 /// Real hardware: spidev and a GPIO line (Raspberry Pi and alike).

@@ -27,6 +27,12 @@ pub const CONTROL: u8 = 0x05;
 pub const CONTROL_FRAME_DONE: u8 = 0x01;
 /// `CONTROL` value: reset the frame stream to its start.
 pub const CONTROL_RESET: u8 = 0x02;
+/// `BOOT` (r, 4 bytes): the sensor's boot id, a nonzero u32 that changes at
+/// every power-up or firmware restart (when the frame counter restarts at
+/// 1); `(BOOT, frame)` names one frame for the sensor's whole life. 0 means
+/// the sensor cannot tell: the host then trusts no frame of an earlier
+/// connection.
+pub const BOOT: u8 = 0x18;
 /// `FRAME_INFO` (r, 16 bytes): see [`FrameInfo`]; reading it rewinds
 /// `FRAME_DATA` to the frame's first byte.
 pub const FRAME_INFO: u8 = 0x08;
