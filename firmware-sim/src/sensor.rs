@@ -205,6 +205,9 @@ struct Machine {
     captured: HashMap<u32, (Instant, Option<u8>)>,
     /// Cleared by [`Sensor::stop_capturing`].
     capturing: bool,
+    /// Cleared by [`Sensor::unplug`]: the bus then reads zeros and writes
+    /// are lost, as with a real device pulled off its connector.
+    present: bool,
 }
 
 impl Machine {
@@ -241,6 +244,9 @@ impl SpiTarget for Machine {
     }
 
     fn clock(&mut self, mosi: u8) -> u8 {
+        if !self.present {
+            return 0;
+        }
         let Some(command) = self.command else {
             self.command = Some(mosi);
             if mosi == reg::READ | reg::FRAME_INFO {
@@ -277,6 +283,10 @@ impl SpiTarget for Machine {
     }
 
     fn deselect(&mut self) {
+        if !self.present {
+            self.command = None;
+            return;
+        }
         match self.command {
             Some(reg::CONTROL) if self.written.first() == Some(&reg::CONTROL_FRAME_DONE) => {
                 if self.frame.take().is_some() {
@@ -314,7 +324,7 @@ impl SpiTarget for Machine {
     }
 
     fn data_ready(&self) -> bool {
-        self.frame.is_some()
+        self.present && self.frame.is_some()
     }
 }
 
@@ -383,6 +393,7 @@ impl Sensor {
                     log: SensorLog::default(),
                     captured: HashMap::new(),
                     capturing: true,
+                    present: true,
                 }),
                 Condvar::new(),
             )),
@@ -452,6 +463,15 @@ impl Sensor {
         lock.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .capturing = false;
+    }
+
+    /// Pulls the sensor off its bus (`false`) or plugs it back (`true`): it
+    /// keeps capturing, but while unplugged the host reads zeros and its
+    /// writes are lost.
+    pub fn plug(&self, present: bool) {
+        let (lock, changed) = &*self.state;
+        lock.lock().unwrap_or_else(PoisonError::into_inner).present = present;
+        changed.notify_all();
     }
 
     /// Simulates a power cycle: a new boot id, the frame counter back to

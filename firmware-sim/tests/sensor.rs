@@ -154,3 +154,78 @@ async fn a_result_for_a_frame_from_before_a_sensor_restart_is_never_written_into
     assert_eq!(sensor.log().boots, 1);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unplugged_sensor_with_pending_results_stops_no_other_device_and_gets_them_back() {
+    let sockets = tempfile::tempdir().unwrap();
+    // More frames than the gateway queues for one device (64).
+    const PENDING: usize = 70;
+    let start = |name: &str, frames: u32, period_ms: u64| {
+        let socket = sockets.path().join(format!("{name}.sock"));
+        let sensor = Sensor::start_limited(
+            name,
+            &socket,
+            Feed::generated(32, 4),
+            Duration::from_millis(period_ms),
+            Some(frames),
+        )
+        .unwrap();
+        let section = SpiSensorSection {
+            poll_ms: 1,
+            ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
+        };
+        (sensor, section)
+    };
+    let (xr1, one) = start("xr-1", PENDING as u32, 2);
+    let (xr2, two) = start("xr-2", 10_000, 50);
+    let world = World::with(64 << 20, 60, |config| config.spi_sensor = vec![one, two]);
+    let mut receiver = world.receiver().await;
+    let mut opener = world.opener();
+    let mut gateway = world.start_in_process();
+    gateway.started().await;
+
+    let mut pending = Vec::new();
+    while pending.len() < PENDING {
+        let got = receiver
+            .expect("medgate/v1/site-a/gw-1/images/xr-1", 1, WAIT)
+            .await
+            .unwrap();
+        pending.push(got[0].payload.clone());
+    }
+    // xr-1 is pulled off its bus; then every one of its results arrives.
+    xr1.plug(false);
+    for payload in &pending {
+        answer(&receiver, &mut opener, payload).await;
+    }
+    // xr-2 still flows: three new images answered reach its register.
+    let mut answered = 0;
+    while answered < 3 {
+        let got = receiver
+            .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+            .await
+            .unwrap();
+        if got[0].topic.ends_with("xr-2") {
+            answer(&receiver, &mut opener, &got[0].payload).await;
+            answered += 1;
+        }
+    }
+    let probe = xr2.clone();
+    let results = tokio::task::spawn_blocking(move || probe.wait_for_results(3, WAIT))
+        .await
+        .unwrap();
+    assert!(results.len() >= 3, "xr-2 got {} results", results.len());
+    assert!(
+        xr1.log().results.is_empty(),
+        "nothing reached the unplugged xr-1"
+    );
+
+    // Plugged back: every pending result reaches xr-1, each frame once.
+    xr1.plug(true);
+    let probe = xr1.clone();
+    let results = tokio::task::spawn_blocking(move || probe.wait_for_results(PENDING, WAIT))
+        .await
+        .unwrap();
+    let frames: BTreeSet<u32> = results.iter().map(|r| r.frame).collect();
+    assert_eq!(frames.len(), PENDING, "{} results", results.len());
+    gateway.stop().await;
+}

@@ -87,6 +87,20 @@ impl<Spi: SpiDevice, Ready: InputPin> SpiSensor<Spi, Ready> {
         Ok(sensor)
     }
 
+    /// Checks that the sensor still answers (an unplugged SPI device reads
+    /// as zeros or ones, and swallows writes without a word).
+    ///
+    /// # Errors
+    /// [`SensorError::Identity`] when it does not, or a bus error.
+    pub fn present(&mut self) -> Result<(), SensorError> {
+        let mut id = [0u8; 4];
+        self.read_register(reg::ID, &mut id)?;
+        if id != reg::IDENTITY {
+            return Err(SensorError::Identity(id));
+        }
+        Ok(())
+    }
+
     /// The sensor's boot id now (see [`reg::BOOT`]); for a sensor that
     /// reports 0 (it cannot tell), a number drawn for this connection.
     ///

@@ -134,7 +134,7 @@ fn drive(
     source: &SpiSensorSource,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
-    mut results: mpsc::Receiver<Delivery>,
+    results: mpsc::Receiver<Delivery>,
     stop: &CancellationToken,
 ) {
     let SpiSensorSource {
@@ -151,6 +151,10 @@ fn drive(
             tracing::error!(device = %config.device, dir = %config.frames_dir.display(), cause = %e, "cannot keep the frame map; sensor not served");
             return;
         }
+    };
+    let mut results = Inbox {
+        queue: results,
+        held: None,
     };
     while !stop.is_cancelled() {
         let session = match &config.bus {
@@ -224,7 +228,7 @@ fn session<S: SpiDevice, P: InputPin>(
     metrics: &Metrics,
     runtime: &tokio::runtime::Handle,
     intake: &Intake,
-    results: &mut mpsc::Receiver<Delivery>,
+    results: &mut Inbox,
     frames: &mut FrameMap,
     stop: &CancellationToken,
 ) -> Result<(), SensorError> {
@@ -233,11 +237,19 @@ fn session<S: SpiDevice, P: InputPin>(
     // offers it again, only the record is retried (never a second copy).
     let mut unrecorded: Option<(u32, u32, MessageId)> = None;
     while !stop.is_cancelled() {
-        while let Ok(delivery) = results.try_recv() {
-            // A bus error drops the delivery: the image stays spooled and
-            // its result comes again.
-            if write_back(sensor, config, metrics, frames, &delivery.verdict)? {
-                let _ = delivery.done.send(());
+        while let Some(delivery) = results.next() {
+            match write_back(sensor, config, metrics, frames, &delivery.verdict) {
+                Ok(true) => {
+                    let _ = delivery.done.send(());
+                }
+                // Not delivered: the image stays spooled and is answered
+                // again.
+                Ok(false) => {}
+                // The sensor is gone: the verdict waits for it to return.
+                Err(e) => {
+                    results.hold(delivery);
+                    return Err(e);
+                }
             }
         }
         if !sensor.frame_ready()? {
@@ -332,6 +344,23 @@ fn session<S: SpiDevice, P: InputPin>(
     Ok(())
 }
 
+/// The verdicts for the sensor: the queue from the core, and the one a
+/// failed write left, which goes first when the sensor is back.
+struct Inbox {
+    queue: mpsc::Receiver<Delivery>,
+    held: Option<Delivery>,
+}
+
+impl Inbox {
+    fn next(&mut self) -> Option<Delivery> {
+        self.held.take().or_else(|| self.queue.try_recv().ok())
+    }
+
+    fn hold(&mut self, delivery: Delivery) {
+        self.held = Some(delivery);
+    }
+}
+
 /// Refuses a frame for good: the sensor gets a REJECTED result for it and
 /// is told to release it; counted by reason, never spooled.
 fn refuse_frame<S: SpiDevice, P: InputPin>(
@@ -367,6 +396,9 @@ fn write_back<S: SpiDevice, P: InputPin>(
         tracing::info!(device = %config.device, message = %verdict.message_id(), "verdict for an image without a frame record (a second copy of a frame): logged only");
         return Ok(true);
     };
+    // A sensor that is gone would swallow the write: the link fails
+    // instead, and the verdict waits for it.
+    sensor.present()?;
     // The frame counter restarts with the sensor: frame 7 of an earlier
     // boot is not the frame 7 the sensor holds now. Such a verdict is kept
     // beside the frame map, never written into another frame.
