@@ -314,12 +314,12 @@ pub fn bomb_png(side: u32) -> Vec<u8> {
     png
 }
 
-/// A PNG of `width` × `height` noise-like pixels (compresses poorly).
-pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
-    let image = image::GrayImage::from_fn(width, height, |x, y| {
-        let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 13);
-        image::Luma([(v >> 7) as u8])
-    });
+/// Noise-like bits for pixel (x, y): images of it compress poorly.
+fn noise(x: u32, y: u32) -> u32 {
+    (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 13)
+}
+
+fn encode_png(image: &image::DynamicImage) -> Vec<u8> {
     let mut png = Vec::new();
     image
         .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
@@ -327,18 +327,21 @@ pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
+/// An 8-bit grayscale PNG of `width` × `height` noise-like pixels.
+pub fn noise_png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::GrayImage::from_fn(width, height, |x, y| {
+        image::Luma([(noise(x, y) >> 7) as u8])
+    });
+    encode_png(&image.into())
+}
+
 /// A 16-bit grayscale PNG of `width` × `height` noise-like pixels.
 pub fn noise_png16(width: u32, height: u32) -> Vec<u8> {
     let image: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
         image::ImageBuffer::from_fn(width, height, |x, y| {
-            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).rotate_left(x % 13);
-            image::Luma([(v >> 3) as u16])
+            image::Luma([(noise(x, y) >> 3) as u16])
         });
-    let mut png = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    png
+    encode_png(&image.into())
 }
 
 pub fn counter(metrics: &str, name: &str) -> f64 {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::driver::{SensorError, SpiSensor};
 use self::frames::FrameMap;
-use self::registers::{FLAG_REJECTED, ResultRecord};
+use self::registers::ResultRecord;
 use self::virtual_bus::VirtualBus;
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture, pixel_budget};
@@ -373,12 +373,7 @@ fn refuse_frame<S: SpiDevice, P: InputPin>(
 ) -> Result<(), SensorError> {
     metrics.rejected_frame(label);
     tracing::error!(device = %config.device, frame, cause = label, reason, "frame refused; released with a REJECTED result");
-    sensor.write_result(ResultRecord {
-        frame,
-        class: 0xFF,
-        confidence: 0,
-        flags: FLAG_REJECTED,
-    })?;
+    sensor.write_result(ResultRecord::rejected(frame))?;
     sensor.frame_done()
 }
 
@@ -426,12 +421,7 @@ fn write_back<S: SpiDevice, P: InputPin>(
         Verdict::Rejected(rejection) => {
             // Class unknown, flag REJECTED: the sensor learns its frame
             // will not be classified (the image is kept in quarantine).
-            sensor.write_result(ResultRecord {
-                frame,
-                class: 0xFF,
-                confidence: 0,
-                flags: FLAG_REJECTED,
-            })?;
+            sensor.write_result(ResultRecord::rejected(frame))?;
             frames.forget(&id);
             tracing::warn!(device = %config.device, frame, cause = %rejection.cause, reason = %rejection.reason, "rejection written to the sensor");
             return Ok(true);

@@ -103,6 +103,17 @@ pub struct ResultRecord {
 }
 
 impl ResultRecord {
+    /// The record that tells the sensor frame `frame` will not be
+    /// classified: class 0xFF, confidence 0, flag [`FLAG_REJECTED`].
+    pub fn rejected(frame: u32) -> Self {
+        Self {
+            frame,
+            class: 0xFF,
+            confidence: 0,
+            flags: FLAG_REJECTED,
+        }
+    }
+
     /// The register's bytes: frame u32, class u8, confidence u16, flags u8.
     pub fn to_bytes(self) -> [u8; RESULT_LEN] {
         let mut out = [0u8; RESULT_LEN];
