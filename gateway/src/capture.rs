@@ -484,4 +484,24 @@ mod tests {
             pixels.width()
         );
     }
+
+    #[test]
+    fn a_jpeg_whose_header_claims_a_huge_image_is_refused_before_decoding() {
+        let mut jpeg = Vec::new();
+        image::GrayImage::new(8, 8)
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        // The baseline frame header (FFC0): length, precision, height, width.
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0x75, 0x30, 0x75, 0x30]); // 30000 x 30000
+        let prep = Preparation {
+            format: PixelFormat::Gray8,
+            resize: Some((256, 256)),
+            max_decoded_bytes: 32 << 20,
+            oversize: Oversize::Refuse,
+        };
+        let e = decode(jpeg, prep, &prep.limits(16 << 20)).unwrap_err();
+        assert_eq!(e.reason(), "decoded_too_large", "{e}");
+        assert!(e.to_string().contains("30000x30000"), "{e}");
+    }
 }
