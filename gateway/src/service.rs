@@ -227,6 +227,13 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether a core whose heartbeat is `age` old counts as turning, for a
+/// watchdog `interval`: younger than the interval, or than 5 of its ticks
+/// when the interval is shorter.
+fn core_alive(age: std::time::Duration, interval: std::time::Duration) -> bool {
+    age <= interval.max(TICK * 5)
+}
+
 /// Sends WATCHDOG=1 at half the interval systemd asked for while the
 /// publisher's core turns (its heartbeat is younger than the interval, or
 /// than a few of its ticks): a wedged runtime or a frozen core stops the
@@ -235,7 +242,6 @@ async fn feed_watchdog(heartbeat: Heartbeat, stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let allowed = interval.max(TICK * 5);
     let mut tick = tokio::time::interval(interval / 2);
     let mut silent = false;
     loop {
@@ -243,7 +249,7 @@ async fn feed_watchdog(heartbeat: Heartbeat, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {
                 let age = heartbeat.age();
-                if age <= allowed {
+                if core_alive(age, interval) {
                     silent = false;
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                 } else if !silent {
@@ -252,5 +258,30 @@ async fn feed_watchdog(heartbeat: Heartbeat, stop: CancellationToken) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_the_core_turns() {
+        let interval = Duration::from_secs(30);
+        assert!(core_alive(TICK, interval));
+        assert!(core_alive(Duration::from_secs(29), interval));
+        assert!(
+            !core_alive(Duration::from_secs(31), interval),
+            "a frozen core"
+        );
+        // A short interval still allows a few ticks.
+        assert!(core_alive(TICK * 4, Duration::from_millis(200)));
+        assert!(!core_alive(TICK * 6, Duration::from_millis(200)));
+        // The heartbeat ages while nothing beats it.
+        let heartbeat = Heartbeat::new();
+        heartbeat.beat();
+        assert!(heartbeat.age() < Duration::from_secs(1));
     }
 }

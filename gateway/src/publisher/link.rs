@@ -61,9 +61,7 @@ pub async fn link(
             Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
-                if up_since.take().is_some_and(|at| at.elapsed() >= STABLE) {
-                    backoff.reset();
-                }
+                connection_failed(&mut backoff, up_since.take());
                 metrics.error("connection");
                 tracing::warn!(cause = %e, retry_in_ms = backoff.delay().as_millis() as u64, "broker connection failed");
                 let _ = events.send(Event::Disconnected).await;
@@ -76,5 +74,41 @@ pub async fn link(
         if events.send(event).await.is_err() {
             return;
         }
+    }
+}
+
+/// A failure after a connection that came up at `up_since` (if it did):
+/// the back-off starts again only when that connection was stable.
+fn connection_failed(backoff: &mut Backoff, up_since: Option<Instant>) {
+    if up_since.is_some_and(|at| at.elapsed() >= STABLE) {
+        backoff.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_dropped_at_once_backs_off_further_and_a_stable_one_starts_again() {
+        let stop = CancellationToken::new();
+        let mut backoff = Backoff::new();
+        // Accepted, then dropped within a second, five times over.
+        for _ in 0..5 {
+            let up = Instant::now();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            connection_failed(&mut backoff, Some(up));
+            assert!(backoff.wait(&stop).await);
+        }
+        assert_eq!(backoff.delay(), Backoff::FIRST * 32, "growing, not reset");
+        // Up for longer than STABLE: the next failure waits the first pause.
+        let up = Instant::now();
+        tokio::time::advance(STABLE).await;
+        connection_failed(&mut backoff, Some(up));
+        assert_eq!(backoff.delay(), Backoff::FIRST);
+        // A failure before any connection keeps growing.
+        assert!(backoff.wait(&stop).await);
+        connection_failed(&mut backoff, None);
+        assert_eq!(backoff.delay(), Backoff::FIRST * 2);
     }
 }
