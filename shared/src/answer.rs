@@ -119,13 +119,37 @@ pub struct AnswerFields<'a> {
 }
 
 impl AnswerFields<'_> {
+    /// `self` if every string fits its u16 length and the class count its
+    /// u16 count; `None` otherwise (such an answer has no MAC input: it is
+    /// never answered, and refused as unreadable when received).
+    pub fn checked(self) -> Option<Self> {
+        let fits = |s: &str| s.len() <= usize::from(u16::MAX);
+        let strings = [self.site, self.gateway, self.device, self.receiver];
+        let outcome_fits = match &self.outcome {
+            Outcome::Classified {
+                label,
+                probabilities,
+                model_version,
+                ..
+            } => {
+                fits(label)
+                    && fits(model_version)
+                    && probabilities.len() <= usize::from(u16::MAX)
+                    && probabilities.iter().all(|(class, _)| fits(class))
+            }
+            Outcome::Refused { reason } => fits(reason),
+        };
+        (strings.iter().all(|s| fits(s)) && outcome_fits).then_some(self)
+    }
+
     /// The MAC input: [`ANSWER_CONTEXT`], then the fields; strings as a u16
     /// little-endian byte length and UTF-8, integers and floats
     /// little-endian.
     pub fn encode(&self) -> Vec<u8> {
         fn put_str(out: &mut Vec<u8>, s: &str) {
-            // Strings longer than 65 535 bytes are cut to that length's
-            // prefix; no field the answer carries comes close.
+            // Fields from `answer_fields` are `checked`: nothing is cut.
+            // A longer string built by hand is cut to its 65 535-byte
+            // prefix rather than overflow the length.
             let len = s.len().min(usize::from(u16::MAX));
             out.extend_from_slice(&(len as u16).to_le_bytes());
             out.extend_from_slice(&s.as_bytes()[..len]);
@@ -204,5 +228,17 @@ mod tests {
         };
         assert!(!key.verify(&refusal, &tag));
         assert_eq!(format!("{key:?}"), "AnswerKey(<redacted>)");
+    }
+
+    #[test]
+    fn fields_too_long_to_encode_are_refused_not_cut() {
+        assert!(fields("normal").checked().is_some());
+        let long = "x".repeat(usize::from(u16::MAX) + 1);
+        assert!(fields(&long).checked().is_none());
+        let mut too_many = fields("normal");
+        if let Outcome::Classified { probabilities, .. } = &mut too_many.outcome {
+            *probabilities = vec![("c", 0.0); usize::from(u16::MAX) + 1];
+        }
+        assert!(too_many.checked().is_none());
     }
 }

@@ -51,7 +51,7 @@ impl ResultMessage {
     pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
         let mut sha512 = [0u8; 64];
         hex::decode_to_slice(&self.sha512, &mut sha512).ok()?;
-        Some(AnswerFields {
+        AnswerFields {
             message_id: self.message_id.parse::<MessageId>().ok()?,
             site: &self.site,
             gateway: &self.gateway,
@@ -69,7 +69,8 @@ impl ResultMessage {
                 model_version: &self.model_version,
                 sha512,
             },
-        })
+        }
+        .checked()
     }
 }
 
@@ -101,7 +102,7 @@ pub struct RefusalMessage {
 impl RefusalMessage {
     /// The authenticated fields, or `None` when the message id is not hex.
     pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
-        Some(AnswerFields {
+        AnswerFields {
             message_id: self.message_id.parse::<MessageId>().ok()?,
             site: &self.site,
             gateway: &self.gateway,
@@ -111,7 +112,8 @@ impl RefusalMessage {
             outcome: Outcome::Refused {
                 reason: &self.reason,
             },
-        })
+        }
+        .checked()
     }
 }
 
