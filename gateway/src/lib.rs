@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: the config file and its check into typed settings.
 //! - [`capture`]: decoding and preparing captured images.
+//! - [`dicom`]: DICOM input (so far: the structural check before parsing).
 //! - [`sources`]: image sources behind one trait (hot folders, SPI sensors).
 //! - [`messages`]: what intake, the publisher and the sources tell each
 //!   other (a leaf module, so that they do not depend on each other).
@@ -19,6 +20,7 @@
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dicom;
 pub mod intake;
 pub mod messages;
 pub mod metrics;
