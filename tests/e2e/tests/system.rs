@@ -148,6 +148,14 @@ impl Rig {
     /// ids are certificate names) with the access rules `medgate-receiver
     /// broker-acl` writes from the rig's trust list.
     fn start_with(frames: u32, period: Duration, receivers: usize) -> Rig {
+        let mut rig = Self::without_gateway(frames, period, receivers);
+        rig.start_gateway();
+        rig
+    }
+
+    /// As [`start_with`](Self::start_with), the gateway not started yet
+    /// (its sensors hold their first frame until it is).
+    fn without_gateway(frames: u32, period: Duration, receivers: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
         let keys = dir.path().join("keys");
@@ -230,7 +238,7 @@ impl Rig {
         }
         let gateway_config = dir.path().join("gateway.toml");
         write_config(&gateway_config, &gateway).unwrap();
-        let mut rig = Rig {
+        Rig {
             pki,
             broker,
             receivers,
@@ -242,9 +250,7 @@ impl Rig {
             sensors,
             frames,
             dir,
-        };
-        rig.start_gateway();
-        rig
+        }
     }
 
     /// Kills the gateway process (SIGKILL) and returns once it is dead (a
@@ -669,7 +675,9 @@ fn forged_results_never_reach_a_sensor_and_the_real_ones_do() {
 
 #[test]
 fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_again() {
-    let mut rig = Rig::start_with(20, Duration::from_millis(50), 1);
+    // The spy subscribes before the gateway starts, so that it sees an
+    // image however fast the rig answers all of them.
+    let mut rig = Rig::without_gateway(20, Duration::from_millis(50), 1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let spy_settings = client::settings(&rig.pki, &rig.broker, "receiver-2").unwrap();
     let replayer_settings = client::settings(&rig.pki, &rig.broker, "gw-1").unwrap();
@@ -681,6 +689,7 @@ fn a_replay_after_a_receiver_restart_is_answered_from_memory_not_classified_agai
             WAIT,
         ))
         .unwrap();
+    rig.start_gateway();
     let captured = runtime
         .block_on(spy.expect("medgate/v1/site-a/gw-1/images/", 1, WAIT))
         .unwrap()
