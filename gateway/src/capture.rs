@@ -135,6 +135,15 @@ pub enum DecodeError {
         /// The packet limit.
         packet_bytes: u32,
     },
+    /// An input the gateway does not take, for a reason named by `label`
+    /// (a DICOM object in colour, with burned-in annotation, malformed…).
+    #[error("{reason}")]
+    Refused {
+        /// The metrics label.
+        label: &'static str,
+        /// Why, for the `.reason.txt`.
+        reason: String,
+    },
     /// The decoder stopped at its memory limit.
     #[error("decoding needs more memory than preprocess.max_decoded_bytes allows: {0}")]
     DecoderLimit(String),
@@ -162,6 +171,7 @@ impl DecodeError {
             }
             Self::TooLargeForLink { .. } => "too_large_for_link",
             Self::Pixels(_) => "invalid_pixels",
+            Self::Refused { label, .. } => label,
         }
     }
 }

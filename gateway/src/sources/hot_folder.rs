@@ -1,5 +1,7 @@
-//! The hot folder: image files (PNG, JPEG, TIFF) written into a folder are
-//! captured for one device.
+//! The hot folder: image files (PNG, JPEG, TIFF, and DICOM: a `.dcm` name
+//! or the `DICM` marker, see [`crate::dicom::read`]) written into a folder
+//! are captured for one device. A DICOM image carries its own Modality
+//! when the gateway knows the code, else the folder's.
 //!
 //! A file is taken once it has not changed for the settle time (or at once
 //! when written elsewhere and renamed in, the safe way to drop files).
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Source, SourceTask};
 use crate::capture::{self, Capture, DecodeError, Preparation};
+use crate::dicom;
 use crate::intake::{Intake, Refusal};
 use crate::messages::{Delivery, Health, LinkLimit, Verdict};
 use crate::metrics::Metrics;
@@ -156,14 +159,19 @@ impl HotFolderSource {
             let preparation = self.preparation;
             let limits = preparation.limits(self.link.get());
             let file = path.clone();
+            let name = file_name(&path);
             // Read at most the limit, decode within it: both blocking.
             let decoded = tokio::task::spawn_blocking(move || {
                 let bytes = read_limited(&file, limits.max_file_bytes())?;
-                Ok::<_, std::io::Error>(capture::decode(bytes, preparation, &limits))
+                Ok::<_, std::io::Error>(if dicom::read::is_dicom(&name, &bytes) {
+                    dicom::read::read(bytes, preparation, &limits).map(|d| (d.pixels, d.modality))
+                } else {
+                    capture::decode(bytes, preparation, &limits).map(|p| (p, None))
+                })
             })
             .await;
-            let pixels = match decoded {
-                Ok(Ok(Ok(pixels))) => pixels,
+            let (pixels, modality) = match decoded {
+                Ok(Ok(Ok(decoded))) => decoded,
                 Ok(Ok(Err(e))) => {
                     self.reject(&path, e.reason(), &e.to_string()).await;
                     continue;
@@ -186,7 +194,7 @@ impl HotFolderSource {
             };
             let capture = Capture {
                 device: self.folder.device.clone(),
-                modality: self.folder.modality,
+                modality: modality.unwrap_or(self.folder.modality),
                 captured_at_ms: capture::now_ms(),
                 pixels,
             };
