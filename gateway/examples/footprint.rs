@@ -12,7 +12,7 @@
 //! RSS (VmHWM) while it refuses an 8192² decompression bomb, or while it
 //! accepts, seals, publishes and delivers the result of the largest image a
 //! 16 MiB packet carries at 8 bits (4095², noise, so that the PNG is large
-//! too).
+//! too); `--input dicom` the same for a 3000² 16-bit CR DICOM file.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: fail loudly.
 
 #[path = "../tests/support/mod.rs"]
@@ -34,6 +34,8 @@ enum Input {
     Largest,
     /// The same from a 16-bit source (twice the decoded bytes).
     Largest16,
+    /// A 3000 x 3000 16-bit CR DICOM file (18 MB), sealed at 8 bits.
+    Dicom,
 }
 
 #[derive(Parser)]
@@ -127,6 +129,27 @@ async fn measure(args: Args) {
                 (
                     format!("largest {side}x{side} 8-bit from {input:?}"),
                     png.len(),
+                )
+            }
+            Input::Dicom => {
+                let file = support::dicom_file(3000, 3000, "CR", "MONOCHROME2");
+                world.drop_file("cr.dcm", &file);
+                let images = receiver
+                    .expect(
+                        "medgate/v1/site-a/gw-1/images/",
+                        1,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap();
+                answer(&receiver, &mut opener, &images[0].payload).await;
+                support::eventually("the DICOM image's result", || {
+                    files_in(&done, ".result.json").len() == 2
+                })
+                .await;
+                (
+                    "DICOM CR 3000x3000 16-bit, sealed 8-bit".to_owned(),
+                    file.len(),
                 )
             }
         };

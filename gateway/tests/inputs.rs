@@ -349,8 +349,8 @@ async fn a_dicom_file_is_sealed_with_its_modality_and_pixels_only_and_colour_is_
     let mut gateway = world.start_in_process();
     gateway.started().await;
     // Any name: the DICM marker tells.
-    world.drop_file("chest", &dicom_file(64, 48, "CR", "MONOCHROME2"));
-    world.drop_file("photo.dcm", &dicom_file(8, 8, "XC", "RGB"));
+    world.drop_file("chest", &support::dicom_file(64, 48, "CR", "MONOCHROME2"));
+    world.drop_file("photo.dcm", &support::dicom_file(8, 8, "XC", "RGB"));
     let images = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
     let payload = &images[0].payload;
     for secret in [&b"Doe^Jane"[..], b"PID-1234567", b"1.2.826.0.1.3680043.9.7"] {
@@ -370,48 +370,4 @@ async fn a_dicom_file_is_sealed_with_its_modality_and_pixels_only_and_colour_is_
     let why = reason(&world, "photo.dcm");
     assert!(why.contains("MONOCHROME1/2"), "{why}");
     gateway.stop().await;
-}
-
-/// A DICOM file (explicit VR little endian) of a `width` x `height`
-/// 16-bit grayscale image of modality `modality`, with a patient name
-/// that must never leave the gateway; `photometric` as given.
-pub fn dicom_file(width: u16, height: u16, modality: &str, photometric: &str) -> Vec<u8> {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
-    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
-    const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
-    let mut object = InMemDicomObject::new_empty();
-    let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
-    put(tags::SOP_CLASS_UID, VR::UI, CR.into());
-    put(
-        tags::SOP_INSTANCE_UID,
-        VR::UI,
-        "1.2.826.0.1.3680043.9.7".into(),
-    );
-    put(tags::MODALITY, VR::CS, modality.into());
-    put(tags::PATIENT_NAME, VR::PN, "Doe^Jane".into());
-    put(tags::PATIENT_ID, VR::LO, "PID-1234567".into());
-    put(tags::SAMPLES_PER_PIXEL, VR::US, 1u16.into());
-    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric.into());
-    put(tags::ROWS, VR::US, height.into());
-    put(tags::COLUMNS, VR::US, width.into());
-    put(tags::BITS_ALLOCATED, VR::US, 16u16.into());
-    put(tags::BITS_STORED, VR::US, 12u16.into());
-    put(tags::HIGH_BIT, VR::US, 11u16.into());
-    put(tags::PIXEL_REPRESENTATION, VR::US, 0u16.into());
-    let samples: Vec<u8> = (0..u32::from(width) * u32::from(height))
-        .flat_map(|i| (((i * 37) % 4096) as u16).to_le_bytes())
-        .collect();
-    put(tags::PIXEL_DATA, VR::OW, samples.into());
-    let file = object
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax("1.2.840.10008.1.2.1")
-                .media_storage_sop_class_uid(CR)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.9.7"),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    file.write_all(&mut out).unwrap();
-    out
 }

@@ -347,3 +347,47 @@ pub fn noise_png16(width: u32, height: u32) -> Vec<u8> {
 pub fn counter(metrics: &str, name: &str) -> f64 {
     medgate_testkit::metrics::value(metrics, name).unwrap_or(f64::NAN)
 }
+
+/// A DICOM file (explicit VR little endian) of a `width` x `height`
+/// 16-bit grayscale image of modality `modality`, with a patient name
+/// that must never leave the gateway; `photometric` as given.
+pub fn dicom_file(width: u16, height: u16, modality: &str, photometric: &str) -> Vec<u8> {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+    const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+    let mut object = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
+    put(tags::SOP_CLASS_UID, VR::UI, CR.into());
+    put(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.9.7".into(),
+    );
+    put(tags::MODALITY, VR::CS, modality.into());
+    put(tags::PATIENT_NAME, VR::PN, "Doe^Jane".into());
+    put(tags::PATIENT_ID, VR::LO, "PID-1234567".into());
+    put(tags::SAMPLES_PER_PIXEL, VR::US, 1u16.into());
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric.into());
+    put(tags::ROWS, VR::US, height.into());
+    put(tags::COLUMNS, VR::US, width.into());
+    put(tags::BITS_ALLOCATED, VR::US, 16u16.into());
+    put(tags::BITS_STORED, VR::US, 12u16.into());
+    put(tags::HIGH_BIT, VR::US, 11u16.into());
+    put(tags::PIXEL_REPRESENTATION, VR::US, 0u16.into());
+    let samples: Vec<u8> = (0..u32::from(width) * u32::from(height))
+        .flat_map(|i| (((i * 37) % 4096) as u16).to_le_bytes())
+        .collect();
+    put(tags::PIXEL_DATA, VR::OW, samples.into());
+    let file = object
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax("1.2.840.10008.1.2.1")
+                .media_storage_sop_class_uid(CR)
+                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.9.7"),
+        )
+        .unwrap();
+    let mut out = Vec::new();
+    file.write_all(&mut out).unwrap();
+    out
+}
