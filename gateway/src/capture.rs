@@ -82,6 +82,20 @@ impl Limits {
     pub fn max_file_bytes(&self) -> u64 {
         self.max_decoded_bytes + (1 << 20)
     }
+
+    /// Refuses a file of `bytes` over [`max_file_bytes`](Self::max_file_bytes).
+    ///
+    /// # Errors
+    /// [`DecodeError::FileTooLarge`].
+    pub fn check_file_len(&self, bytes: u64) -> Result<(), DecodeError> {
+        if bytes > self.max_file_bytes() {
+            return Err(DecodeError::FileTooLarge {
+                bytes,
+                limit: self.max_file_bytes(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Why an input was refused. Never quotes pixel data.
@@ -267,12 +281,7 @@ pub fn decode(
     preparation: Preparation,
     limits: &Limits,
 ) -> Result<Pixels, DecodeError> {
-    if bytes.len() as u64 > limits.max_file_bytes() {
-        return Err(DecodeError::FileTooLarge {
-            bytes: bytes.len() as u64,
-            limit: limits.max_file_bytes(),
-        });
-    }
+    limits.check_file_len(bytes.len() as u64)?;
     let unreadable = |e: image::ImageError| match e {
         image::ImageError::Limits(e) => DecodeError::DecoderLimit(e.to_string()),
         e => DecodeError::Unreadable(e.to_string()),

@@ -58,12 +58,7 @@ pub fn read(
     preparation: Preparation,
     limits: &Limits,
 ) -> Result<DicomImage, DecodeError> {
-    if bytes.len() as u64 > limits.max_file_bytes() {
-        return Err(DecodeError::FileTooLarge {
-            bytes: bytes.len() as u64,
-            limit: limits.max_file_bytes(),
-        });
-    }
+    limits.check_file_len(bytes.len() as u64)?;
     let layout = scan::check_file(&bytes).map_err(|e| refused("malformed_dicom", e.to_string()))?;
     if layout.deflated {
         return Err(refused(
