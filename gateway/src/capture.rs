@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use image::{DynamicImage, ImageDecoder, ImageReader, imageops};
 use medgate_shared::envelope;
 use medgate_shared::header::Modality;
-use medgate_shared::ids::{MAX_NAME_LEN, Name};
+use medgate_shared::ids::{MAX_NAME_LEN, MessageId, Name};
 use medgate_shared::pixels::{MAX_DIMENSION, PixelFormat, Pixels, PixelsError};
 use medgate_shared::topics;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 /// One image as a source delivers it.
 #[derive(Debug, Clone)]
 pub struct Capture {
+    /// The id its message will carry, chosen by the source (which may
+    /// record it before submitting, see [`crate::dicom`]).
+    pub message_id: MessageId,
     /// The capturing device.
     pub device: Name,
     /// Its modality.

@@ -231,7 +231,7 @@ fn seal_and_spool(
         }
     })?;
     let meta = ImageMeta {
-        message_id: MessageId::random(),
+        message_id: capture.message_id,
         site,
         gateway,
         device: capture.device.clone(),

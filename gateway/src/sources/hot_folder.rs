@@ -193,6 +193,7 @@ impl HotFolderSource {
                 }
             };
             let capture = Capture {
+                message_id: MessageId::random(),
                 device: self.folder.device.clone(),
                 modality: modality.unwrap_or(self.folder.modality),
                 captured_at_ms: capture::now_ms(),

@@ -303,6 +303,7 @@ fn session<S: SpiDevice, P: InputPin>(
             continue;
         }
         let capture = Capture {
+            message_id: MessageId::random(),
             device: config.device.clone(),
             modality: config.modality,
             captured_at_ms: capture::now_ms(),
