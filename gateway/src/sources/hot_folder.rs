@@ -71,6 +71,8 @@ pub struct HotFolderSource {
     done: HashMap<MessageId, PathBuf>,
     /// Captured files still in the folder (the move to `done/` failed).
     stuck: HashMap<FileKey, Stuck>,
+    /// Whether the last scan could not list the folder (logged once).
+    unlistable: bool,
 }
 
 impl HotFolderSource {
@@ -90,6 +92,7 @@ impl HotFolderSource {
             metrics,
             done: HashMap::new(),
             stuck: HashMap::new(),
+            unlistable: false,
         }
     }
 
@@ -137,12 +140,21 @@ impl HotFolderSource {
         let files = match listed {
             Ok(Ok(files)) => files,
             Ok(Err(e)) => {
+                // Counted every scan, logged once until it can be listed
+                // again: a removed folder must not flood the journal.
                 self.metrics.error("hot_folder");
-                tracing::warn!(folder = %self.folder.path.display(), cause = %e, "cannot list the hot folder");
+                if !self.unlistable {
+                    self.unlistable = true;
+                    tracing::warn!(folder = %self.folder.path.display(), cause = %e, "cannot list the hot folder; trying again every scan");
+                }
                 return true;
             }
             Err(_) => return true,
         };
+        if self.unlistable {
+            self.unlistable = false;
+            tracing::info!(folder = %self.folder.path.display(), "the hot folder can be listed again");
+        }
         let present: Vec<FileKey> = files.iter().filter_map(|p| file_key(p).ok()).collect();
         self.forget_vanished(&present);
         for path in files {
