@@ -12,7 +12,11 @@
 //! RSS (VmHWM) while it refuses an 8192² decompression bomb, or while it
 //! accepts, seals, publishes and delivers the result of the largest image a
 //! 16 MiB packet carries at 8 bits (4095², noise, so that the PNG is large
-//! too); `--input dicom` the same for a 3000² 16-bit CR DICOM file.
+//! too); `--input dicom` the same for a 3000² 16-bit CR DICOM file;
+//! `--input scp` the same file stored by C-STORE to the DICOM node.
+//! `--input scp-latency` stores 1024² 16-bit CR objects (2 MB) one after
+//! another and reports C-STORE request to success (= durably spooled)
+//! latency, p50 and p99.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: fail loudly.
 
 #[path = "../tests/support/mod.rs"]
@@ -36,6 +40,10 @@ enum Input {
     Largest16,
     /// A 3000 x 3000 16-bit CR DICOM file (18 MB), sealed at 8 bits.
     Dicom,
+    /// The same object stored by C-STORE.
+    Scp,
+    /// C-STORE to spooled latency for 2 MB CR objects.
+    ScpLatency,
 }
 
 #[derive(Parser)]
@@ -73,7 +81,16 @@ async fn measure(args: Args) {
         .and_then(|examples| examples.parent())
         .unwrap()
         .join("medgate-gateway");
-    let world = World::new(1 << 30, 60);
+    let dicom_port = medgate_testkit::free_port().unwrap();
+    let world = World::with(1 << 30, 60, |config| {
+        config.dicom = Some(medgate_gateway::config::DicomSection::new(
+            "modalities",
+            &format!("127.0.0.1:{dicom_port}"),
+            &["FOOTPRINT"],
+            "PACS",
+            "127.0.0.1:9",
+        ));
+    });
     let mut receiver = world.receiver().await;
     let mut opener = world.opener();
     let mut gateway = world.start_process(&binary);
@@ -129,6 +146,60 @@ async fn measure(args: Args) {
                 (
                     format!("largest {side}x{side} 8-bit from {input:?}"),
                     png.len(),
+                )
+            }
+            Input::Scp => {
+                let file = support::dicom_file(3000, 3000, "CR", "MONOCHROME2");
+                let bytes = file.len();
+                let (code, comment) =
+                    support::c_store(dicom_port, "FOOTPRINT", support::data_set(&file)).await;
+                assert_eq!(code, 0, "{comment:?}");
+                let images = receiver
+                    .expect(
+                        "medgate/v1/site-a/gw-1/images/",
+                        1,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap();
+                answer(&receiver, &mut opener, &images[0].payload).await;
+                let outbox = world.dir.path().join("state/dicom/outbox");
+                support::eventually("the report in the outbox", || {
+                    files_in(&outbox, ".dcm").len() == 1
+                })
+                .await;
+                (
+                    "C-STORE of a CR 3000x3000 16-bit, sealed 8-bit".to_owned(),
+                    bytes,
+                )
+            }
+            Input::ScpLatency => {
+                let file = support::dicom_file(1024, 1024, "CR", "MONOCHROME2");
+                let mut latencies = Vec::new();
+                for _ in 0..args.seconds.max(1) * 10 {
+                    let data = support::data_set(&file);
+                    let sent = Instant::now();
+                    let (code, comment) = support::c_store(dicom_port, "FOOTPRINT", data).await;
+                    assert_eq!(code, 0, "{comment:?}");
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies.sort_by(f64::total_cmp);
+                let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "c_store_to_spooled_ms": {
+                            "objects": latencies.len(),
+                            "object_bytes": file.len(),
+                            "p50": at(0.5),
+                            "p99": at(0.99),
+                            "max": at(1.0),
+                        }
+                    })
+                );
+                (
+                    "C-STORE latency, 1024x1024 16-bit CR".to_owned(),
+                    file.len(),
                 )
             }
             Input::Dicom => {

@@ -80,8 +80,18 @@ impl Daemon for Gateway {
     }
 
     fn summary(settings: &Settings) -> String {
+        let dicom = settings.dicom.as_ref().map_or_else(String::new, |node| {
+            format!(
+                ", DICOM node {} on {} ({} calling AE title(s)) reporting to {} at {}",
+                node.ae_title,
+                node.listen,
+                node.callers.len(),
+                node.pacs.ae_title,
+                node.pacs.address
+            )
+        });
         format!(
-            "gateway {}/{}, broker {}:{}, {} hot folder(s), {} SPI sensor(s)",
+            "gateway {}/{}, broker {}:{}, {} hot folder(s), {} SPI sensor(s){dicom}",
             settings.site,
             settings.name,
             settings.mqtt.host,

@@ -20,13 +20,14 @@ use medgate_shared::seal::RotationPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::capture::{self, Oversize, Preparation};
+use crate::dicom::node::{AeTitle, DicomNode, Pacs};
 use crate::sources::hot_folder::HotFolder;
 use crate::sources::spi::{SensorBus, SpiSensorConfig};
 
 /// The shipped, commented configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/gateway.toml");
 
-const SECTIONS: &[&str] = &["gateway", "mqtt", "spool", "preprocess", "metrics"];
+const SECTIONS: &[&str] = &["gateway", "mqtt", "spool", "preprocess", "metrics", "dicom"];
 
 /// The file as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +51,10 @@ pub struct GatewayConfig {
     /// SPI image sensors.
     #[serde(default)]
     pub spi_sensor: Vec<SpiSensorSection>,
+    /// The gateway as a DICOM node (modalities store to it, its reports
+    /// go to the PACS).
+    #[serde(default)]
+    pub dicom: Option<DicomSection>,
 }
 
 impl GatewayConfig {
@@ -87,8 +92,80 @@ impl GatewayConfig {
             metrics: MetricsSection::default(),
             hot_folder: Vec::new(),
             spi_sensor: Vec::new(),
+            dicom: None,
         }
     }
+}
+
+/// `[dicom]`: a C-STORE SCP that modalities send to, and the PACS that
+/// receives the Structured Reports of its images' results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSection {
+    /// The device name its images carry.
+    pub device: String,
+    /// This node's AE title (what modalities call).
+    #[serde(default = "default_ae_title")]
+    pub ae_title: String,
+    /// Address and port it listens on.
+    #[serde(default = "default_dicom_listen")]
+    pub listen: String,
+    /// The calling AE titles that may store images; others are rejected
+    /// at association.
+    pub allowed_calling_ae_titles: Vec<String>,
+    /// Associations served at once; more are rejected (transient).
+    #[serde(default = "default_max_associations")]
+    pub max_associations: u32,
+    /// Seconds without a PDU before an association is aborted.
+    #[serde(default = "default_dicom_timeout")]
+    pub timeout_secs: u64,
+    /// Modality for objects whose Modality (0008,0060) the gateway does
+    /// not know.
+    #[serde(default = "default_dicom_modality")]
+    pub modality: String,
+    /// Where reports go.
+    pub pacs: PacsSection,
+}
+
+impl DicomSection {
+    /// A node for `device` listening on `listen`, accepting `callers`,
+    /// reporting to the PACS `pacs_ae` at `pacs_address`, every other
+    /// value at its default.
+    pub fn new(
+        device: &str,
+        listen: &str,
+        callers: &[&str],
+        pacs_ae: &str,
+        pacs_address: &str,
+    ) -> Self {
+        Self {
+            device: device.to_owned(),
+            ae_title: default_ae_title(),
+            listen: listen.to_owned(),
+            allowed_calling_ae_titles: callers.iter().map(|c| (*c).to_owned()).collect(),
+            max_associations: default_max_associations(),
+            timeout_secs: default_dicom_timeout(),
+            modality: default_dicom_modality(),
+            pacs: PacsSection {
+                ae_title: pacs_ae.to_owned(),
+                address: pacs_address.to_owned(),
+                retry_max_secs: default_pacs_retry(),
+            },
+        }
+    }
+}
+
+/// `[dicom.pacs]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacsSection {
+    /// The PACS's AE title.
+    pub ae_title: String,
+    /// `host:port`.
+    pub address: String,
+    /// Longest wait between two attempts to store a report, seconds.
+    #[serde(default = "default_pacs_retry")]
+    pub retry_max_secs: u64,
 }
 
 /// One `[[spi_sensor]]`.
@@ -290,6 +367,24 @@ fn default_speed_hz() -> u32 {
 fn default_poll_ms() -> u64 {
     5
 }
+fn default_ae_title() -> String {
+    "MEDGATE".into()
+}
+fn default_dicom_listen() -> String {
+    "0.0.0.0:11112".into()
+}
+fn default_max_associations() -> u32 {
+    4
+}
+fn default_dicom_timeout() -> u64 {
+    30
+}
+fn default_dicom_modality() -> String {
+    "OT".into()
+}
+fn default_pacs_retry() -> u64 {
+    300
+}
 fn default_scan_ms() -> u64 {
     500
 }
@@ -337,6 +432,8 @@ pub struct Settings {
     pub hot_folders: Vec<HotFolder>,
     /// SPI sensors.
     pub spi_sensors: Vec<SpiSensorConfig>,
+    /// The DICOM node, if configured.
+    pub dicom: Option<DicomNode>,
 }
 
 /// Reads and checks the file at `path` with the process environment.
@@ -542,10 +639,24 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
             poll: Duration::from_millis(sensor.poll_ms),
         });
     }
-    if hot_folders.is_empty() && spi_sensors.is_empty() {
+    let dicom = match &raw.dicom {
+        Some(section) => {
+            let node = dicom_check(file, section, &raw.gateway.state_dir)?;
+            if !devices.insert(node.device.clone()) {
+                return Err(SettingsError::key(
+                    file,
+                    "dicom.device",
+                    format!("device {} is configured twice", node.device),
+                ));
+            }
+            Some(node)
+        }
+        None => None,
+    };
+    if hot_folders.is_empty() && spi_sensors.is_empty() && dicom.is_none() {
         return Err(SettingsError::file(
             file,
-            "no image source: add at least one [[hot_folder]] or [[spi_sensor]]",
+            "no image source: add at least one [[hot_folder]], [[spi_sensor]] or [dicom]",
         ));
     }
     Ok(Settings {
@@ -569,7 +680,80 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         metrics,
         hot_folders,
         spi_sensors,
+        dicom,
         mqtt: raw.mqtt,
+    })
+}
+
+fn dicom_check(
+    file: &Path,
+    section: &DicomSection,
+    state_dir: &Path,
+) -> Result<DicomNode, SettingsError> {
+    let ae = |key: &str, value: &str| {
+        value
+            .parse::<AeTitle>()
+            .map_err(|e| SettingsError::key(file, key, e))
+    };
+    let device = settings::name(file, "dicom.device", &section.device)?;
+    let ae_title = ae("dicom.ae_title", &section.ae_title)?;
+    let listen = settings::socket_address(file, "dicom.listen", &section.listen)?;
+    if section.allowed_calling_ae_titles.is_empty() {
+        return Err(SettingsError::key(
+            file,
+            "dicom.allowed_calling_ae_titles",
+            "is empty: list the AE titles of the modalities that may store images, e.g. [\"CR_ROOM1\"]",
+        ));
+    }
+    let mut callers = Vec::new();
+    for (i, caller) in section.allowed_calling_ae_titles.iter().enumerate() {
+        callers.push(ae(
+            &format!("dicom.allowed_calling_ae_titles[{i}]"),
+            caller,
+        )?);
+    }
+    settings::in_range(
+        file,
+        "dicom.max_associations",
+        section.max_associations,
+        1..=64,
+    )?;
+    settings::in_range(file, "dicom.timeout_secs", section.timeout_secs, 1..=3600)?;
+    let modality = modality_at(file, "dicom.modality", &section.modality)?;
+    let pacs_ae = ae("dicom.pacs.ae_title", &section.pacs.ae_title)?;
+    match section.pacs.address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        _ => {
+            return Err(SettingsError::key(
+                file,
+                "dicom.pacs.address",
+                format!(
+                    "{:?} is not host:port, such as pacs.hospital.local:4242",
+                    section.pacs.address
+                ),
+            ));
+        }
+    }
+    settings::in_range(
+        file,
+        "dicom.pacs.retry_max_secs",
+        section.pacs.retry_max_secs,
+        1..=86_400,
+    )?;
+    Ok(DicomNode {
+        device,
+        ae_title,
+        listen,
+        callers,
+        max_associations: section.max_associations as usize,
+        timeout: Duration::from_secs(section.timeout_secs),
+        modality,
+        pacs: Pacs {
+            ae_title: pacs_ae,
+            address: section.pacs.address.clone(),
+            retry_max: Duration::from_secs(section.pacs.retry_max_secs),
+        },
+        state_dir: state_dir.join("dicom"),
     })
 }
 
@@ -633,5 +817,45 @@ mod tests {
         assert_eq!(raw.hot_folder.len(), 1);
         let e = check(raw, &path).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("gateway.receiver_public_key"), "{e}");
+    }
+
+    #[test]
+    fn the_dicom_section_is_checked_key_by_key() {
+        let file = Path::new("gateway.toml");
+        let state = Path::new("/var/lib/medgate-gateway/state");
+        let good = DicomSection::new(
+            "modalities",
+            "0.0.0.0:11112",
+            &["CR_ROOM1"],
+            "PACS",
+            "pacs.local:104",
+        );
+        let node = dicom_check(file, &good, state).unwrap();
+        assert_eq!(node.callers.len(), 1);
+        assert_eq!(node.state_dir, state.join("dicom"));
+        assert_eq!(node.modality, Modality::Ot);
+        let error = |edit: &dyn Fn(&mut DicomSection)| {
+            let mut section = good.clone();
+            edit(&mut section);
+            let e = dicom_check(file, &section, state).unwrap_err();
+            (e.key.clone().unwrap_or_default(), e.to_string())
+        };
+        let (key, text) = error(&|s| s.allowed_calling_ae_titles.clear());
+        assert_eq!(key, "dicom.allowed_calling_ae_titles");
+        assert!(text.contains("list the AE titles"), "{text}");
+        let (key, text) = error(&|s| s.allowed_calling_ae_titles.push("A_TITLE_OF_17_CHR".into()));
+        assert_eq!(key, "dicom.allowed_calling_ae_titles[1]");
+        assert!(text.contains("16 characters"), "{text}");
+        let (key, _) = error(&|s| s.ae_title = "BAD\\AE".into());
+        assert_eq!(key, "dicom.ae_title");
+        let (key, _) = error(&|s| s.listen = "11112".into());
+        assert_eq!(key, "dicom.listen");
+        let (key, text) = error(&|s| s.pacs.address = "pacs.local".into());
+        assert_eq!(key, "dicom.pacs.address");
+        assert!(text.contains("host:port"), "{text}");
+        let (key, _) = error(&|s| s.max_associations = 0);
+        assert_eq!(key, "dicom.max_associations");
+        let (key, _) = error(&|s| s.modality = "XX".into());
+        assert_eq!(key, "dicom.modality");
     }
 }

@@ -51,6 +51,21 @@ pub struct Metrics {
     /// Captured hot-folder files that could not be moved to `done/`, by
     /// device (non-zero: the folder is broken).
     pub hot_folder_stuck: Family<Labels, Gauge>,
+    /// DICOM associations, by outcome: accepted, rejected (a calling AE
+    /// title not allowed, or a request the node does not serve), busy
+    /// (over `dicom.max_associations`), aborted.
+    pub dicom_associations: Family<Labels, Counter>,
+    /// C-STORE requests answered, by status: stored, out_of_resources,
+    /// or the refusal's reason.
+    pub dicom_stores: Family<Labels, Counter>,
+    /// Structured Reports stored in the PACS.
+    pub dicom_reports_stored: Counter,
+    /// Failed attempts to store a report (each is retried).
+    pub dicom_report_attempts_failed: Counter,
+    /// Reports the PACS refused for good (kept in `outbox/refused/`).
+    pub dicom_reports_refused: Counter,
+    /// Reports waiting in the outbox.
+    pub dicom_outbox: Gauge,
 }
 
 impl Metrics {
@@ -75,6 +90,12 @@ impl Metrics {
             errors: Family::default(),
             connected: Gauge::default(),
             hot_folder_stuck: Family::default(),
+            dicom_associations: Family::default(),
+            dicom_stores: Family::default(),
+            dicom_reports_stored: Counter::default(),
+            dicom_report_attempts_failed: Counter::default(),
+            dicom_reports_refused: Counter::default(),
+            dicom_outbox: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("medgate_gateway");
         r.register("captured", "Images taken from a source", m.captured.clone());
@@ -147,7 +168,51 @@ impl Metrics {
             "Captured hot-folder files that cannot be moved to done/ (the folder is broken)",
             m.hot_folder_stuck.clone(),
         );
+        r.register(
+            "dicom_associations",
+            "DICOM associations, by outcome (accepted, rejected, busy, aborted)",
+            m.dicom_associations.clone(),
+        );
+        r.register(
+            "dicom_stores",
+            "C-STORE requests answered, by status (stored, out_of_resources, or the refusal's reason)",
+            m.dicom_stores.clone(),
+        );
+        r.register(
+            "dicom_reports_stored",
+            "Structured Reports stored in the PACS",
+            m.dicom_reports_stored.clone(),
+        );
+        r.register(
+            "dicom_report_attempts_failed",
+            "Failed attempts to store a Structured Report in the PACS (retried)",
+            m.dicom_report_attempts_failed.clone(),
+        );
+        r.register(
+            "dicom_reports_refused",
+            "Structured Reports the PACS refused for good (kept in the outbox's refused/ folder)",
+            m.dicom_reports_refused.clone(),
+        );
+        r.register(
+            "dicom_outbox_reports",
+            "Structured Reports waiting in the outbox for the PACS",
+            m.dicom_outbox.clone(),
+        );
         m
+    }
+
+    /// Counts a DICOM association by outcome.
+    pub fn dicom_association(&self, outcome: &str) {
+        self.dicom_associations
+            .get_or_create(&vec![("outcome", outcome.to_owned())])
+            .inc();
+    }
+
+    /// Counts a C-STORE answer by status.
+    pub fn dicom_store(&self, status: &str) {
+        self.dicom_stores
+            .get_or_create(&vec![("status", status.to_owned())])
+            .inc();
     }
 
     /// Sets the spool gauges from `spool`.

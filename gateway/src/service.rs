@@ -29,6 +29,7 @@ use crate::publisher::core::{Core, CoreConfig};
 use crate::publisher::{self, link};
 use crate::sequence::{SequenceError, Sequences};
 use crate::sources::Source;
+use crate::sources::dicom::{DicomSource, DicomStartError};
 use crate::sources::hot_folder::HotFolderSource;
 use crate::sources::spi::SpiSensorSource;
 use crate::spool::{Spool, SpoolError};
@@ -45,6 +46,9 @@ pub enum ServiceError {
     /// The metrics endpoint could not listen.
     #[error(transparent)]
     Metrics(#[from] endpoint::EndpointError),
+    /// The DICOM node could not start.
+    #[error(transparent)]
+    Dicom(#[from] DicomStartError),
 }
 
 /// What a started gateway reports (tests use it).
@@ -54,6 +58,8 @@ pub struct Started {
     pub metrics: Option<std::net::SocketAddr>,
     /// Images recovered from the spool at start.
     pub recovered: usize,
+    /// Where the DICOM node listens, if configured.
+    pub dicom: Option<std::net::SocketAddr>,
 }
 
 /// Runs the gateway until `shutdown` completes.
@@ -129,6 +135,24 @@ pub async fn run(
         sources.push((source, rx));
     }
 
+    let mut dicom_address = None;
+    if let Some(node) = &settings.dicom {
+        let source = DicomSource::bind(
+            node.clone(),
+            settings.name.clone(),
+            preparation,
+            link_limit.clone(),
+            health.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        dicom_address = source.local_addr();
+        let source: Box<dyn Source> = Box::new(source);
+        let (tx, rx) = mpsc::channel(64);
+        routes.insert(source.device().clone(), tx);
+        sources.push((source, rx));
+    }
+
     let heartbeat = Heartbeat::new();
     let link_stop = CancellationToken::new();
     let link = tokio::spawn(link::link(
@@ -189,6 +213,7 @@ pub async fn run(
         let _ = started.send(Started {
             metrics: metrics_address,
             recovered: recovery.entries,
+            dicom: dicom_address,
         });
     }
     tracing::info!(
@@ -198,6 +223,7 @@ pub async fn run(
         port = settings.mqtt.port,
         hot_folders = settings.hot_folders.len(),
         spi_sensors = settings.spi_sensors.len(),
+        dicom = settings.dicom.is_some(),
         "gateway running"
     );
 

@@ -15,17 +15,21 @@
 //! that white is always high; padding pixels become black. A multi-frame
 //! object contributes its first frame.
 //!
-//! Nothing but the pixels and the modality leaves this module: no patient,
-//! study or institution attribute is read.
+//! What is sealed comes out of this module as [`DicomImage::pixels`] and
+//! [`DicomImage::modality`]. The object's references (UIDs, and the patient
+//! and study attributes a report repeats) come out separately, as
+//! [`DicomImage::references`], for the gateway's local store only.
 
-use dicom_dictionary_std::tags;
+use dicom_dictionary_std::{tags, uids};
 use dicom_object::file::ReadPreamble;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use dicom_pixeldata::{PixelDecoder, PixelRepresentation};
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma};
 use medgate_shared::header::Modality;
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
+use super::references::{self, References};
 use super::scan;
 use crate::capture::{self, DecodeError, Limits, Preparation};
 
@@ -36,6 +40,9 @@ pub struct DicomImage {
     pub pixels: Pixels,
     /// Its Modality (0008,0060), when it is a code the gateway knows.
     pub modality: Option<Modality>,
+    /// Where it belongs in the hospital (never sealed), when it names its
+    /// SOP instance, series and study.
+    pub references: Option<References>,
 }
 
 /// Whether `bytes` (of a file called `name`) are DICOM: a `.dcm` name or
@@ -60,12 +67,14 @@ pub fn read(
 ) -> Result<DicomImage, DecodeError> {
     limits.check_file_len(bytes.len() as u64)?;
     let layout = scan::check_file(&bytes).map_err(|e| refused("malformed_dicom", e.to_string()))?;
-    if layout.deflated {
-        return Err(refused(
-            "unsupported_dicom",
-            "deflated DICOM is not accepted yet".into(),
-        ));
-    }
+    let bytes = if layout.deflated {
+        let inflated = inflate(&bytes, layout.data_set, limits.max_file_bytes())?;
+        drop(bytes);
+        scan::check_file(&inflated).map_err(|e| refused("malformed_dicom", e.to_string()))?;
+        inflated
+    } else {
+        bytes
+    };
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
         .from_reader(bytes.as_slice())
@@ -130,12 +139,67 @@ pub fn read(
     }
     let target = capture::sealed_size(columns, rows, preparation, limits)?;
     let modality = text(tags::MODALITY).and_then(|m| Modality::from_code(&m));
+    let references = references_of(&object);
     let image = to_gray(&object, preparation.format, photometric == "MONOCHROME1")?;
     drop(object);
     Ok(DicomImage {
         pixels: capture::prepare(image, preparation.format, target)?,
         modality,
+        references,
     })
+}
+
+/// The object's UIDs and the [`references::CONTEXT`] attributes it has.
+fn references_of(object: &DefaultDicomObject) -> Option<References> {
+    let text = |tag| {
+        object
+            .element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches([' ', '\0']).to_owned())
+    };
+    let uid = |tag| text(tag).filter(|u| !u.is_empty());
+    let context = references::CONTEXT
+        .iter()
+        .filter_map(|(tag, keyword)| Some(((*keyword).to_owned(), text(*tag)?)))
+        .collect();
+    Some(References {
+        sop_class_uid: uid(tags::SOP_CLASS_UID)?,
+        sop_instance_uid: uid(tags::SOP_INSTANCE_UID)?,
+        series_instance_uid: uid(tags::SERIES_INSTANCE_UID)?,
+        study_instance_uid: uid(tags::STUDY_INSTANCE_UID)?,
+        context,
+    })
+}
+
+/// A deflated file as the same file in Explicit VR Little Endian: its data
+/// set (from `data_set`) inflated, at most `limit` bytes of it, so that a
+/// deflate bomb costs no more than the largest file accepted.
+fn inflate(bytes: &[u8], data_set: usize, limit: u64) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read;
+    let mut meta = FileMetaTable::from_reader(&bytes[128..data_set])
+        .map_err(|e| refused("malformed_dicom", e.to_string()))?;
+    let explicit = TransferSyntaxRegistry
+        .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .ok_or_else(|| refused("unsupported_dicom", "no explicit VR codec".into()))?;
+    meta.set_transfer_syntax(explicit);
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out)
+        .map_err(|e| refused("malformed_dicom", e.to_string()))?;
+    let start = out.len();
+    flate2::read::DeflateDecoder::new(&bytes[data_set..])
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| refused("malformed_dicom", format!("the deflated data set: {e}")))?;
+    let inflated = (out.len() - start) as u64;
+    if inflated > limit {
+        return Err(DecodeError::FileTooLarge {
+            bytes: inflated,
+            limit,
+        });
+    }
+    Ok(out)
 }
 
 /// Decodes the first frame and maps it to `format` (see the module text).
@@ -323,6 +387,41 @@ mod tests {
         (preparation, preparation.limits(16 << 20))
     }
 
+    /// `file` (explicit VR little endian) with its data set deflated.
+    fn deflated(file: &[u8], extra: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let layout = scan::check_file(file).unwrap();
+        let mut meta = FileMetaTable::from_reader(&file[128..layout.data_set]).unwrap();
+        meta.set_transfer_syntax(
+            TransferSyntaxRegistry
+                .get(uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN)
+                .unwrap(),
+        );
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        meta.write(&mut out).unwrap();
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&file[layout.data_set..]).unwrap();
+        encoder.write_all(extra).unwrap();
+        out.extend_from_slice(&encoder.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn deflated_objects_are_inflated_within_the_file_limit() {
+        let (preparation, limits) = eight();
+        let plain = cr(2, 2, &[0, 4095, 0, 4095], |_| {});
+        let expected = read(plain.clone(), preparation, &limits).unwrap();
+        let image = read(deflated(&plain, &[]), preparation, &limits).unwrap();
+        assert_eq!(image.pixels.data(), expected.pixels.data());
+        // 40 MiB of zeros after the data set deflate to about 40 KB: a bomb.
+        let bomb = deflated(&plain, &vec![0u8; 40 << 20]);
+        assert!(bomb.len() < 100_000);
+        let e = read(bomb, preparation, &limits).unwrap_err();
+        assert_eq!(e.reason(), "file_too_large", "{e}");
+    }
+
     #[test]
     fn rescale_window_and_monochrome1_map_to_the_sealed_depth() {
         let samples = [0, 100, 200, 300, 400, 500, 4095, 250];
@@ -397,12 +496,27 @@ mod tests {
     }
 
     #[test]
-    fn nothing_but_pixels_and_modality_comes_out() {
+    fn references_come_out_apart_from_the_pixels_and_never_in_debug_text() {
         let (preparation, limits) = eight();
-        let file = cr(2, 2, &[1, 2, 3, 4], |_| {});
+        let file = cr(2, 2, &[1, 2, 3, 4], |o| {
+            put(o, tags::STUDY_INSTANCE_UID, VR::UI, "1.2.9".into());
+            put(o, tags::SERIES_INSTANCE_UID, VR::UI, "1.2.9.1".into());
+        });
         let image = read(file, preparation, &limits).unwrap();
         let text = format!("{image:?}");
-        assert!(!text.contains("Doe"), "{text}");
+        assert!(!text.contains("Doe") && !text.contains("1.2.9"), "{text}");
         assert_eq!(image.pixels.data().len(), 4);
+        let references = image.references.unwrap();
+        assert_eq!(references.sop_instance_uid, "1.2.3.4");
+        assert_eq!(references.study_instance_uid, "1.2.9");
+        assert_eq!(references.context["PatientName"], "Doe^Jane");
+        // Without a study, there is nothing a report could refer to.
+        let file = cr(2, 2, &[1, 2, 3, 4], |_| {});
+        assert!(
+            read(file, preparation, &limits)
+                .unwrap()
+                .references
+                .is_none()
+        );
     }
 }

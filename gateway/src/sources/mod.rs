@@ -4,7 +4,9 @@
 //!
 //! - [`hot_folder`]: image files dropped into a folder.
 //! - [`spi`]: an SPI image sensor through embedded-hal.
+//! - [`dicom`]: modalities storing images over DICOM.
 
+pub mod dicom;
 pub mod hot_folder;
 pub mod spi;
 

@@ -365,6 +365,16 @@ pub fn dicom_file(width: u16, height: u16, modality: &str, photometric: &str) ->
         "1.2.826.0.1.3680043.9.7".into(),
     );
     put(tags::MODALITY, VR::CS, modality.into());
+    put(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.9.7.1".into(),
+    );
+    put(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.9.7.2".into(),
+    );
     put(tags::PATIENT_NAME, VR::PN, "Doe^Jane".into());
     put(tags::PATIENT_ID, VR::LO, "PID-1234567".into());
     put(tags::SAMPLES_PER_PIXEL, VR::US, 1u16.into());
@@ -390,4 +400,33 @@ pub fn dicom_file(width: u16, height: u16, modality: &str, photometric: &str) ->
     let mut out = Vec::new();
     file.write_all(&mut out).unwrap();
     out
+}
+
+/// The data set of a DICOM file (what a C-STORE carries): the bytes after
+/// its meta group.
+pub fn data_set(file: &[u8]) -> Vec<u8> {
+    let layout = medgate_gateway::dicom::scan::check_file(file).unwrap();
+    file[layout.data_set..].to_vec()
+}
+
+/// Stores `data_set` (explicit VR little endian, CR) to the DICOM node at
+/// `port` as `calling`: the status and error comment.
+pub async fn c_store(port: u16, calling: &str, data_set: Vec<u8>) -> (u16, Option<String>) {
+    let address = format!("127.0.0.1:{port}");
+    let peer = medgate_gateway::dicom::dimse::Peer {
+        calling,
+        called: "MEDGATE",
+        address: &address,
+        timeout: WAIT,
+    };
+    medgate_gateway::dicom::dimse::store(
+        &peer,
+        "1.2.840.10008.5.1.4.1.1.1",
+        "1.2.826.0.1.3680043.9.7",
+        &["1.2.840.10008.1.2.1"],
+        move |_| Ok(data_set),
+    )
+    .await
+    .unwrap()
+    .expect("the node accepts CR in explicit VR little endian")
 }

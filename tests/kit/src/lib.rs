@@ -18,6 +18,7 @@ pub mod forge;
 pub mod identity;
 pub mod metrics;
 pub mod mosquitto;
+pub mod orthanc;
 pub mod pki;
 pub mod procstat;
 
