@@ -63,11 +63,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Whether the report of `id` waits here.
-    pub fn holds(&self, id: &MessageId) -> bool {
-        self.dir.join(format!("{id}.dcm")).exists()
-    }
-
     /// The reports waiting, oldest first.
     pub fn pending(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
