@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -42,13 +43,21 @@ impl Site {
     }
 
     fn with_edit(result_timeout_secs: u64, edit: impl FnOnce(&mut DicomSection)) -> Site {
+        Self::with_spool(1 << 30, result_timeout_secs, edit)
+    }
+
+    fn with_spool(
+        spool_bytes: u64,
+        result_timeout_secs: u64,
+        edit: impl FnOnce(&mut DicomSection),
+    ) -> Site {
         assert!(
             Path::new("/usr/bin/storescu").exists() && Orthanc::installed(),
             "dcmtk and Orthanc are needed (scripts/install-deps installs them)"
         );
         let dicom_port = free_port().unwrap();
         let pacs_port = free_port().unwrap();
-        let world = World::with(1 << 30, result_timeout_secs, |config| {
+        let world = World::with(spool_bytes, result_timeout_secs, |config| {
             let mut node = DicomSection::new(
                 "modalities",
                 &format!("127.0.0.1:{dicom_port}"),
@@ -78,6 +87,11 @@ impl Site {
     /// `count` chest X-rays from the val split as DICOM files made by
     /// img2dcm (Secondary Capture, JPEG baseline, modality DX), one study.
     fn xrays(&self, count: usize) -> Vec<PathBuf> {
+        self.xrays_of_side(count, 224)
+    }
+
+    /// As [`Site::xrays`], `side` × `side` pixels.
+    fn xrays_of_side(&self, count: usize, side: u32) -> Vec<PathBuf> {
         let data = std::env::var_os("MEDGATE_DATA_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("../../shared/data"))
@@ -95,8 +109,8 @@ impl Site {
                         .unwrap();
                 let image = image::imageops::resize(
                     &image,
-                    224,
-                    224,
+                    side,
+                    side,
                     image::imageops::FilterType::Triangle,
                 );
                 let jpeg = self.work.join(format!("xray-{i}.jpg"));
@@ -575,13 +589,74 @@ async fn images_sent_while_the_broker_is_down_are_spooled_first_and_all_reported
     gateway.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_out_of_resources_and_the_modality_sends_again_later() {
+    // Room for a few of the sealed X-rays (about 260 kB each), not for ten
+    // (the smallest spool the config allows is 1 MiB). Images the receiver
+    // missed while it reconnected are published again after 5 s.
+    let mut site = Site::with_spool(1 << 20, 5, |_| {});
+    let pacs = site.pacs();
+    let files = site.xrays_of_side(10, 512);
+    let mut gateway = site.world.start_in_process();
+    gateway.started().await;
+    site.world.broker.kill();
+    let sent = site.storescu(&files);
+    let log = text(&sent);
+    let stored = log.matches("Received Store Response (Success)").count();
+    // storescu stops at the first refusal, as a modality holds its queue.
+    assert!(stored >= 1, "{log}");
+    assert_eq!(
+        log.matches("Received Store Response (Refused: OutOfResources)")
+            .count(),
+        1,
+        "{log}"
+    );
+    // Exactly the acknowledged images are spooled; the refused one left
+    // nothing behind (no references, no report to come).
+    assert_eq!(site.spooled(), stored);
+    assert_eq!(site.references(), stored);
+
+    site.world.broker.restart().unwrap();
+    let mut receiver = site.world.receiver().await;
+    let mut opener = site.world.opener();
+    let mut answered = HashSet::new();
+    let mut remaining = files[stored..].to_vec();
+    let mut total = stored;
+    // The modality's own retry is all it takes: it sends the rest again
+    // as the spool drains.
+    for round in 0.. {
+        answer_more(&mut receiver, &mut opener, &mut answered, total).await;
+        eventually("the spool emptied", || site.spooled() == 0).await;
+        if remaining.is_empty() {
+            break;
+        }
+        assert!(round < 10, "{} images never stored", remaining.len());
+        let again = text(&site.storescu(&remaining));
+        let stored = again.matches("Received Store Response (Success)").count();
+        assert!(stored >= 1, "an empty spool refused an image: {again}");
+        remaining.drain(..stored);
+        total += stored;
+    }
+    assert_eq!(wait_reports(&pacs, 10).await.len(), 10);
+    gateway.stop().await;
+}
+
 /// Answers images until `count` distinct ones are answered.
 async fn answer_until(
     receiver: &mut medgate_testkit::client::TestClient,
     opener: &mut TestOpener,
     count: usize,
 ) {
-    let mut answered = std::collections::HashSet::new();
+    answer_more(receiver, opener, &mut HashSet::new(), count).await;
+}
+
+/// Answers images until `answered` holds `count` distinct ones.
+async fn answer_more(
+    receiver: &mut medgate_testkit::client::TestClient,
+    opener: &mut TestOpener,
+    answered: &mut HashSet<String>,
+    count: usize,
+) {
     let deadline = tokio::time::Instant::now() + WAIT * 2;
     while answered.len() < count {
         assert!(
