@@ -86,7 +86,7 @@ fn synthetic_npz(dir: &Path) -> PathBuf {
     path
 }
 
-const REPORT_KEYS: [&str; 11] = [
+const REPORT_KEYS: [&str; 13] = [
     "n",
     "accuracy",
     "balanced_accuracy",
@@ -96,6 +96,8 @@ const REPORT_KEYS: [&str; 11] = [
     "f1",
     "auc",
     "confusion",
+    "ece",
+    "reliability",
     "backend",
     "model_version",
 ];
@@ -201,6 +203,12 @@ fn evaluate_reports_the_shipped_model_on_real_val_images() {
     assert_eq!(total, 524);
     assert!(report["auc"].as_f64().unwrap() > 0.95);
     assert!(report["balanced_accuracy"].as_f64().unwrap() > 0.85);
+    let ece = report["ece"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ece), "{ece}");
+    let bins = report["reliability"].as_array().unwrap();
+    assert_eq!(bins.len(), 10);
+    let binned: u64 = bins.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(binned, 524);
     let drawn = image::open(&plot).unwrap();
     assert_eq!((drawn.width(), drawn.height()), (1300, 600));
 }

@@ -12,7 +12,12 @@ use serde::Serialize;
 use super::LoadedModel;
 use super::backend::Selected;
 use super::infer::predict;
-use super::metrics::{Confusion, roc_auc, roc_curve};
+use super::metrics::{
+    Confusion, ReliabilityBin, expected_calibration_error, reliability, roc_auc, roc_curve,
+};
+
+/// Bins of the reliability diagram and the calibration error.
+pub const CALIBRATION_BINS: usize = 10;
 
 /// The evaluation report, with exactly the fields of `evaluate --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -35,6 +40,11 @@ pub struct EvalReport {
     pub auc: f64,
     /// `[[tn, fp], [fn, tp]]`, positive = pneumonia.
     pub confusion: [[u64; 2]; 2],
+    /// Expected calibration error of the probabilities the model reports,
+    /// over [`CALIBRATION_BINS`] equal-width bins.
+    pub ece: f64,
+    /// The reliability diagram behind `ece`.
+    pub reliability: Vec<ReliabilityBin>,
     /// `"wgpu"` or `"cpu"`.
     pub backend: String,
     /// The model card's version.
@@ -80,6 +90,7 @@ pub fn evaluate(
         256,
     );
     let confusion = Confusion::at(&scores, &set.labels, model.card.threshold);
+    let bins = reliability(&scores, &set.labels, CALIBRATION_BINS);
     let report = EvalReport {
         n: set.len,
         accuracy: confusion.accuracy(),
@@ -90,6 +101,8 @@ pub fn evaluate(
         f1: confusion.f1(),
         auc: roc_auc(&scores, &set.labels),
         confusion: confusion.matrix(),
+        ece: expected_calibration_error(&bins),
+        reliability: bins,
         backend: backend.name.to_owned(),
         model_version: model.card.version.clone(),
     };
@@ -114,6 +127,7 @@ pub fn render_text(r: &EvalReport, split: SplitName) -> String {
          precision          {:.4}\n\
          F1                 {:.4}\n\
          ROC AUC            {:.4}\n\
+         calibration error  {:.4} (ECE, {CALIBRATION_BINS} bins)\n\
          confusion          predicted normal  predicted pneumonia\n\
          actual normal      {tn:>16}  {fp:>19}\n\
          actual pneumonia   {fn_:>16}  {tp:>19}\n",
@@ -128,6 +142,7 @@ pub fn render_text(r: &EvalReport, split: SplitName) -> String {
         r.precision,
         r.f1,
         r.auc,
+        r.ece,
     )
 }
 

@@ -144,6 +144,64 @@ pub fn balanced_threshold(scores: &[f32], labels: &[u8]) -> f32 {
     best.0
 }
 
+/// One bin of a reliability diagram: the images whose predicted
+/// probability fell in `lower..upper` (the last bin includes 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ReliabilityBin {
+    /// Lower edge.
+    pub lower: f64,
+    /// Upper edge.
+    pub upper: f64,
+    /// Images in the bin.
+    pub count: usize,
+    /// Mean predicted probability of the images in it (0 when empty).
+    pub predicted: f64,
+    /// Fraction of them that are positive (0 when empty).
+    pub observed: f64,
+}
+
+/// The reliability diagram of `scores` against `labels` in `bins` bins of
+/// equal width over 0..=1.
+pub fn reliability(scores: &[f32], labels: &[u8], bins: usize) -> Vec<ReliabilityBin> {
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0f64, 0usize); bins];
+    for (&score, &label) in scores.iter().zip(labels) {
+        let p = f64::from(score).clamp(0.0, 1.0);
+        // Truncation picks the bin; 1.0 goes into the last one.
+        let index = ((p * bins as f64) as usize).min(bins - 1);
+        let entry = &mut sums[index];
+        entry.0 += 1;
+        entry.1 += p;
+        entry.2 += usize::from(label == 1);
+    }
+    sums.iter()
+        .enumerate()
+        .map(|(i, &(count, predicted, positives))| {
+            let n = count.max(1) as f64;
+            ReliabilityBin {
+                lower: i as f64 / bins as f64,
+                upper: (i + 1) as f64 / bins as f64,
+                count,
+                predicted: predicted / n,
+                observed: positives as f64 / n,
+            }
+        })
+        .collect()
+}
+
+/// Expected calibration error: the gap between predicted probability and
+/// observed frequency, averaged over the bins weighted by their images.
+pub fn expected_calibration_error(bins: &[ReliabilityBin]) -> f64 {
+    let total: usize = bins.iter().map(|b| b.count).sum();
+    if total == 0 {
+        return 0.0;
+    }
+    bins.iter()
+        .map(|b| b.count as f64 * (b.observed - b.predicted).abs())
+        .sum::<f64>()
+        / total as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +241,28 @@ mod tests {
         assert!((roc_auc(&scores, &labels) - wins / pairs).abs() < 1e-12);
         assert_eq!(roc_auc(&[0.1, 0.2], &[1, 1]), 0.5);
         assert_eq!(roc_auc(&[0.1, 0.9], &[0, 1]), 1.0);
+    }
+
+    #[test]
+    fn calibration_error_is_zero_when_frequencies_match_and_the_gap_otherwise() {
+        // Four images at 0.25, one of them positive; two at 0.75, both
+        // positive (observed 1.0, a gap of 0.25).
+        let scores = [0.25, 0.25, 0.25, 0.25, 0.75, 0.75];
+        let labels = [1, 0, 0, 0, 1, 1];
+        let bins = reliability(&scores, &labels, 10);
+        assert_eq!(bins.len(), 10);
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 6);
+        assert_eq!(bins[2].count, 4);
+        assert!((bins[2].observed - 0.25).abs() < 1e-12);
+        assert_eq!(bins[7].count, 2);
+        assert!((bins[7].observed - 1.0).abs() < 1e-12);
+        let ece = expected_calibration_error(&bins);
+        assert!((ece - 2.0 / 6.0 * 0.25).abs() < 1e-6, "{ece}");
+        // 0 and 1 land in the first and last bins.
+        let edges = reliability(&[0.0, 1.0], &[0, 1], 10);
+        assert_eq!((edges[0].count, edges[9].count), (1, 1));
+        assert_eq!(expected_calibration_error(&edges), 0.0);
+        assert_eq!(expected_calibration_error(&reliability(&[], &[], 10)), 0.0);
     }
 
     #[test]
