@@ -208,6 +208,13 @@ impl Drop for Process {
     }
 }
 
+/// How many C-STORE responses with `status` (as dcmtk names it) storescu's
+/// verbose output shows.
+fn responses(log: &str, status: &str) -> usize {
+    log.matches(&format!("Received Store Response ({status})"))
+        .count()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -293,14 +300,7 @@ async fn storescu_xrays_come_back_as_structured_reports_in_orthanc() {
     let files = site.xrays(3);
     let sent = site.storescu(&files);
     assert!(sent.status.success(), "storescu: {}", text(&sent));
-    assert_eq!(
-        text(&sent)
-            .matches("Received Store Response (Success)")
-            .count(),
-        3,
-        "{}",
-        text(&sent)
-    );
+    assert_eq!(responses(&text(&sent), "Success"), 3, "{}", text(&sent));
     // Success was answered only once every image was in the spool.
     assert_eq!(site.spooled(), 3);
     assert_eq!(site.references(), 3);
@@ -564,14 +564,7 @@ async fn images_sent_while_the_broker_is_down_are_spooled_first_and_all_reported
     site.world.broker.kill();
     let sent = site.storescu(&files);
     assert!(sent.status.success(), "storescu: {}", text(&sent));
-    assert_eq!(
-        text(&sent)
-            .matches("Received Store Response (Success)")
-            .count(),
-        50,
-        "{}",
-        text(&sent)
-    );
+    assert_eq!(responses(&text(&sent), "Success"), 50, "{}", text(&sent));
     // Each success came after its image was spooled.
     assert_eq!(site.spooled(), 50);
     site.world.broker.restart().unwrap();
@@ -602,15 +595,10 @@ async fn a_full_spool_answers_out_of_resources_and_the_modality_sends_again_late
     site.world.broker.kill();
     let sent = site.storescu(&files);
     let log = text(&sent);
-    let stored = log.matches("Received Store Response (Success)").count();
+    let stored = responses(&log, "Success");
     // storescu stops at the first refusal, as a modality holds its queue.
     assert!(stored >= 1, "{log}");
-    assert_eq!(
-        log.matches("Received Store Response (Refused: OutOfResources)")
-            .count(),
-        1,
-        "{log}"
-    );
+    assert_eq!(responses(&log, "Refused: OutOfResources"), 1, "{log}");
     // Exactly the acknowledged images are spooled; the refused one left
     // nothing behind (no references, no report to come).
     assert_eq!(site.spooled(), stored);
@@ -632,7 +620,7 @@ async fn a_full_spool_answers_out_of_resources_and_the_modality_sends_again_late
         }
         assert!(round < 10, "{} images never stored", remaining.len());
         let again = text(&site.storescu(&remaining));
-        let stored = again.matches("Received Store Response (Success)").count();
+        let stored = responses(&again, "Success");
         assert!(stored >= 1, "an empty spool refused an image: {again}");
         remaining.drain(..stored);
         total += stored;
