@@ -523,11 +523,14 @@ fn new_boot() -> u32 {
     rand::random::<u32>() | 1
 }
 
-/// What a `RESULT` write says: the class name, or `rejected` when the
-/// gateway flagged that the frame will not be classified.
+/// What a `RESULT` write says: the class name, `rejected` when the gateway
+/// flagged that the frame will not be classified, or `not classified` when
+/// a receiver verified it and gave it no class on purpose.
 pub fn verdict_name(record: &ResultRecord) -> &'static str {
     if record.flags & reg::FLAG_REJECTED != 0 {
         "rejected"
+    } else if record.flags & reg::FLAG_NOT_CLASSIFIED != 0 {
+        "not classified"
     } else {
         class_name(record.class)
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use medgate_shared::ids::{MessageId, Name};
-use medgate_shared::messages::ResultMessage;
+use medgate_shared::messages::{NotClassifiedMessage, ResultMessage};
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use tokio::sync::oneshot;
 
@@ -179,6 +179,10 @@ pub struct Spooled {
 pub enum Verdict {
     /// A receiver classified it.
     Classified(Box<ResultMessage>),
+    /// A receiver opened and verified it but gave it no class on purpose
+    /// (no model accepts it, or it is unlike the model's training data);
+    /// the spool lets go of it as after a result.
+    NotClassified(Box<NotClassifiedMessage>),
     /// It will not be classified: a receiver refused it (authenticated), or
     /// nobody answered it; it is kept in the spool's quarantine.
     Rejected(Rejection),
@@ -203,6 +207,7 @@ impl Verdict {
     pub fn message_id(&self) -> &str {
         match self {
             Self::Classified(result) => &result.message_id,
+            Self::NotClassified(answer) => &answer.message_id,
             Self::Rejected(rejection) => &rejection.message_id,
         }
     }

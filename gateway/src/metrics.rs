@@ -37,6 +37,9 @@ pub struct Metrics {
     pub acknowledged: Counter,
     /// Results received for spooled images.
     pub results: Counter,
+    /// Verified images a receiver deliberately gave no class, by reason
+    /// (`no_model`, `out_of_distribution`).
+    pub not_classified: Family<Labels, Counter>,
     /// Capture to result, seconds.
     pub result_latency_seconds: Histogram,
     /// Answers refused as unauthenticated or not matching the spooled
@@ -84,6 +87,7 @@ impl Metrics {
             republished: Counter::default(),
             acknowledged: Counter::default(),
             results: Counter::default(),
+            not_classified: Family::default(),
             result_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
             answers_refused: Family::default(),
             quarantined: Family::default(),
@@ -145,6 +149,11 @@ impl Metrics {
             "results",
             "Results received for spooled images",
             m.results.clone(),
+        );
+        r.register(
+            "not_classified",
+            "Verified images a receiver gave no class (no model accepts them, or out of distribution)",
+            m.not_classified.clone(),
         );
         r.register(
             "result_latency_seconds",

@@ -87,6 +87,16 @@ fn main() {
             outcome: Outcome::Refused { reason: "replay" },
             ..answer.clone()
         };
+        let not_classified = AnswerFields {
+            outcome: Outcome::NotClassified {
+                reason: "out_of_distribution",
+                detail: "unlike the model's training images",
+                score: Some(12.5),
+                model_version: "pneumonia-cnn-1",
+                sha512,
+            },
+            ..answer.clone()
+        };
         let header_len = u16::from_le_bytes([sealed[5], sealed[6]]) as usize;
         vectors.push(json!({
             "name": name,
@@ -121,6 +131,8 @@ fn main() {
             "result_mac": hex::encode(answer_key.mac(&answer)),
             "refusal_mac_input": hex::encode(refusal.encode()),
             "refusal_mac": hex::encode(answer_key.mac(&refusal)),
+            "not_classified_mac_input": hex::encode(not_classified.encode()),
+            "not_classified_mac": hex::encode(answer_key.mac(&not_classified)),
         }));
     }
     let doc = json!({
@@ -128,7 +140,9 @@ fn main() {
                   The private keys below are published TEST keys: never use them for real data. \
                   result_mac/refusal_mac authenticate a result (label pneumonia, probabilities \
                   normal 0.125 / pneumonia 0.875, threshold 0.5, model pneumonia-cnn-1, \
-                  receiver receiver-1) and a refusal (reason replay) of each image.",
+                  receiver receiver-1), a refusal (reason replay) and a not-classified answer \
+                  (reason out_of_distribution, detail \"unlike the model's training images\", \
+                  score 12.5, model pneumonia-cnn-1) of each image.",
         "gateway_secret_key": hex::encode(gateway_secret),
         "gateway_public_key": identity.public().to_string(),
         "receiver_private_key_pem": key.to_pem().unwrap().as_str(),

@@ -97,6 +97,20 @@ pub enum Outcome<'a> {
         /// The reason name (`tag_mismatch`, `replay`, …).
         reason: &'a str,
     },
+    /// The image was opened and verified but no model gave it a class: no
+    /// model accepts it, or it is unlike the chosen model's training data.
+    NotClassified {
+        /// `no_model` or `out_of_distribution`.
+        reason: &'a str,
+        /// What the device is told, e.g. "no model for MR/SHOULDER".
+        detail: &'a str,
+        /// The out-of-distribution score, when the gate computed one.
+        score: Option<f32>,
+        /// The model whose gate refused it; empty when no model fits.
+        model_version: &'a str,
+        /// The verified SHA-512 tag of the image.
+        sha512: [u8; 64],
+    },
 }
 
 /// The authenticated fields of a result or refusal.
@@ -138,6 +152,12 @@ impl AnswerFields<'_> {
                     && probabilities.iter().all(|(class, _)| fits(class))
             }
             Outcome::Refused { reason } => fits(reason),
+            Outcome::NotClassified {
+                reason,
+                detail,
+                model_version,
+                ..
+            } => fits(reason) && fits(detail) && fits(model_version),
         };
         (strings.iter().all(|s| fits(s)) && outcome_fits).then_some(self)
     }
@@ -186,6 +206,26 @@ impl AnswerFields<'_> {
                 out.push(1);
                 put_str(&mut out, reason);
             }
+            Outcome::NotClassified {
+                reason,
+                detail,
+                score,
+                model_version,
+                sha512,
+            } => {
+                out.push(2);
+                put_str(&mut out, reason);
+                put_str(&mut out, detail);
+                match score {
+                    Some(score) => {
+                        out.push(1);
+                        out.extend_from_slice(&score.to_le_bytes());
+                    }
+                    None => out.push(0),
+                }
+                put_str(&mut out, model_version);
+                out.extend_from_slice(sha512);
+            }
         }
         out
     }
@@ -227,6 +267,20 @@ mod tests {
             ..fields("x")
         };
         assert!(!key.verify(&refusal, &tag));
+        let unclassified = |score| AnswerFields {
+            outcome: Outcome::NotClassified {
+                reason: "out_of_distribution",
+                detail: "unlike the training images",
+                score,
+                model_version: "m1",
+                sha512: [1; 64],
+            },
+            ..fields("x")
+        };
+        let tag = key.mac(&unclassified(Some(3.5)));
+        assert!(key.verify(&unclassified(Some(3.5)), &tag));
+        assert!(!key.verify(&unclassified(Some(3.0)), &tag));
+        assert!(!key.verify(&unclassified(None), &tag));
         assert_eq!(format!("{key:?}"), "AnswerKey(<redacted>)");
     }
 

@@ -117,13 +117,85 @@ impl RefusalMessage {
     }
 }
 
-/// What a results topic carries: `{"kind": "result", …}` or
-/// `{"kind": "refusal", …}`.
+/// Why a verified image got no class ([`NotClassifiedMessage::reason`]).
+pub mod not_classified {
+    /// No model served by the receiver accepts the image's modality, body
+    /// part, pixel format or model hint.
+    pub const NO_MODEL: &str = "no_model";
+    /// The chosen model's gate found the image unlike its training data.
+    pub const OUT_OF_DISTRIBUTION: &str = "out_of_distribution";
+}
+
+/// An image that was opened and verified but deliberately given no class,
+/// on the device's results topic: the gateway lets go of it (it is not
+/// damaged, and publishing it again would get the same answer) and tells
+/// the device why. Nobody is notified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+pub struct NotClassifiedMessage {
+    /// The sealed image's message id (hex).
+    pub message_id: String,
+    /// Site of the capturing gateway.
+    pub site: String,
+    /// Gateway that sealed the image.
+    pub gateway: String,
+    /// Device that captured it.
+    pub device: String,
+    /// The device's sequence number of the image.
+    pub sequence: u64,
+    /// Capture time from the header, ms since the Unix epoch.
+    pub captured_at_ms: u64,
+    /// Stable reason: [`not_classified::NO_MODEL`] or
+    /// [`not_classified::OUT_OF_DISTRIBUTION`].
+    pub reason: String,
+    /// What the device is told, e.g. "no model for MR/SHOULDER".
+    pub detail: String,
+    /// The out-of-distribution score, when a gate computed one (higher is
+    /// more unlike the training data; the model card gives the limit).
+    pub score: Option<f32>,
+    /// The model whose gate refused the image; empty when no model fits.
+    pub model_version: String,
+    /// The verified SHA-512 integrity tag of the image (hex).
+    pub sha512: String,
+    /// The receiver that answered.
+    pub receiver: String,
+    /// HMAC-SHA-256 of [`Self::answer_fields`] under the answer key (hex).
+    pub mac: String,
+}
+
+impl NotClassifiedMessage {
+    /// The authenticated fields, or `None` when the ids are not hex of the
+    /// right length.
+    pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
+        let mut sha512 = [0u8; 64];
+        hex::decode_to_slice(&self.sha512, &mut sha512).ok()?;
+        AnswerFields {
+            message_id: self.message_id.parse::<MessageId>().ok()?,
+            site: &self.site,
+            gateway: &self.gateway,
+            device: &self.device,
+            sequence: self.sequence,
+            receiver: &self.receiver,
+            outcome: Outcome::NotClassified {
+                reason: &self.reason,
+                detail: &self.detail,
+                score: self.score,
+                model_version: &self.model_version,
+                sha512,
+            },
+        }
+        .checked()
+    }
+}
+
+/// What a results topic carries: `{"kind": "result", …}`,
+/// `{"kind": "not_classified", …}` or `{"kind": "refusal", …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Answer {
     /// A classification.
     Result(ResultMessage),
+    /// A verified image given no class, on purpose.
+    NotClassified(NotClassifiedMessage),
     /// A refusal.
     Refusal(RefusalMessage),
 }
@@ -133,6 +205,7 @@ impl Answer {
     pub fn message_id(&self) -> &str {
         match self {
             Self::Result(r) => &r.message_id,
+            Self::NotClassified(r) => &r.message_id,
             Self::Refusal(r) => &r.message_id,
         }
     }
@@ -141,6 +214,7 @@ impl Answer {
     pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
         match self {
             Self::Result(r) => r.answer_fields(),
+            Self::NotClassified(r) => r.answer_fields(),
             Self::Refusal(r) => r.answer_fields(),
         }
     }
@@ -149,6 +223,7 @@ impl Answer {
     pub fn mac(&self) -> &str {
         match self {
             Self::Result(r) => &r.mac,
+            Self::NotClassified(r) => &r.mac,
             Self::Refusal(r) => &r.mac,
         }
     }

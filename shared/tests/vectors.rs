@@ -203,6 +203,21 @@ fn answers_are_authenticated_as_recorded() {
         };
         assert_eq!(refusal.encode(), bytes(&c.v, "refusal_mac_input"));
         assert!(key.verify(&refusal, &bytes(&c.v, "refusal_mac")));
+        let not_classified = AnswerFields {
+            outcome: Outcome::NotClassified {
+                reason: "out_of_distribution",
+                detail: "unlike the model's training images",
+                score: Some(12.5),
+                model_version: "pneumonia-cnn-1",
+                sha512,
+            },
+            ..refusal
+        };
+        assert_eq!(
+            not_classified.encode(),
+            bytes(&c.v, "not_classified_mac_input")
+        );
+        assert!(key.verify(&not_classified, &bytes(&c.v, "not_classified_mac")));
     }
 }
 

@@ -181,6 +181,31 @@ fn content(references: &References, verdict: &Verdict) -> Vec<InMemDicomObject> 
                 ),
             ));
         }
+        Verdict::NotClassified(answer) => {
+            items.push(text("121071", "DCM", "Finding", "not classified"));
+            items.push(text(
+                "111001",
+                "DCM",
+                "Algorithm Name",
+                "medgate classifier",
+            ));
+            if !answer.model_version.is_empty() {
+                items.push(text(
+                    "111003",
+                    "DCM",
+                    "Algorithm Version",
+                    &answer.model_version,
+                ));
+            }
+            let why = match answer.score {
+                Some(score) => format!(
+                    "Not classified ({}: {}; score {score:.2}).",
+                    answer.reason, answer.detail
+                ),
+                None => format!("Not classified ({}: {}).", answer.reason, answer.detail),
+            };
+            items.push(text("121106", "DCM", "Comment", &format!("{why} {notice}")));
+        }
         Verdict::Rejected(rejection) => {
             items.push(text("121071", "DCM", "Finding", "not classified"));
             items.push(text(
@@ -361,7 +386,7 @@ mod tests {
 
     use dicom_object::OpenFileOptions;
     use dicom_object::file::ReadPreamble;
-    use medgate_shared::messages::{ResultMessage, Timings};
+    use medgate_shared::messages::{NotClassifiedMessage, ResultMessage, Timings};
 
     use super::*;
     use crate::messages::Rejection;
@@ -491,10 +516,48 @@ mod tests {
             reason: "20 publications".into(),
             receiver: None,
         });
+        let items = content_of(&rejected);
+        assert_eq!(text_of(&items[0], tags::TEXT_VALUE), "not classified");
+        let comment = text_of(&items[2], tags::TEXT_VALUE);
+        assert!(comment.contains("no receiver answered"), "{comment}");
+        assert!(comment.contains("not a diagnosis"), "{comment}");
+    }
+
+    #[test]
+    fn an_image_unlike_the_training_data_gets_a_report_with_the_reason_and_score() {
+        let answer = Verdict::NotClassified(Box::new(NotClassifiedMessage {
+            message_id: String::new(),
+            site: "site-a".into(),
+            gateway: "gw-1".into(),
+            device: "dx-1".into(),
+            sequence: 1,
+            captured_at_ms: 0,
+            reason: "out_of_distribution".into(),
+            detail: "unlike the model's training images".into(),
+            score: Some(14.25),
+            model_version: "pneumonia-cnn-2".into(),
+            sha512: String::new(),
+            receiver: "receiver-1".into(),
+            mac: String::new(),
+        }));
+        let items = content_of(&answer);
+        assert_eq!(text_of(&items[0], tags::TEXT_VALUE), "not classified");
+        assert_eq!(text_of(&items[2], tags::TEXT_VALUE), "pneumonia-cnn-2");
+        let comment = text_of(&items[3], tags::TEXT_VALUE);
+        assert!(
+            comment
+                .contains("out_of_distribution: unlike the model's training images; score 14.25"),
+            "{comment}"
+        );
+        assert!(comment.contains("not a diagnosis"), "{comment}");
+    }
+
+    /// The content items of the report built for `verdict`, read back.
+    fn content_of(verdict: &Verdict) -> Vec<InMemDicomObject> {
         let bytes = build(
             &MessageId::random(),
             &references(),
-            &rejected,
+            verdict,
             &Author { gateway: "gw-1" },
             SystemTime::now(),
         )
@@ -503,15 +566,11 @@ mod tests {
             .read_preamble(ReadPreamble::Always)
             .from_reader(bytes.as_slice())
             .unwrap();
-        let items = file
-            .element(tags::CONTENT_SEQUENCE)
+        file.element(tags::CONTENT_SEQUENCE)
             .unwrap()
             .items()
-            .unwrap();
-        assert_eq!(text_of(&items[0], tags::TEXT_VALUE), "not classified");
-        let comment = text_of(&items[2], tags::TEXT_VALUE);
-        assert!(comment.contains("no receiver answered"), "{comment}");
-        assert!(comment.contains("not a diagnosis"), "{comment}");
+            .unwrap()
+            .to_vec()
     }
 
     #[test]

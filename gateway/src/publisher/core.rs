@@ -469,6 +469,20 @@ impl<C: Requests> Core<C> {
                 );
                 Verdict::Classified(Box::new(result))
             }
+            Answer::NotClassified(answer) => {
+                self.metrics
+                    .not_classified
+                    .get_or_create(&vec![("reason", answer.reason.clone())])
+                    .inc();
+                tracing::info!(
+                    message = %id,
+                    device = %entry.device,
+                    reason = %answer.reason,
+                    detail = %answer.detail,
+                    "not classified"
+                );
+                Verdict::NotClassified(Box::new(answer))
+            }
             Answer::Refusal(refusal) => {
                 tracing::warn!(message = %id, device = %entry.device, reason = %refusal.reason, receiver = %refusal.receiver, "a receiver refused this image");
                 Verdict::Rejected(Rejection {
@@ -490,7 +504,7 @@ impl<C: Requests> Core<C> {
         let id = entry.id;
         let (done, delivered) = oneshot::channel();
         let note = match &verdict {
-            Verdict::Classified(_) => None,
+            Verdict::Classified(_) | Verdict::NotClassified(_) => None,
             Verdict::Rejected(rejection) => Some(QuarantineNote {
                 message_id: rejection.message_id.clone(),
                 device: entry.device.to_string(),
@@ -671,7 +685,8 @@ fn authenticate(
             "site, gateway, device or sequence differ from the spooled image",
         ));
     }
-    if let Outcome::Classified { sha512, .. } = &fields.outcome
+    if let Outcome::Classified { sha512, .. } | Outcome::NotClassified { sha512, .. } =
+        &fields.outcome
         && sha512 != &entry.sha512
     {
         return Err((

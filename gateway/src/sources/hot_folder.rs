@@ -321,7 +321,8 @@ impl HotFolderSource {
         }
     }
 
-    /// Writes the sidecar, `{stem}.result.json` or `{stem}.rejected.json`;
+    /// Writes the sidecar, `{stem}.result.json`, `{stem}.not-classified.json`
+    /// or `{stem}.rejected.json`;
     /// false when it could not be written.
     async fn write_verdict(&mut self, verdict: &Verdict) -> bool {
         let Ok(id) = verdict.message_id().parse::<MessageId>() else {
@@ -341,6 +342,11 @@ impl HotFolderSource {
                 "result",
                 serde_json::to_vec_pretty(result),
                 result.label.clone(),
+            ),
+            Verdict::NotClassified(answer) => (
+                "not-classified",
+                serde_json::to_vec_pretty(answer),
+                format!("not classified ({}: {})", answer.reason, answer.detail),
             ),
             Verdict::Rejected(rejection) => (
                 "rejected",

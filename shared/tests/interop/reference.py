@@ -172,6 +172,11 @@ def answer_input(v, receiver, result):
     out += struct.pack("<Q", v["sequence"]) + put_str(receiver)
     if result is None:
         return out + b"\x01" + put_str("replay")
+    if result[0] == "not_classified":
+        _, reason, detail, score, model = result
+        out += b"\x02" + put_str(reason) + put_str(detail)
+        out += b"\x00" if score is None else b"\x01" + struct.pack("<f", score)
+        return out + put_str(model) + bytes.fromhex(v["sha512"])
     label, probabilities, threshold, model = result
     out += b"\x00" + put_str(label) + struct.pack("<H", len(probabilities))
     for name in sorted(probabilities, key=lambda n: n.encode("utf-8")):
@@ -396,8 +401,11 @@ def check(v, gateway_public):
     answer_key = hkdf(mid, session, b"medgate/v2 answer key", 32)
     assert answer_key.hex() == v["answer_key"]
     result = ("pneumonia", {"pneumonia": 0.875, "normal": 0.125}, 0.5, "pneumonia-cnn-1")
+    unclassified = ("not_classified", "out_of_distribution",
+                    "unlike the model's training images", 12.5, "pneumonia-cnn-1")
     for made, name in [(answer_input(v, "receiver-1", result), "result"),
-                       (answer_input(v, "receiver-1", None), "refusal")]:
+                       (answer_input(v, "receiver-1", None), "refusal"),
+                       (answer_input(v, "receiver-1", unclassified), "not_classified")]:
         assert made.hex() == v[name + "_mac_input"], name + " MAC input"
         assert hmac.new(answer_key, made, hashlib.sha256).hexdigest() == v[name + "_mac"]
 

@@ -11,7 +11,7 @@ use medgate_shared::envelope::Sealed;
 use medgate_shared::header::{ImageMeta, Modality};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::keys::ReceiverPrivateKey;
-use medgate_shared::messages::{RefusalMessage, ResultMessage, Timings};
+use medgate_shared::messages::{NotClassifiedMessage, RefusalMessage, ResultMessage, Timings};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use prometheus_client::registry::Registry;
@@ -289,6 +289,28 @@ impl Harness {
         };
         refusal.mac = hex::encode(sealed.answer_key.mac(&refusal.answer_fields().unwrap()));
         serde_json::to_vec(&Answer::Refusal(refusal)).unwrap()
+    }
+
+    /// An authenticated not-classified answer for a spooled image.
+    fn not_classified_for(&self, id: MessageId, reason: &str) -> NotClassifiedMessage {
+        let (sequence, sealed) = &self.sealed[&id];
+        let mut answer = NotClassifiedMessage {
+            message_id: id.to_string(),
+            site: "site-a".into(),
+            gateway: "gw-1".into(),
+            device: "xr-1".into(),
+            sequence: *sequence,
+            captured_at_ms: now_ms(),
+            reason: reason.into(),
+            detail: "no model for MR".into(),
+            score: None,
+            model_version: String::new(),
+            sha512: hex::encode(sealed.sha512),
+            receiver: "receiver-1".into(),
+            mac: String::new(),
+        };
+        answer.mac = hex::encode(sealed.answer_key.mac(&answer.answer_fields().unwrap()));
+        answer
     }
 
     fn answers_refused(&self, reason: &str) -> u64 {
@@ -573,6 +595,61 @@ async fn forged_or_mismatched_results_reach_no_device_and_the_image_stays() {
     assert_eq!(
         classified(&h.deliveries.recv().await.unwrap()).label,
         "pneumonia"
+    );
+}
+
+#[tokio::test]
+async fn a_not_classified_answer_reaches_the_device_and_frees_the_spool_without_quarantine() {
+    let mut h = Harness::new();
+    h.connect(false).await;
+    let id = h.spool_image(b"image").await;
+    let other = h.spool_image(b"other").await;
+
+    // Forged: another reason than the receiver authenticated.
+    let mut forged = h.not_classified_for(id, "no_model");
+    forged.reason = "out_of_distribution".into();
+    h.result_arrives(serde_json::to_vec(&Answer::NotClassified(forged)).unwrap())
+        .await;
+    assert_eq!(h.answers_refused("bad_mac"), 1);
+    // Mismatched: the answer for one image carried under another's id.
+    let mut swapped = h.not_classified_for(id, "no_model");
+    swapped.message_id = other.to_string();
+    h.result_arrives(serde_json::to_vec(&Answer::NotClassified(swapped)).unwrap())
+        .await;
+    assert!(
+        h.deliveries.try_recv().is_err(),
+        "nothing forged is delivered"
+    );
+    assert!(h.spooled(&id) && h.spooled(&other));
+
+    let answer = h.not_classified_for(id, "no_model");
+    h.result_arrives(serde_json::to_vec(&Answer::NotClassified(answer)).unwrap())
+        .await;
+    let delivery = h.deliveries.recv().await.unwrap();
+    let Verdict::NotClassified(told) = &delivery.verdict else {
+        panic!("expected not classified, got {:?}", delivery.verdict);
+    };
+    assert_eq!(
+        (told.reason.as_str(), told.detail.as_str()),
+        ("no_model", "no model for MR")
+    );
+    assert!(h.spooled(&id), "kept until the device knows");
+    delivery.done.send(()).unwrap();
+    h.feedback().await;
+    assert!(!h.spooled(&id), "let go of, as after a result");
+    assert_eq!(h.spool.lock().unwrap().quarantined(), 0, "not quarantined");
+    assert_eq!(
+        h.metrics
+            .not_classified
+            .get_or_create(&vec![("reason", "no_model".to_owned())])
+            .get(),
+        1
+    );
+    h.broker.take();
+    h.core.publish_due().await;
+    assert!(
+        !h.broker.take().contains(&h.published(b"image")),
+        "never published again"
     );
 }
 

@@ -401,6 +401,7 @@ fn write_back<S: SpiDevice, P: InputPin>(
     if boot != Some(sensor.boot()?) {
         let body = match verdict {
             Verdict::Classified(result) => serde_json::to_vec_pretty(result),
+            Verdict::NotClassified(answer) => serde_json::to_vec_pretty(answer),
             Verdict::Rejected(rejection) => serde_json::to_vec_pretty(rejection),
         }
         .unwrap_or_default();
@@ -419,6 +420,12 @@ fn write_back<S: SpiDevice, P: InputPin>(
     }
     let result = match verdict {
         Verdict::Classified(result) => result,
+        Verdict::NotClassified(answer) => {
+            sensor.write_result(ResultRecord::not_classified(frame))?;
+            frames.forget(&id);
+            tracing::info!(device = %config.device, frame, reason = %answer.reason, detail = %answer.detail, "not classified: written to the sensor");
+            return Ok(true);
+        }
         Verdict::Rejected(rejection) => {
             // Class unknown, flag REJECTED: the sensor learns its frame
             // will not be classified (the image is kept in quarantine).

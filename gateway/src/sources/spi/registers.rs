@@ -48,6 +48,11 @@ pub const RESULT_LEN: usize = 8;
 /// `RESULT` flags bit 0: the frame will not be classified (a receiver
 /// refused it, or nobody answered it); class is 0xFF and confidence 0.
 pub const FLAG_REJECTED: u8 = 0x01;
+/// `RESULT` flags bit 1: a receiver verified the frame but gave it no class
+/// on purpose (no model accepts it, or it is unlike the model's training
+/// data); class is 0xFF and confidence 0. Sending it again would get the
+/// same answer.
+pub const FLAG_NOT_CLASSIFIED: u8 = 0x02;
 
 /// The `FRAME_INFO` register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +103,8 @@ pub struct ResultRecord {
     pub class: u8,
     /// Probability of that class in units of 1/10000.
     pub confidence: u16,
-    /// Bit 0 [`FLAG_REJECTED`]; the others zero.
+    /// Bit 0 [`FLAG_REJECTED`], bit 1 [`FLAG_NOT_CLASSIFIED`]; the others
+    /// zero.
     pub flags: u8,
 }
 
@@ -111,6 +117,17 @@ impl ResultRecord {
             class: 0xFF,
             confidence: 0,
             flags: FLAG_REJECTED,
+        }
+    }
+
+    /// The record that tells the sensor frame `frame` was verified but not
+    /// classified: class 0xFF, confidence 0, flag [`FLAG_NOT_CLASSIFIED`].
+    pub fn not_classified(frame: u32) -> Self {
+        Self {
+            frame,
+            class: 0xFF,
+            confidence: 0,
+            flags: FLAG_NOT_CLASSIFIED,
         }
     }
 
