@@ -56,6 +56,18 @@ fn the_default_config_is_the_shipped_file() {
 fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
     let dir = tempfile::tempdir().unwrap();
     let good = valid_config(dir.path());
+    // A model folder whose card names a modality that does not exist.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/model.json"))
+            .unwrap();
+    std::fs::write(
+        model.join("model.json"),
+        shipped.replace("\"DX\"", "\"XRAY\""),
+    )
+    .unwrap();
+    let model = model.display();
     let path = dir.path().join("receiver.toml");
     std::fs::write(&path, &good).unwrap();
     let out = receiver(&["check-config", path.to_str().unwrap()]);
@@ -106,6 +118,16 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             good.replace("gateways.toml", "keys/receiver.pub.pem"),
             "receiver.trusted_gateways",
         ),
+        (
+            "one model and several",
+            format!("{good}\n[model]\ndir = \"{model}\"\ndirs = [\"{model}\"]\n"),
+            "model.dirs",
+        ),
+        (
+            "a card accepting an unknown modality",
+            format!("{good}\n[model]\ndirs = [\"{model}\"]\n"),
+            "key `model.dirs[0]`: ",
+        ),
         ("toml syntax", format!("{good}[model\n"), ""),
     ];
     for (what, text, key) in cases {
@@ -119,6 +141,12 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
         );
         assert!(message.contains(key), "{what}: names {key}: {message}");
     }
+    std::fs::write(&path, format!("{good}\n[model]\ndirs = [\"{model}\"]\n")).unwrap();
+    let message = stderr(&receiver(&["check-config", path.to_str().unwrap()]));
+    assert!(
+        message.contains("accepts.modalities: \"XRAY\" is not a DICOM modality code"),
+        "the card's own key and reason: {message}"
+    );
 
     // The service refuses to start on the same errors, with the same code.
     std::fs::write(&path, format!("{good}prot = 1\n")).unwrap();

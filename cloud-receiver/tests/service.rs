@@ -10,6 +10,7 @@ use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::data::preprocess;
 use medgate_receiver::model::infer::predict;
+use medgate_shared::header::Modality;
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::messages::{Answer, AuditRecord, Notification, ResultMessage};
@@ -276,6 +277,78 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
     assert!(counter(&metrics, "medgate_receiver_batch_size_count") >= 1.0);
     // No result ever went anywhere but this gateway's results topics.
     assert!(rig.broker.log_text().contains("receiver-1"));
+    rig.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_no_model_takes_are_answered_not_classified_and_notify_nobody() {
+    let mut rig = Rig::start(RigOptions::default()).await;
+    // Pixels that the chest model would call pneumonia: only the header's
+    // modality keeps them from it.
+    let images = xrays(40);
+    let probabilities = offline_probabilities(&images);
+    let sick = probabilities
+        .iter()
+        .position(|p| *p > 0.9)
+        .expect("a clear pneumonia case among 40 val images");
+    let pixels = &images[sick].0;
+    let mut sealer = rig.sealer();
+    let mut sent = HashMap::new();
+    for (sequence, (modality, expected)) in [
+        (Modality::Ct, "no model for CT"),
+        (Modality::Mr, "no model for MR"),
+        (Modality::Sc, "no model for SC"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut meta = meta("cam-1", sequence as u64 + 1);
+        meta.modality = modality;
+        let sealed = sealer.seal(&meta, pixels).unwrap();
+        sent.insert(meta.message_id.to_string(), (expected, sealed.answer_key));
+        rig.publish("cam-1", sealed.bytes).await;
+    }
+    let prefix = format!("medgate/v1/{SITE}/{GATEWAY}/results/cam-1");
+    for (_, body) in rig.expect(&prefix, 3).await {
+        let Answer::NotClassified(answer) = serde_json::from_slice(&body).unwrap() else {
+            panic!("not classified: {}", String::from_utf8_lossy(&body));
+        };
+        let (expected, key) = &sent[&answer.message_id];
+        assert_eq!(answer.reason, "no_model");
+        assert_eq!(answer.detail, *expected);
+        assert_eq!(answer.score, None);
+        let fields = answer.answer_fields().unwrap();
+        assert!(
+            key.verify(&fields, &hex::decode(&answer.mac).unwrap()),
+            "authenticated, so the gateway lets go of the image"
+        );
+    }
+
+    // The same pixels as a radiograph are classified and notified; by the
+    // time that notification is in, one for the images above would be too.
+    let radiograph = meta("cam-1", 10);
+    rig.publish("cam-1", sealer.seal(&radiograph, pixels).unwrap().bytes)
+        .await;
+    let result: ResultMessage = serde_json::from_slice(&rig.expect(&prefix, 1).await[0].1).unwrap();
+    assert_eq!(result.label, "pneumonia");
+    let notify = format!("medgate/v1/{SITE}/notify/");
+    let notes = rig.expect(&notify, 1).await;
+    let note: Notification = serde_json::from_slice(&notes[0].1).unwrap();
+    assert_eq!(note.message_id, radiograph.message_id.to_string());
+    assert!(
+        rig.client.drain(&notify).is_empty(),
+        "no other notification"
+    );
+
+    let metrics = rig.metrics_text().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "medgate_receiver_not_classified_total{reason=\"no_model\"}"
+        ),
+        3.0,
+        "{metrics}"
+    );
     rig.shutdown().await;
 }
 

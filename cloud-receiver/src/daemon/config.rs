@@ -103,9 +103,13 @@ pub struct ReceiverSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// A model folder; the built-in model when absent.
+    /// A model folder; the built-in model when absent (and `dirs` too).
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Several model folders, served together: each image goes to the
+    /// first whose card accepts it (see `model::routing`).
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
     /// Where inference runs.
     #[serde(default = "default_backend")]
     pub backend: BackendChoice,
@@ -124,6 +128,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             dir: None,
+            dirs: Vec::new(),
             backend: default_backend(),
             max_batch: default_max_batch(),
             max_wait_ms: default_max_wait_ms(),
@@ -255,8 +260,8 @@ pub struct Settings {
     pub private_key: ReceiverPrivateKey,
     /// The trust list file, read once here and watched while running.
     pub trust: Arc<TrustFile>,
-    /// Model folder, or the built-in model.
-    pub model_dir: Option<PathBuf>,
+    /// Model folders in routing order; the built-in model when empty.
+    pub model_dirs: Vec<PathBuf>,
     /// Backend choice.
     pub backend: BackendChoice,
     /// Batching.
@@ -293,9 +298,37 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         .map_err(|e| SettingsError::key(file, "receiver.private_key", e))?;
     let trust = TrustFile::open(&raw.receiver.trusted_gateways)
         .map_err(|e| SettingsError::key(file, "receiver.trusted_gateways", e))?;
-    let card = LoadedModel::card(raw.model.dir.as_deref())
-        .map_err(|e| SettingsError::key(file, "model.dir", e))?;
-    rules::validate(&raw.notify, &card.classes).map_err(|e| {
+    let model_dirs = match (&raw.model.dir, raw.model.dirs.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(SettingsError::key(
+                file,
+                "model.dirs",
+                "give model.dir (one model) or model.dirs (several), not both",
+            ));
+        }
+        (Some(dir), []) => vec![dir.clone()],
+        (None, dirs) => dirs.to_vec(),
+    };
+    let mut classes: Vec<String> = Vec::new();
+    if model_dirs.is_empty() {
+        classes = LoadedModel::card(None)
+            .map_err(|e| SettingsError::key(file, "model.dir", e))?
+            .classes;
+    }
+    for (index, dir) in model_dirs.iter().enumerate() {
+        let key = if raw.model.dir.is_some() {
+            "model.dir".to_owned()
+        } else {
+            format!("model.dirs[{index}]")
+        };
+        let card = LoadedModel::card(Some(dir)).map_err(|e| SettingsError::key(file, key, e))?;
+        for class in card.classes {
+            if !classes.contains(&class) {
+                classes.push(class);
+            }
+        }
+    }
+    rules::validate(&raw.notify, &classes).map_err(|e| {
         let index = match &e {
             RuleError::Probability { index, .. } | RuleError::UnknownLabel { index, .. } => *index,
         };
@@ -336,7 +369,7 @@ pub fn check(raw: ReceiverConfig, file: &Path) -> Result<Settings, SettingsError
         tls,
         private_key,
         trust: Arc::new(trust),
-        model_dir: raw.model.dir.clone(),
+        model_dirs,
         backend: raw.model.backend,
         batch: BatchLimits {
             max_batch: model.max_batch,

@@ -24,7 +24,8 @@ use medgate_shared::envelope;
 use medgate_shared::header::Header;
 use medgate_shared::ids::Name;
 use medgate_shared::messages::{
-    Answer, AuditRecord, Notification, RefusalMessage, ResultMessage, Timings,
+    Answer, AuditRecord, NotClassifiedMessage, Notification, RefusalMessage, ResultMessage,
+    Timings, not_classified,
 };
 use medgate_shared::seal::Opener;
 use medgate_shared::topics;
@@ -41,8 +42,16 @@ use super::journal::Journal;
 use super::metrics::Metrics;
 use super::replay::{DeviceKey, ReplayGuard};
 use super::rules::{self, Rule};
-use crate::model::ModelCard;
 use crate::model::data::preprocess;
+use crate::model::{ModelCard, routing};
+
+/// One model the receiver serves: its card and its inference thread.
+pub struct Served {
+    /// The card (classes, threshold, input size, version, what it accepts).
+    pub card: ModelCard,
+    /// Its inference thread.
+    pub batcher: Batcher,
+}
 
 /// Everything a handler needs; one per service, shared.
 pub struct Context {
@@ -64,10 +73,8 @@ pub struct Context {
     pub journal: Option<Journal>,
     /// How many refusals get their own audit record.
     pub audits: AuditLimiter,
-    /// The inference thread.
-    pub batcher: Batcher,
-    /// The model's card (classes, threshold, input size, version).
-    pub card: ModelCard,
+    /// The models, in routing order.
+    pub models: Vec<Served>,
     /// Notification rules.
     pub rules: Vec<Rule>,
     /// Metrics.
@@ -79,7 +86,7 @@ pub struct Context {
 /// The receiver's memory of what it has seen.
 pub struct Memory {
     /// Answers by message id.
-    pub dedupe: Dedupe<Arc<ResultMessage>, oneshot::Sender<Arc<ResultMessage>>>,
+    pub dedupe: Dedupe<Arc<Answer>, oneshot::Sender<Arc<Answer>>>,
     /// Per-device sequence windows.
     pub replay: ReplayGuard,
 }
@@ -175,12 +182,20 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// An image that passed every check and waits for inference.
+/// An image that passed every check, with the model it goes to.
 struct Accepted {
     header: Header,
     sha512: [u8; 64],
     answer_key: AnswerKey,
-    input: Vec<u8>,
+    route: Route,
+}
+
+/// Where an accepted image goes.
+enum Route {
+    /// To model `index`, as its input (resized to the model's size).
+    Model { index: usize, input: Vec<u8> },
+    /// Nowhere: no model takes it, for this reason.
+    NoModel(String),
 }
 
 /// Why an image was not accepted, and whether its gateway can be told.
@@ -263,7 +278,7 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
         Begin::Done(result) => {
             ctx.metrics.duplicates.inc();
             tracing::debug!(message = %id, "repeated message id: answering with the earlier result");
-            if publish_result(&ctx, &result).await {
+            if publish_answer(&ctx, &result).await {
                 ticket.ack(&publish);
             }
             return;
@@ -280,16 +295,27 @@ pub async fn handle(ctx: Arc<Context>, publish: Publish, ticket: Ticket) {
         Begin::New => {}
     }
 
-    match classify(&ctx, &accepted, received, opened_after).await {
+    match decide(&ctx, &accepted, received, opened_after).await {
         Some(result) => {
             let result = Arc::new(result);
-            let published = publish_result(&ctx, &result).await;
+            let published = publish_answer(&ctx, &result).await;
             if published {
-                notify(&ctx, &result).await;
-                ctx.metrics
-                    .results
-                    .get_or_create(&vec![("label", result.label.clone())])
-                    .inc();
+                match &*result {
+                    Answer::Result(classified) => {
+                        notify(&ctx, classified).await;
+                        ctx.metrics
+                            .results
+                            .get_or_create(&vec![("label", classified.label.clone())])
+                            .inc();
+                    }
+                    Answer::NotClassified(unclassified) => {
+                        ctx.metrics
+                            .not_classified
+                            .get_or_create(&vec![("reason", unclassified.reason.clone())])
+                            .inc();
+                    }
+                    Answer::Refusal(_) => {}
+                }
                 ctx.metrics
                     .processing_seconds
                     .observe(received.elapsed().as_secs_f64());
@@ -315,8 +341,8 @@ fn begin(
     ctx: &Context,
     device: &DeviceKey,
     header: &Header,
-    waiter: oneshot::Sender<Arc<ResultMessage>>,
-) -> Result<Begin<Arc<ResultMessage>>, String> {
+    waiter: oneshot::Sender<Arc<Answer>>,
+) -> Result<Begin<Arc<Answer>>, String> {
     let mut memory = ctx.memory();
     let (begun, _) = memory.dedupe.begin(header.meta.message_id, waiter);
     if begun == Begin::New
@@ -349,7 +375,6 @@ async fn open(
 ) -> Result<Accepted, Refused> {
     let payload = publish.payload.clone();
     let worker = ctx.clone();
-    let side = ctx.card.input_size[0];
     let origin = origin.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let envelope = envelope::parse(&payload).map_err(|e| {
@@ -377,7 +402,7 @@ async fn open(
         let trust = worker.trust.current();
         match worker.opener.open_parsed(&envelope, trust.as_ref()) {
             Ok(opened) => Ok(Accepted {
-                input: preprocess(&opened.pixels, side),
+                route: route(&worker.models, &opened.header, &opened.pixels),
                 header: opened.header,
                 sha512: opened.sha512,
                 answer_key: opened.answer_key,
@@ -448,13 +473,57 @@ async fn answer_refusal(
     }
 }
 
-async fn classify(
+/// The model an opened image goes to (from its header) and its input for
+/// that model; CPU work, run where the image was opened.
+fn route(models: &[Served], header: &Header, pixels: &medgate_shared::pixels::Pixels) -> Route {
+    let cards: Vec<&ModelCard> = models.iter().map(|m| &m.card).collect();
+    match routing::choose(&cards, header) {
+        Ok(index) => Route::Model {
+            index,
+            input: preprocess(pixels, models[index].card.input_size[0]),
+        },
+        Err(detail) => Route::NoModel(detail),
+    }
+}
+
+/// What the receiver says about an accepted image: its class from the model
+/// it was routed to, or "not classified" and why. `None` when inference
+/// failed (the service is stopping; the image stays with the broker).
+async fn decide(
     ctx: &Context,
     accepted: &Accepted,
     received: Instant,
     opened_after: std::time::Duration,
-) -> Option<ResultMessage> {
-    let answer = match ctx.batcher.infer(accepted.input.clone()).await {
+) -> Option<Answer> {
+    let meta = &accepted.header.meta;
+    let (index, input) = match &accepted.route {
+        Route::Model { index, input } => (*index, input),
+        Route::NoModel(detail) => {
+            tracing::info!(message = %meta.message_id, device = %meta.device, detail = %detail, "not classified: no model takes this image");
+            let mut unclassified = NotClassifiedMessage {
+                message_id: meta.message_id.to_string(),
+                site: meta.site.to_string(),
+                gateway: meta.gateway.to_string(),
+                device: meta.device.to_string(),
+                sequence: meta.sequence,
+                captured_at_ms: meta.captured_at_ms,
+                reason: not_classified::NO_MODEL.to_owned(),
+                detail: detail.clone(),
+                score: None,
+                model_version: String::new(),
+                sha512: hex::encode(accepted.sha512),
+                receiver: ctx.name.to_string(),
+                mac: String::new(),
+            };
+            let mac = unclassified
+                .answer_fields()
+                .map(|f| accepted.answer_key.mac(&f))?;
+            unclassified.mac = hex::encode(mac);
+            return Some(Answer::NotClassified(unclassified));
+        }
+    };
+    let served = ctx.models.get(index)?;
+    let answer = match served.batcher.infer(input.clone()).await {
         Ok(answer) => answer,
         Err(e) => {
             tracing::error!(cause = %e, "inference failed; stopping the service");
@@ -462,7 +531,7 @@ async fn classify(
             return None;
         }
     };
-    let card = &ctx.card;
+    let card = &served.card;
     let positive = answer.probabilities.get(1).copied().unwrap_or(0.0);
     let label_index = usize::from(positive >= card.threshold);
     let label = card.classes.get(label_index).cloned().unwrap_or_default();
@@ -472,7 +541,6 @@ async fn classify(
         .cloned()
         .zip(answer.probabilities.iter().copied())
         .collect();
-    let meta = &accepted.header.meta;
     let mut result = ResultMessage {
         message_id: meta.message_id.to_string(),
         site: meta.site.to_string(),
@@ -499,19 +567,24 @@ async fn classify(
         .answer_fields()
         .map(|f| accepted.answer_key.mac(&f))?;
     result.mac = hex::encode(mac);
-    Some(result)
+    Some(Answer::Result(result))
 }
 
-async fn publish_result(ctx: &Context, result: &ResultMessage) -> bool {
+async fn publish_answer(ctx: &Context, answer: &Answer) -> bool {
+    let (site, gateway, device) = match answer {
+        Answer::Result(r) => (&r.site, &r.gateway, &r.device),
+        Answer::NotClassified(r) => (&r.site, &r.gateway, &r.device),
+        Answer::Refusal(r) => (&r.site, &r.gateway, &r.device),
+    };
     let (Ok(site), Ok(gateway), Ok(device)) = (
-        result.site.parse::<Name>(),
-        result.gateway.parse::<Name>(),
-        result.device.parse::<Name>(),
+        site.parse::<Name>(),
+        gateway.parse::<Name>(),
+        device.parse::<Name>(),
     ) else {
         return false;
     };
     let topic = topics::results(&site, &gateway, &device);
-    let body = match serde_json::to_vec(&Answer::Result(result.clone())) {
+    let body = match serde_json::to_vec(answer) {
         Ok(body) => body,
         Err(e) => {
             tracing::error!(cause = %e, "cannot encode a result");
@@ -524,18 +597,25 @@ async fn publish_result(ctx: &Context, result: &ResultMessage) -> bool {
         .await
     {
         Ok(()) => {
-            tracing::info!(
-                message = %result.message_id,
-                device = %result.device,
-                label = %result.label,
-                batch = result.timings.batch_size,
-                total_ms = result.timings.total_ms,
-                "result published"
-            );
+            match answer {
+                Answer::Result(result) => tracing::info!(
+                    message = %result.message_id,
+                    device = %result.device,
+                    label = %result.label,
+                    batch = result.timings.batch_size,
+                    total_ms = result.timings.total_ms,
+                    "result published"
+                ),
+                _ => tracing::info!(
+                    message = %answer.message_id(),
+                    device = %device,
+                    "not-classified answer published"
+                ),
+            }
             true
         }
         Err(e) => {
-            tracing::warn!(message = %result.message_id, cause = %e, "result not published; the image stays unacknowledged");
+            tracing::warn!(message = %answer.message_id(), cause = %e, "result not published; the image stays unacknowledged");
             false
         }
     }

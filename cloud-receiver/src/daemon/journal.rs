@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 
 use medgate_shared::ids::Name;
-use medgate_shared::messages::ResultMessage;
+use medgate_shared::messages::{Answer, ResultMessage};
 use serde::{Deserialize, Serialize};
 
 use super::replay::DeviceKey;
@@ -47,7 +47,25 @@ struct Line {
     device: Name,
     epoch: u64,
     sequence: u64,
-    result: ResultMessage,
+    result: Stored,
+}
+
+/// An answer as a line holds it: tagged with its kind, or (lines written
+/// before answers had kinds) a bare result.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Tagged(Answer),
+    Untagged(ResultMessage),
+}
+
+impl From<Stored> for Answer {
+    fn from(stored: Stored) -> Self {
+        match stored {
+            Stored::Tagged(answer) => answer,
+            Stored::Untagged(result) => Self::Result(result),
+        }
+    }
 }
 
 /// One remembered answer.
@@ -56,8 +74,8 @@ pub struct Remembered {
     pub device: DeviceKey,
     /// The sequence number.
     pub sequence: u64,
-    /// The result given.
-    pub result: ResultMessage,
+    /// The answer given (a result, or not classified).
+    pub answer: Answer,
 }
 
 /// What the journal found at start.
@@ -76,14 +94,14 @@ pub struct Journal {
 impl Journal {
     /// Records an answered image. Never blocks: with the writer far behind,
     /// the answer is kept in memory only, and that is logged.
-    pub fn record(&self, device: &DeviceKey, sequence: u64, result: &ResultMessage) {
+    pub fn record(&self, device: &DeviceKey, sequence: u64, answer: &Answer) {
         let line = Line {
             site: device.0.clone(),
             gateway: device.1.clone(),
             device: device.2.clone(),
             epoch: device.3,
             sequence,
-            result: result.clone(),
+            result: Stored::Tagged(answer.clone()),
         };
         let Ok(text) = serde_json::to_string(&line) else {
             return;
@@ -91,7 +109,7 @@ impl Journal {
         match self.tx.try_send(text) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                tracing::warn!(message = %result.message_id, "answer journal behind: this answer is remembered in memory only");
+                tracing::warn!(message = %answer.message_id(), "answer journal behind: this answer is remembered in memory only");
             }
             Err(TrySendError::Disconnected(_)) => {
                 tracing::error!("answer journal writer stopped");
@@ -124,7 +142,7 @@ pub fn open(
         .map(|line| Remembered {
             device: (line.site, line.gateway, line.device, line.epoch),
             sequence: line.sequence,
-            result: line.result,
+            answer: line.result.into(),
         })
         .collect();
     let file = OpenOptions::new()
@@ -247,7 +265,7 @@ fn write_loop(path: &Path, mut file: File, rx: &Receiver<String>, keep: usize, m
 mod tests {
     use std::collections::BTreeMap;
 
-    use medgate_shared::messages::Timings;
+    use medgate_shared::messages::{NotClassifiedMessage, Timings};
 
     use super::*;
 
@@ -291,7 +309,7 @@ mod tests {
         let (journal, restored, writer) = open(dir.path(), 3).unwrap();
         assert!(restored.answers.is_empty());
         for id in 1..=5 {
-            journal.record(&key(), u64::from(id), &result(id));
+            journal.record(&key(), u64::from(id), &Answer::Result(result(id)));
         }
         drop(journal);
         writer.join().unwrap();
@@ -307,9 +325,43 @@ mod tests {
         assert_eq!(restored.skipped, 1);
         let ids: Vec<u64> = restored.answers.iter().map(|a| a.sequence).collect();
         assert_eq!(ids, [3, 4, 5], "the last `keep`, oldest first");
-        assert_eq!(restored.answers[2].result, result(5));
+        assert_eq!(restored.answers[2].answer, Answer::Result(result(5)));
         assert_eq!(restored.answers[2].device, key());
         let lines = fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert_eq!(lines.lines().count(), 3, "rewritten to what is kept");
+    }
+
+    #[test]
+    fn lines_from_before_answer_kinds_still_restore_and_not_classified_answers_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = serde_json::json!({
+            "site": "s", "gateway": "g", "device": "d", "epoch": 7, "sequence": 1,
+            "result": result(1),
+        });
+        fs::write(dir.path().join(FILE), format!("{legacy}\n")).unwrap();
+        let (journal, restored, writer) = open(dir.path(), 8).unwrap();
+        assert_eq!(restored.skipped, 0);
+        assert_eq!(restored.answers[0].answer, Answer::Result(result(1)));
+        let unclassified = Answer::NotClassified(NotClassifiedMessage {
+            message_id: hex::encode([2; 16]),
+            site: "s".into(),
+            gateway: "g".into(),
+            device: "d".into(),
+            sequence: 2,
+            captured_at_ms: 0,
+            reason: "no_model".into(),
+            detail: "no model for MR".into(),
+            score: None,
+            model_version: String::new(),
+            sha512: "00".repeat(64),
+            receiver: "r".into(),
+            mac: "22".repeat(32),
+        });
+        journal.record(&key(), 2, &unclassified);
+        drop(journal);
+        writer.join().unwrap();
+        let (_journal, restored, _writer) = open(dir.path(), 8).unwrap();
+        let answers: Vec<&Answer> = restored.answers.iter().map(|a| &a.answer).collect();
+        assert_eq!(answers, [&Answer::Result(result(1)), &unclassified]);
     }
 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub duplicates: Counter,
     /// Results published, by `label`.
     pub results: Family<Labels, Counter>,
+    /// Verified images answered "not classified", by `reason`.
+    pub not_classified: Family<Labels, Counter>,
     /// Notifications published, by `priority`.
     pub notifications: Family<Labels, Counter>,
     /// Images per inference call.
@@ -50,6 +52,7 @@ impl Metrics {
             rejected: Family::default(),
             duplicates: Counter::default(),
             results: Family::default(),
+            not_classified: Family::default(),
             notifications: Family::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             inference_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -81,6 +84,11 @@ impl Metrics {
             "results",
             "Results published by label",
             metrics.results.clone(),
+        );
+        r.register(
+            "not_classified",
+            "Verified images answered not classified (no model, out of distribution), by reason",
+            metrics.not_classified.clone(),
         );
         r.register(
             "notifications",

@@ -32,7 +32,7 @@ use super::acks::Acks;
 use super::batcher::{self, BatchLimits};
 use super::config::Settings;
 use super::dedupe::Dedupe;
-use super::handler::{self, AuditLimiter, Context, Memory};
+use super::handler::{self, AuditLimiter, Context, Memory, Served};
 use super::journal;
 use super::metrics::Metrics;
 use super::replay::ReplayGuard;
@@ -90,21 +90,31 @@ pub async fn run(
     let metrics = Metrics::register(&mut registry);
 
     let choice = settings.backend;
-    let model_dir = settings.model_dir.clone();
-    let (selected, model) = tokio::task::spawn_blocking(move || {
+    let model_dirs = settings.model_dirs.clone();
+    let (selected, loaded) = tokio::task::spawn_blocking(move || {
         let selected = backend::select(choice)?;
-        let model = match &model_dir {
-            Some(dir) => LoadedModel::from_dir(dir, &selected.device)?,
-            None => LoadedModel::shipped(&selected.device)?,
+        let loaded = if model_dirs.is_empty() {
+            vec![LoadedModel::shipped(&selected.device)?]
+        } else {
+            model_dirs
+                .iter()
+                .map(|dir| LoadedModel::from_dir(dir, &selected.device))
+                .collect::<Result<Vec<_>, _>>()?
         };
-        Ok::<_, ServiceError>((selected, model))
+        Ok::<_, ServiceError>((selected, loaded))
     })
     .await
     .map_err(|e| ServiceError::Inference(e.to_string()))??;
-    tracing::info!(backend = %selected, model = %model.card.version, "model loaded");
-    let card = model.card.clone();
-    let (batcher, inference_thread) =
-        spawn_inference(settings.batch, model, selected.device.clone(), &metrics)?;
+    let mut models = Vec::with_capacity(loaded.len());
+    let mut inference_threads = Vec::with_capacity(loaded.len());
+    for model in loaded {
+        tracing::info!(backend = %selected, model = %model.card.version, modalities = ?model.card.accepts.modalities, "model loaded");
+        let card = model.card.clone();
+        let (batcher, thread) =
+            spawn_inference(settings.batch, model, selected.device.clone(), &metrics)?;
+        models.push(Served { card, batcher });
+        inference_threads.push(thread);
+    }
 
     let stop = CancellationToken::new();
     let metrics_address = endpoint::start(settings.metrics, registry, stop.clone()).await?;
@@ -128,11 +138,11 @@ pub async fn run(
                     .map_err(|e| ServiceError::Inference(e.to_string()))??;
             let count = restored.answers.len();
             for answer in restored.answers {
-                let Ok(id) = answer.result.message_id.parse() else {
+                let Ok(id) = answer.answer.message_id().parse() else {
                     continue;
                 };
                 let _ = memory.replay.check(&answer.device, answer.sequence);
-                memory.dedupe.finish(id, Arc::new(answer.result));
+                memory.dedupe.finish(id, Arc::new(answer.answer));
             }
             if count + restored.skipped > 0 {
                 tracing::info!(
@@ -155,8 +165,7 @@ pub async fn run(
         memory: Mutex::new(memory),
         journal,
         audits: AuditLimiter::default(),
-        batcher,
-        card,
+        models,
         rules: settings.rules.clone(),
         metrics: metrics.clone(),
         fatal: CancellationToken::new(),
@@ -211,7 +220,15 @@ pub async fn run(
     if let Some(writer) = journal_writer {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
-    let joined = tokio::task::spawn_blocking(move || inference_thread.join().is_ok()).await;
+    let joined = tokio::task::spawn_blocking(move || {
+        // Every thread is joined, even after one that failed.
+        let joined: Vec<bool> = inference_threads
+            .into_iter()
+            .map(|thread| thread.join().is_ok())
+            .collect();
+        joined.into_iter().all(|ok| ok)
+    })
+    .await;
     if failed || !matches!(joined, Ok(true)) {
         return Err(ServiceError::Inference(
             "the inference thread stopped".into(),

@@ -19,6 +19,7 @@ pub mod data;
 pub mod evaluate;
 pub mod infer;
 pub mod metrics;
+pub mod routing;
 pub mod train;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use burn::nn::{
 };
 use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor};
+use medgate_shared::header::Modality;
+use medgate_shared::pixels::PixelFormat;
 use serde::{Deserialize, Serialize};
 
 /// File name of the model card in a model folder.
@@ -113,6 +116,44 @@ pub struct ModelCard {
     pub architecture: Architecture,
     /// Where the weights came from.
     pub training: TrainingRecord,
+    /// Which images the receiver routes to this model. Cards written
+    /// before routing existed are the chest X-ray model's: CR and DX.
+    #[serde(default = "Accepts::chest_xray")]
+    pub accepts: Accepts,
+}
+
+/// What a model is for, as the header can tell: the receiver gives a
+/// model only images of these modalities and pixel formats (and, when the
+/// device names one, of this model's hint); any other image is answered
+/// "not classified: no model".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accepts {
+    /// DICOM modality codes, e.g. `["DX", "CR"]`.
+    pub modalities: Vec<String>,
+    /// Pixel formats (`Gray8`, `Gray16`).
+    #[serde(default = "all_pixel_formats")]
+    pub pixel_formats: Vec<PixelFormat>,
+    /// Names a device may give as its model hint to ask for this model
+    /// (the model's version is always one).
+    #[serde(default)]
+    pub hints: Vec<String>,
+}
+
+impl Accepts {
+    /// Projection radiographs (CR, DX) of any pixel format: what the chest
+    /// X-ray classifier is for.
+    pub fn chest_xray() -> Self {
+        Self {
+            modalities: vec!["CR".into(), "DX".into()],
+            pixel_formats: all_pixel_formats(),
+            hints: vec!["chest-xray".into()],
+        }
+    }
+}
+
+fn all_pixel_formats() -> Vec<PixelFormat> {
+    vec![PixelFormat::Gray8, PixelFormat::Gray16]
 }
 
 /// How the weights were trained, for traceability.
@@ -321,6 +362,26 @@ fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
     }
     if card.normalisation.std <= 0.0 {
         return Err(bad("normalisation std must be positive".into()));
+    }
+    if card.accepts.modalities.is_empty() {
+        return Err(bad(
+            "accepts.modalities is empty: the model would never be used".into(),
+        ));
+    }
+    if let Some(code) = card
+        .accepts
+        .modalities
+        .iter()
+        .find(|code| Modality::from_code(code).is_none())
+    {
+        return Err(bad(format!(
+            "accepts.modalities: {code:?} is not a DICOM modality code such as DX, CR, CT, MR"
+        )));
+    }
+    if card.accepts.pixel_formats.is_empty() {
+        return Err(bad(
+            "accepts.pixel_formats is empty: the model would never be used".into(),
+        ));
     }
     Ok(card)
 }

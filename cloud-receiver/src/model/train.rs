@@ -249,6 +249,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             val_auc,
             val_balanced_accuracy,
         },
+        accepts: super::Accepts::chest_xray(),
     };
     super::save(&options.out, &card, network)?;
     Ok((card, log))
