@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use image::imageops::FilterType;
 use medgate_receiver::model::backend::BackendChoice;
-use medgate_shared::messages::ResultMessage;
+use medgate_shared::messages::Answer;
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use support::{GATEWAY, Rig, RigOptions, SITE, meta, xrays};
 
@@ -81,6 +81,7 @@ async fn measure(args: Args) {
     let mut sent_at: HashMap<String, Instant> = HashMap::new();
     let mut latencies = Vec::with_capacity(args.images);
     let mut batch_sizes = 0usize;
+    let mut not_classified = 0usize;
     let mut next = sealed.into_iter();
     let started = Instant::now();
     let mut outstanding = 0usize;
@@ -97,10 +98,14 @@ async fn measure(args: Args) {
             break;
         }
         for (_, body) in rig.expect(&prefix, 1).await {
-            let result: ResultMessage = serde_json::from_slice(&body).unwrap();
-            if let Some(at) = sent_at.remove(&result.message_id) {
+            let answer: Answer = serde_json::from_slice(&body).unwrap();
+            if let Some(at) = sent_at.remove(answer.message_id()) {
                 latencies.push(at.elapsed());
-                batch_sizes += result.timings.batch_size;
+                match &answer {
+                    Answer::Result(result) => batch_sizes += result.timings.batch_size,
+                    // The gate's refusals of val X-rays (about 2 %).
+                    _ => not_classified += 1,
+                }
                 outstanding -= 1;
             }
         }
@@ -121,7 +126,8 @@ async fn measure(args: Args) {
         "messages_per_s": rate,
         "latency_p50_ms": pct(0.5).as_secs_f64() * 1000.0,
         "latency_p99_ms": pct(0.99).as_secs_f64() * 1000.0,
-        "mean_batch": batch_sizes as f64 / args.images as f64,
+        "mean_batch": batch_sizes as f64 / (args.images - not_classified).max(1) as f64,
+        "not_classified": not_classified,
     });
     if args.json {
         println!("{report}");

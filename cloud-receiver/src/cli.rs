@@ -16,6 +16,7 @@ use medgate_daemon::logging;
 use medgate_daemon::settings::SettingsError;
 use medgate_daemon::trust::TrustList;
 use medgate_medmnist::SplitName;
+use medgate_shared::header::Modality;
 use medgate_shared::ids::Name;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
 
@@ -23,7 +24,7 @@ use crate::daemon::config::{self, Settings};
 use crate::daemon::service::{self, ServiceError};
 use crate::model::backend::{self, BackendChoice};
 use crate::model::train::{self, TrainOptions};
-use crate::model::{Architecture, LoadedModel, bench, evaluate};
+use crate::model::{Architecture, LoadedModel, bench, calibration, classify, evaluate};
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +86,62 @@ enum Command {
     },
     /// Train the chest X-ray classifier on a MedMNIST .npz file (selects on val only).
     Train(TrainArgs),
+    /// Fit a model's calibration (temperature), screening threshold and
+    /// out-of-distribution gate on a MedMNIST .npz file (statistics from
+    /// train, selection on val) and write the model folder.
+    Calibrate {
+        /// The .npz file with train_* and val_* arrays.
+        #[arg(long)]
+        data: PathBuf,
+        /// A model folder; default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Folder to write model.json, model.bpk and ood.json into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Val sensitivity the screening threshold keeps at least.
+        #[arg(long, default_value_t = calibration::MIN_SENSITIVITY)]
+        min_sensitivity: f64,
+        /// Backend: auto (GPU if present), wgpu, cpu.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+        backend: BackendChoice,
+    },
+    /// Classify image files (PNG, JPEG, TIFF) as the receiver would: the model
+    /// chosen, label, calibrated probability and out-of-distribution score, or
+    /// why an image is not classified.
+    Classify {
+        /// The image files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The modality the images are of (what routing reads), e.g. DX, CR, CT.
+        #[arg(long, default_value = "DX", value_parser = parse_modality)]
+        modality: Modality,
+        /// Model folders, in routing order (repeat the flag); default: the shipped model.
+        #[arg(long = "model")]
+        models: Vec<PathBuf>,
+        /// Backend: auto (GPU if present), wgpu, cpu.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+        backend: BackendChoice,
+        /// One JSON object per file, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the out-of-distribution gate on a non-chest image set (one
+    /// subfolder per kind; scripts/make-ood-set assembles one).
+    EvaluateOod {
+        /// The set's folder.
+        #[arg(long)]
+        set: PathBuf,
+        /// A model folder; default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The modality the images are sent as (one the model accepts).
+        #[arg(long, default_value = "DX", value_parser = parse_modality)]
+        modality: Modality,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a model on one split of a MedMNIST .npz file.
     Evaluate {
         /// The .npz file.
@@ -102,10 +159,19 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Also draw the confusion matrix and ROC curve into this PNG.
+        /// Also draw the confusion matrix, ROC curve and reliability diagram into this PNG.
         #[arg(long, value_name = "OUT.png")]
         plot: Option<PathBuf>,
+        /// Also write each image's label, calibrated probability and
+        /// out-of-distribution score into this CSV file.
+        #[arg(long, value_name = "OUT.csv")]
+        predictions: Option<PathBuf>,
     },
+}
+
+fn parse_modality(code: &str) -> Result<Modality, String> {
+    Modality::from_code(code)
+        .ok_or_else(|| format!("{code:?} is not a DICOM modality code such as DX, CR, CT, MR"))
 }
 
 /// The brokers `broker-acl` writes rules for.
@@ -282,6 +348,77 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 options.out.display()
             );
         }
+        Command::Classify {
+            files,
+            modality,
+            models,
+            backend,
+            json,
+        } => {
+            let selected = backend::select(backend)?;
+            let loaded = if models.is_empty() {
+                vec![LoadedModel::shipped(&selected.device)?]
+            } else {
+                models
+                    .iter()
+                    .map(|dir| LoadedModel::from_dir(dir, &selected.device))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            for verdict in classify::classify(&loaded, &selected, &files, modality) {
+                if json {
+                    println!("{}", serde_json::to_string(&verdict)?);
+                } else {
+                    println!("{}", verdict.render());
+                }
+            }
+        }
+        Command::EvaluateOod {
+            set,
+            model,
+            modality,
+            json,
+        } => {
+            let selected = backend::select(BackendChoice::Cpu)?;
+            let loaded = LoadedModel::open(model.as_deref(), &selected.device)?;
+            let report = classify::ood_report(&loaded, &selected, &set, modality)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", set.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", classify::render_ood(&report));
+            }
+        }
+        Command::Calibrate {
+            data,
+            model,
+            out,
+            min_sensitivity,
+            backend,
+        } => {
+            let selected = backend::select(backend)?;
+            let mut loaded = LoadedModel::open(model.as_deref(), &selected.device)?;
+            let train = medgate_medmnist::read_split(&data, SplitName::Train)?;
+            let val = medgate_medmnist::read_split(&data, SplitName::Val)?;
+            let (gate, fitted) = calibration::fit_card(
+                &loaded.network,
+                &mut loaded.card,
+                &train,
+                &val,
+                &selected.device,
+                min_sensitivity,
+            );
+            crate::model::save(&out, &loaded.card, loaded.network, Some(&gate))?;
+            println!(
+                "temperature {:.3}; threshold {:.4} (val sensitivity {:.3}, specificity {:.3}); \
+                 out-of-distribution gate accepts {:.1} % of val; model written to {}",
+                fitted.temperature,
+                fitted.threshold,
+                fitted.sensitivity,
+                fitted.specificity,
+                fitted.val_acceptance * 100.0,
+                out.display()
+            );
+        }
         Command::Evaluate {
             data,
             split,
@@ -289,12 +426,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             backend,
             json,
             plot,
+            predictions,
         } => {
             let selected = backend::select(backend)?;
-            let loaded = match &model {
-                Some(dir) => LoadedModel::from_dir(dir, &selected.device)?,
-                None => LoadedModel::shipped(&selected.device)?,
-            };
+            let loaded = LoadedModel::open(model.as_deref(), &selected.device)?;
             let (report, scored) = evaluate::evaluate(&loaded, &selected, &data, split)?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -305,6 +440,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 evaluate::plot(&report, &scored, &out)
                     .map_err(|e| anyhow::anyhow!("drawing {}: {e}", out.display()))?;
                 eprintln!("plot written to {}", out.display());
+            }
+            if let Some(out) = predictions {
+                std::fs::write(&out, evaluate::predictions_csv(&scored, report.threshold))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+                eprintln!("predictions written to {}", out.display());
             }
         }
     }

@@ -1,4 +1,5 @@
-//! `medgate-receiver train` and `evaluate` as a user runs them.
+//! `medgate-receiver train`, `calibrate`, `evaluate`, `evaluate-ood` and
+//! `classify` as a user runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
 
 use std::io::Write;
@@ -86,7 +87,7 @@ fn synthetic_npz(dir: &Path) -> PathBuf {
     path
 }
 
-const REPORT_KEYS: [&str; 13] = [
+const REPORT_KEYS: [&str; 16] = [
     "n",
     "accuracy",
     "balanced_accuracy",
@@ -98,6 +99,9 @@ const REPORT_KEYS: [&str; 13] = [
     "confusion",
     "ece",
     "reliability",
+    "threshold",
+    "temperature",
+    "ood_acceptance",
     "backend",
     "model_version",
 ];
@@ -136,9 +140,19 @@ fn train_writes_a_model_that_evaluate_reads() {
         "test-1",
     ]);
     assert!(said.contains("kept epoch"), "{said}");
-    for f in ["model.json", "model.bpk", "training-log.json"] {
+    for f in ["model.json", "model.bpk", "ood.json", "training-log.json"] {
         assert!(model.join(f).exists(), "{f} missing");
     }
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    assert!(card["temperature"].as_f64().unwrap() > 0.0);
+    assert!(
+        card["threshold_rule"]
+            .as_str()
+            .unwrap()
+            .contains("sensitivity first"),
+        "{card}"
+    );
     let json = ok(&[
         "evaluate",
         "--data",
@@ -176,23 +190,24 @@ fn train_writes_a_model_that_evaluate_reads() {
     );
 }
 
+/// `evaluate --json` of a model folder (or the shipped model) on the real
+/// val split, with `extra` arguments.
+fn evaluate_val(model: Option<&Path>, extra: &[&str]) -> serde_json::Value {
+    let data = data_file();
+    let mut args = vec!["evaluate", "--data", s(&data), "--split", "val"];
+    args.extend(["--backend", "cpu", "--json"]);
+    if let Some(model) = model {
+        args.extend(["--model", s(model)]);
+    }
+    args.extend(extra);
+    serde_json::from_str(&ok(&args)).unwrap()
+}
+
 #[test]
 fn evaluate_reports_the_shipped_model_on_real_val_images() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("eval.png");
-    let json = ok(&[
-        "evaluate",
-        "--data",
-        s(&data_file()),
-        "--split",
-        "val",
-        "--backend",
-        "cpu",
-        "--json",
-        "--plot",
-        s(&plot),
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let report = evaluate_val(None, &["--plot", s(&plot)]);
     assert_report_shape(&report);
     assert_eq!(report["n"], 524);
     let confusion = report["confusion"].as_array().unwrap();
@@ -209,8 +224,192 @@ fn evaluate_reports_the_shipped_model_on_real_val_images() {
     assert_eq!(bins.len(), 10);
     let binned: u64 = bins.iter().map(|b| b["count"].as_u64().unwrap()).sum();
     assert_eq!(binned, 524);
+    // Calibrated: the shipped card's temperature halves the raw softmax's
+    // error (0.089 before calibration).
+    assert!(ece < 0.06, "ECE {ece}");
+    let accepted = report["ood_acceptance"].as_f64().unwrap();
+    assert!(accepted >= 0.97, "the gate accepts {accepted} of val");
     let drawn = image::open(&plot).unwrap();
-    assert_eq!((drawn.width(), drawn.height()), (1300, 600));
+    assert_eq!((drawn.width(), drawn.height()), (1900, 600));
+}
+
+#[test]
+fn evaluate_writes_each_images_probability_label_and_ood_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("val.csv");
+    let report = evaluate_val(None, &["--predictions", s(&csv)]);
+    let threshold = report["threshold"].as_f64().unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("index,label,probability_pneumonia,predicted,ood_score,in_distribution")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 524);
+    let mut called = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row[0], i.to_string());
+        let p: f64 = row[2].parse().unwrap();
+        let expected = if p >= threshold {
+            "pneumonia"
+        } else {
+            "normal"
+        };
+        assert_eq!(row[3], expected, "row {i}: the label follows the threshold");
+        called += usize::from(row[3] == "pneumonia");
+        let score: f64 = row[4].parse().unwrap();
+        assert_eq!(row[5] == "true", score <= 1.0, "row {i}");
+    }
+    let tp_fp =
+        report["confusion"][0][1].as_u64().unwrap() + report["confusion"][1][1].as_u64().unwrap();
+    assert_eq!(called as u64, tp_fp, "the CSV and the report agree");
+}
+
+/// 8-bit grayscale PNG of `pixels`.
+fn write_png(path: &Path, width: u32, height: u32, pixels: Vec<u8>) {
+    image::GrayImage::from_raw(width, height, pixels)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn classify_answers_for_files_as_the_receiver_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = medgate_medmnist::read_split(&data_file(), medgate_medmnist::SplitName::Val).unwrap();
+    // A val X-ray at a gateway's size, the same turned on its side, and noise.
+    let original = image::GrayImage::from_raw(28, 28, val.image(0).unwrap().to_vec()).unwrap();
+    let big = image::imageops::resize(&original, 256, 256, image::imageops::FilterType::Lanczos3);
+    let xray = dir.path().join("xray.png");
+    big.save(&xray).unwrap();
+    let flipped = dir.path().join("turned.png");
+    image::imageops::rotate90(&big).save(&flipped).unwrap();
+    let noise = dir.path().join("noise.png");
+    let mut x = 7u32;
+    let pixels = (0..128 * 128)
+        .map(|_| {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 24) as u8
+        })
+        .collect();
+    write_png(&noise, 128, 128, pixels);
+    let junk = dir.path().join("junk.png");
+    std::fs::write(&junk, b"not an image").unwrap();
+    let files = [s(&xray), s(&flipped), s(&noise), s(&junk)];
+
+    let mut args = vec!["classify", "--json"];
+    args.extend(files);
+    let lines: Vec<serde_json::Value> = ok(&args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let xray_verdict = &lines[0];
+    assert_eq!(xray_verdict["file"], s(&xray));
+    assert_eq!(xray_verdict["model"], "pneumonia-cnn-1");
+    let label = if val.labels[0] == 1 {
+        "pneumonia"
+    } else {
+        "normal"
+    };
+    assert_eq!(xray_verdict["label"], label);
+    let p = xray_verdict["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p));
+    assert!(xray_verdict["ood_score"].as_f64().unwrap() <= 1.0);
+    assert!(xray_verdict["not_classified"].is_null());
+    for (verdict, reason) in [
+        (&lines[1], "out_of_distribution"),
+        (&lines[2], "out_of_distribution"),
+        (&lines[3], "unreadable"),
+    ] {
+        assert_eq!(verdict["not_classified"], reason, "{verdict}");
+        assert!(verdict["label"].is_null(), "{verdict}");
+        assert!(!verdict["detail"].as_str().unwrap().is_empty());
+    }
+
+    // The same as a person reads it; a CT is routed to no model.
+    let text = ok(&["classify", s(&xray), "--modality", "CT"]);
+    assert!(
+        text.contains("not classified (no_model: no model for CT)"),
+        "{text}"
+    );
+    let text = ok(&["classify", s(&xray)]);
+    assert!(text.contains(&format!("{}: {label} (", s(&xray))), "{text}");
+    assert!(text.contains("out-of-distribution score"), "{text}");
+}
+
+/// The non-chest set `scripts/make-ood-set` assembles (scripts/test does).
+fn ood_set() -> PathBuf {
+    let dir = std::env::var_os("MEDGATE_OOD_SET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/medgate/ood-set")
+        });
+    assert!(
+        dir.join(".ood-set-1").exists(),
+        "the non-chest image set is missing from {}: run scripts/make-ood-set",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn the_shipped_gate_refuses_the_non_chest_set() {
+    let json = ok(&["evaluate-ood", "--set", s(&ood_set()), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let kinds: Vec<&str> = report["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "dicom-ct",
+            "dicom-mr",
+            "dicom-other",
+            "synthetic",
+            "xray-transformed"
+        ]
+    );
+    assert!(report["images"].as_u64().unwrap() >= 150, "{report}");
+    let refused = report["refused_share"].as_f64().unwrap();
+    assert!(
+        refused >= 0.95,
+        "{refused} of the non-chest set refused: {report}"
+    );
+    // What is committed beside the model is what it does.
+    let committed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/ood-report.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(committed["refused_share"], report["refused_share"]);
+}
+
+#[test]
+fn calibrate_fits_a_model_folder_without_changing_its_ranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("calibrated");
+    let said = ok(&[
+        "calibrate",
+        "--data",
+        s(&data_file()),
+        "--out",
+        s(&out),
+        "--min-sensitivity",
+        "0.99",
+    ]);
+    assert!(said.contains("temperature"), "{said}");
+    let report = evaluate_val(Some(&out), &[]);
+    assert!(report["sensitivity"].as_f64().unwrap() >= 0.99, "{report}");
+    let shipped = evaluate_val(None, &[]);
+    assert_eq!(
+        report["auc"], shipped["auc"],
+        "temperature scaling keeps the ranking"
+    );
 }
 
 #[test]

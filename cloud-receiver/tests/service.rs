@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::data::preprocess;
-use medgate_receiver::model::infer::predict;
+use medgate_receiver::model::infer::infer;
 use medgate_shared::header::Modality;
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::keys::ReceiverPrivateKey;
 use medgate_shared::messages::{Answer, AuditRecord, Notification, ResultMessage};
-use medgate_shared::pixels::Pixels;
+use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::seal::{RotationPolicy, Sealer};
 use medgate_testkit::forge;
 
@@ -22,12 +22,13 @@ mod support;
 
 use support::{GATEWAY, Rig, RigOptions, SITE, counter, meta, xrays};
 
-/// What the shipped model says offline about each image, on the CPU.
+/// What the shipped model says offline about each image, on the CPU: the
+/// calibrated probability of pneumonia results carry.
 fn offline_probabilities(images: &[(Pixels, u8)]) -> Vec<f32> {
     let cpu = select(BackendChoice::Cpu).unwrap();
     let model = LoadedModel::shipped(&cpu.device).unwrap();
     let inputs: Vec<u8> = images.iter().flat_map(|(p, _)| preprocess(p, 28)).collect();
-    predict(
+    infer(
         &model.network,
         &inputs,
         28,
@@ -35,6 +36,9 @@ fn offline_probabilities(images: &[(Pixels, u8)]) -> Vec<f32> {
         &cpu.device,
         64,
     )
+    .iter()
+    .map(|o| model.card.probability(o.margin))
+    .collect()
 }
 
 /// Seals `images` over three devices, publishes them, and checks that each
@@ -281,7 +285,8 @@ async fn classifies_real_xrays_notifies_and_refuses_what_fails_a_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn images_no_model_takes_are_answered_not_classified_and_notify_nobody() {
+async fn images_no_model_takes_or_unlike_chest_xrays_are_answered_not_classified_and_notify_nobody()
+{
     let mut rig = Rig::start(RigOptions::default()).await;
     // Pixels that the chest model would call pneumonia: only the header's
     // modality keeps them from it.
@@ -324,6 +329,40 @@ async fn images_no_model_takes_are_answered_not_classified_and_notify_nobody() {
         );
     }
 
+    // Radiographs by their header, but not chest X-rays: the same X-ray
+    // turned on its side, and a blank frame.
+    let data = pixels.data();
+    let turned: Vec<u8> = (0..28 * 28)
+        .map(|i| data[(i % 28) * 28 + 27 - i / 28])
+        .collect();
+    let unlike = [
+        Pixels::new(28, 28, PixelFormat::Gray8, turned).unwrap(),
+        Pixels::new(64, 64, PixelFormat::Gray8, vec![0; 64 * 64]).unwrap(),
+    ];
+    let mut keys = HashMap::new();
+    for (i, image) in unlike.iter().enumerate() {
+        let meta = meta("cam-1", 5 + i as u64);
+        let sealed = sealer.seal(&meta, image).unwrap();
+        keys.insert(meta.message_id.to_string(), (i, sealed.answer_key));
+        rig.publish("cam-1", sealed.bytes).await;
+    }
+    for (_, body) in rig.expect(&prefix, 2).await {
+        let Answer::NotClassified(answer) = serde_json::from_slice(&body).unwrap() else {
+            panic!("not classified: {}", String::from_utf8_lossy(&body));
+        };
+        let (i, key) = &keys[&answer.message_id];
+        assert_eq!(answer.reason, "out_of_distribution", "{answer:?}");
+        assert_eq!(answer.model_version, "pneumonia-cnn-1");
+        if *i == 0 {
+            assert!(answer.score.unwrap() > 1.0, "{answer:?}");
+            assert!(answer.detail.contains("laid out unlike"), "{answer:?}");
+        } else {
+            assert!(answer.detail.contains("uniform"), "{answer:?}");
+        }
+        let fields = answer.answer_fields().unwrap();
+        assert!(key.verify(&fields, &hex::decode(&answer.mac).unwrap()));
+    }
+
     // The same pixels as a radiograph are classified and notified; by the
     // time that notification is in, one for the images above would be too.
     let radiograph = meta("cam-1", 10);
@@ -347,6 +386,14 @@ async fn images_no_model_takes_are_answered_not_classified_and_notify_nobody() {
             "medgate_receiver_not_classified_total{reason=\"no_model\"}"
         ),
         3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "medgate_receiver_not_classified_total{reason=\"out_of_distribution\"}"
+        ),
+        2.0,
         "{metrics}"
     );
     rig.shutdown().await;

@@ -6,6 +6,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use medgate_gateway::sources::spi::registers::FLAG_NOT_CLASSIFIED as NOT_CLASSIFIED;
 use medgate_medmnist::SplitName;
 use medgate_receiver::model::backend::BackendChoice;
 
@@ -83,6 +84,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
     let mut shown = vec![0usize; system.sensors().len()];
     let mut latencies = Latencies::default();
     let mut counts = [0usize; 3];
+    let mut not_classified = 0usize;
     let (mut agree, mut compared) = (0usize, 0usize);
     let mut stdout = std::io::stdout().lock();
     let outcome = loop {
@@ -91,9 +93,18 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
             for at in *shown..log.results.len() {
                 let result = log.results[at];
                 let latency = log.latencies[at];
-                let label = sensor::verdict_name(&result);
+                let label = sensor::verdict_name(&result).replace(' ', "-");
                 latencies.push(latency);
                 counts[usize::from(result.class.min(2))] += 1;
+                if result.flags & NOT_CLASSIFIED != 0 {
+                    not_classified += 1;
+                }
+                // A class's probability, or a dash when there is none.
+                let confidence = if result.class < 2 {
+                    format!("{:>5.1}%", f64::from(result.confidence) / 100.0)
+                } else {
+                    format!("{:>6}", "-")
+                };
                 let truth = match log.truths[at] {
                     Some(truth) => {
                         compared += 1;
@@ -106,11 +117,10 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
                 };
                 writeln!(
                     stdout,
-                    "{:<5} frame {:>4}  {:<9} {:>5.1}%  capture→result {:>6.1} ms{truth}",
+                    "{:<5} frame {:>4}  {:<9} {confidence}  capture→result {:>6.1} ms{truth}",
                     sensor.name(),
                     result.frame,
                     label,
-                    f64::from(result.confidence) / 100.0,
                     latency.as_secs_f64() * 1e3,
                 )?;
             }
@@ -136,6 +146,7 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         elapsed,
         latencies,
         counts,
+        not_classified,
         agreement: labelled.then_some((agree, compared)),
     };
     let stopped = system.shutdown();
@@ -158,7 +169,7 @@ fn feed(options: &DemoOptions) -> anyhow::Result<Feed> {
         ),
         Err(_) => {
             eprintln!(
-                "images: no PneumoniaMNIST file found, so the sensors send generated test images (their labels mean nothing). For real chest X-rays run scripts/fetch-data, or set MEDGATE_DATA_DIR."
+                "images: no PneumoniaMNIST file found, so the sensors send generated test images; they are no chest X-rays, and the receiver answers them not classified. For real chest X-rays run scripts/fetch-data, or set MEDGATE_DATA_DIR."
             );
             Ok(Feed::generated(options.size, 16))
         }
@@ -171,6 +182,9 @@ struct Summary {
     elapsed: Duration,
     latencies: Latencies,
     counts: [usize; 3],
+    /// Of `counts[2]`, those a receiver verified and gave no class (the
+    /// rest were rejected).
+    not_classified: usize,
     agreement: Option<(usize, usize)>,
 }
 
@@ -185,8 +199,15 @@ impl Summary {
             self.counts[0],
             self.counts[1],
         );
-        if self.counts[2] > 0 {
-            text.push_str(&format!(", {} unknown", self.counts[2]));
+        if self.not_classified > 0 {
+            text.push_str(&format!(
+                ", {} not classified (no model, or unlike the training images)",
+                self.not_classified
+            ));
+        }
+        let rejected = self.counts[2].saturating_sub(self.not_classified);
+        if rejected > 0 {
+            text.push_str(&format!(", {rejected} rejected"));
         }
         if let Some(ms) = self.latencies.summary_ms() {
             text.push_str(&format!(

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 /// What a request gets back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
-    /// Class probabilities.
-    pub probabilities: Vec<f32>,
+    /// What the inference function returned for this image.
+    pub output: Vec<f32>,
     /// How many images shared the inference call.
     pub batch_size: usize,
     /// Time from submission to the start of inference.
@@ -155,9 +155,9 @@ where
     let outputs = infer(inputs, batch.len());
     let inference = started.elapsed();
     let size = batch.len();
-    for (request, probabilities) in batch.drain(..).zip(outputs) {
+    for (request, output) in batch.drain(..).zip(outputs) {
         let answer = Answer {
-            probabilities,
+            output,
             batch_size: size,
             queued: started.saturating_duration_since(request.submitted),
             inference,
@@ -201,7 +201,7 @@ mod tests {
             .collect();
         for t in tasks {
             let (i, answer) = t.await.unwrap();
-            assert_eq!(answer.probabilities[0], f32::from(i));
+            assert_eq!(answer.output[0], f32::from(i));
             assert!(answer.batch_size >= 1 && answer.batch_size <= 4);
         }
         drop(batcher);

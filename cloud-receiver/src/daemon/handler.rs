@@ -43,12 +43,18 @@ use super::metrics::Metrics;
 use super::replay::{DeviceKey, ReplayGuard};
 use super::rules::{self, Rule};
 use crate::model::data::preprocess;
+use crate::model::decision::{self, Decision};
+use crate::model::gate::Gate;
 use crate::model::{ModelCard, routing};
 
-/// One model the receiver serves: its card and its inference thread.
+/// One model the receiver serves: its card, its out-of-distribution gate
+/// and its inference thread (which answers each image with the margin
+/// `logit₁ − logit₀` followed by the pooled features).
 pub struct Served {
     /// The card (classes, threshold, input size, version, what it accepts).
     pub card: ModelCard,
+    /// The gate, when the model folder has one.
+    pub gate: Option<Gate>,
     /// Its inference thread.
     pub batcher: Batcher,
 }
@@ -500,29 +506,22 @@ async fn decide(
         Route::Model { index, input } => (*index, input),
         Route::NoModel(detail) => {
             tracing::info!(message = %meta.message_id, device = %meta.device, detail = %detail, "not classified: no model takes this image");
-            let mut unclassified = NotClassifiedMessage {
-                message_id: meta.message_id.to_string(),
-                site: meta.site.to_string(),
-                gateway: meta.gateway.to_string(),
-                device: meta.device.to_string(),
-                sequence: meta.sequence,
-                captured_at_ms: meta.captured_at_ms,
-                reason: not_classified::NO_MODEL.to_owned(),
+            let refusal = Unclassified {
+                reason: not_classified::NO_MODEL,
                 detail: detail.clone(),
                 score: None,
                 model_version: String::new(),
-                sha512: hex::encode(accepted.sha512),
-                receiver: ctx.name.to_string(),
-                mac: String::new(),
             };
-            let mac = unclassified
-                .answer_fields()
-                .map(|f| accepted.answer_key.mac(&f))?;
-            unclassified.mac = hex::encode(mac);
-            return Some(Answer::NotClassified(unclassified));
+            return not_classified_answer(ctx, accepted, refusal).map(Answer::NotClassified);
         }
     };
     let served = ctx.models.get(index)?;
+    // Pixels first: a blank or saturated frame needs no inference.
+    if let Some(gate) = &served.gate
+        && let Err(refusal) = gate.check_pixels(input)
+    {
+        return refuse_as_unlike(ctx, accepted, &served.card, refusal);
+    }
     let answer = match served.batcher.infer(input.clone()).await {
         Ok(answer) => answer,
         Err(e) => {
@@ -532,14 +531,19 @@ async fn decide(
         }
     };
     let card = &served.card;
-    let positive = answer.probabilities.get(1).copied().unwrap_or(0.0);
-    let label_index = usize::from(positive >= card.threshold);
-    let label = card.classes.get(label_index).cloned().unwrap_or_default();
+    let (margin, features) = answer.output.split_first()?;
+    let (label, positive) =
+        match decision::decide(card, served.gate.as_ref(), input, *margin, features) {
+            Decision::Classified {
+                label, positive, ..
+            } => (label, positive),
+            Decision::Unlike(refusal) => return refuse_as_unlike(ctx, accepted, card, refusal),
+        };
     let probabilities: BTreeMap<String, f32> = card
         .classes
         .iter()
         .cloned()
-        .zip(answer.probabilities.iter().copied())
+        .zip([1.0 - positive, positive])
         .collect();
     let mut result = ResultMessage {
         message_id: meta.message_id.to_string(),
@@ -568,6 +572,62 @@ async fn decide(
         .map(|f| accepted.answer_key.mac(&f))?;
     result.mac = hex::encode(mac);
     Some(Answer::Result(result))
+}
+
+/// A not-classified answer before its MAC.
+struct Unclassified {
+    reason: &'static str,
+    detail: String,
+    score: Option<f32>,
+    model_version: String,
+}
+
+/// The answer for an image the model's gate found unlike its training data.
+fn refuse_as_unlike(
+    ctx: &Context,
+    accepted: &Accepted,
+    card: &ModelCard,
+    refusal: crate::model::gate::Refusal,
+) -> Option<Answer> {
+    let meta = &accepted.header.meta;
+    tracing::info!(message = %meta.message_id, device = %meta.device, model = %card.version, detail = %refusal.detail, "not classified: out of distribution");
+    let unclassified = Unclassified {
+        reason: not_classified::OUT_OF_DISTRIBUTION,
+        detail: refusal.detail,
+        score: refusal.score,
+        model_version: card.version.clone(),
+    };
+    not_classified_answer(ctx, accepted, unclassified).map(Answer::NotClassified)
+}
+
+/// A not-classified answer with its MAC; `None` if it cannot be
+/// authenticated (fields too long to encode).
+fn not_classified_answer(
+    ctx: &Context,
+    accepted: &Accepted,
+    unclassified: Unclassified,
+) -> Option<NotClassifiedMessage> {
+    let meta = &accepted.header.meta;
+    let mut answer = NotClassifiedMessage {
+        message_id: meta.message_id.to_string(),
+        site: meta.site.to_string(),
+        gateway: meta.gateway.to_string(),
+        device: meta.device.to_string(),
+        sequence: meta.sequence,
+        captured_at_ms: meta.captured_at_ms,
+        reason: unclassified.reason.to_owned(),
+        detail: unclassified.detail,
+        score: unclassified.score,
+        model_version: unclassified.model_version,
+        sha512: hex::encode(accepted.sha512),
+        receiver: ctx.name.to_string(),
+        mac: String::new(),
+    };
+    let mac = answer
+        .answer_fields()
+        .map(|f| accepted.answer_key.mac(&f))?;
+    answer.mac = hex::encode(mac);
+    Some(answer)
 }
 
 async fn publish_answer(ctx: &Context, answer: &Answer) -> bool {

@@ -37,7 +37,7 @@ use super::journal;
 use super::metrics::Metrics;
 use super::replay::ReplayGuard;
 use crate::model::backend::{self, BackendError};
-use crate::model::infer::predict;
+use crate::model::infer::infer;
 use crate::model::{LoadedModel, ModelError};
 
 /// Requests queued towards the event loop.
@@ -109,10 +109,18 @@ pub async fn run(
     let mut inference_threads = Vec::with_capacity(loaded.len());
     for model in loaded {
         tracing::info!(backend = %selected, model = %model.card.version, modalities = ?model.card.accepts.modalities, "model loaded");
+        if model.gate.is_none() {
+            tracing::warn!(model = %model.card.version, "this model folder has no out-of-distribution gate (ood.json): every image it takes is classified; fit one with `medgate-receiver calibrate`");
+        }
         let card = model.card.clone();
+        let gate = model.gate.clone();
         let (batcher, thread) =
             spawn_inference(settings.batch, model, selected.device.clone(), &metrics)?;
-        models.push(Served { card, batcher });
+        models.push(Served {
+            card,
+            gate,
+            batcher,
+        });
         inference_threads.push(thread);
     }
 
@@ -275,10 +283,14 @@ fn spawn_inference(
     let inference_seconds = metrics.inference_seconds.clone();
     batcher::spawn(limits, move |inputs: &[u8], count: usize| {
         let started = std::time::Instant::now();
-        let positive = predict(&model.network, inputs, side, norm, &device, count);
+        let outputs = infer(&model.network, inputs, side, norm, &device, count);
         inference_seconds.observe(started.elapsed().as_secs_f64());
         batch_size.observe(count as f64);
-        positive.into_iter().map(|p| vec![1.0 - p, p]).collect()
+        // Per image: the margin, then the features (see `handler::decide`).
+        outputs
+            .into_iter()
+            .map(|o| std::iter::once(o.margin).chain(o.features).collect())
+            .collect()
     })
     .map_err(|e| ServiceError::Inference(e.to_string()))
 }

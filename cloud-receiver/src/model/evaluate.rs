@@ -1,6 +1,7 @@
 //! `medgate-receiver evaluate`: the shipped (or a given) model on one split
-//! of a MedMNIST file, as a report (JSON and text) and a plot of the
-//! confusion matrix and ROC curve.
+//! of a MedMNIST file, as a report (JSON and text), a plot of the confusion
+//! matrix, ROC curve and reliability diagram, and per-image predictions.
+//! Probabilities are the calibrated ones results show.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 
 use super::LoadedModel;
 use super::backend::Selected;
-use super::infer::predict;
+use super::infer::infer;
 use super::metrics::{
     Confusion, ReliabilityBin, expected_calibration_error, reliability, roc_auc, roc_curve,
 };
@@ -45,6 +46,13 @@ pub struct EvalReport {
     pub ece: f64,
     /// The reliability diagram behind `ece`.
     pub reliability: Vec<ReliabilityBin>,
+    /// The decision threshold (calibrated probability of pneumonia).
+    pub threshold: f32,
+    /// The card's calibration temperature.
+    pub temperature: f32,
+    /// Share of the images the out-of-distribution gate accepts (`null`
+    /// for a model without a gate).
+    pub ood_acceptance: Option<f64>,
     /// `"wgpu"` or `"cpu"`.
     pub backend: String,
     /// The model card's version.
@@ -54,10 +62,13 @@ pub struct EvalReport {
 /// Scores and labels behind a report, for plotting.
 #[derive(Debug, Clone)]
 pub struct Scored {
-    /// Probability of pneumonia per image.
+    /// Calibrated probability of pneumonia per image.
     pub scores: Vec<f32>,
     /// True labels.
     pub labels: Vec<u8>,
+    /// Per image: the out-of-distribution score and whether the gate let it
+    /// through (`None` without a gate).
+    pub ood: Vec<Option<(f32, bool)>>,
 }
 
 /// Evaluates `model` on `split` of the file at `data`.
@@ -81,7 +92,7 @@ pub fn evaluate(
         set.width,
         set.height
     );
-    let scores = predict(
+    let outputs = infer(
         &model.network,
         &set.images,
         w,
@@ -89,6 +100,26 @@ pub fn evaluate(
         &backend.device,
         256,
     );
+    let scores: Vec<f32> = outputs
+        .iter()
+        .map(|o| model.card.probability(o.margin))
+        .collect();
+    let ood: Vec<Option<(f32, bool)>> = outputs
+        .iter()
+        .zip(set.images.chunks_exact(w * h))
+        .map(|(o, image)| {
+            model
+                .gate
+                .as_ref()
+                .map(|gate| match gate.admit(image, &o.features) {
+                    Ok(score) => (score, true),
+                    Err(refusal) => (refusal.score.unwrap_or(f32::INFINITY), false),
+                })
+        })
+        .collect();
+    let ood_acceptance = model.gate.as_ref().map(|_| {
+        ood.iter().filter(|o| matches!(o, Some((_, true)))).count() as f64 / ood.len().max(1) as f64
+    });
     let confusion = Confusion::at(&scores, &set.labels, model.card.threshold);
     let bins = reliability(&scores, &set.labels, CALIBRATION_BINS);
     let report = EvalReport {
@@ -103,6 +134,9 @@ pub fn evaluate(
         confusion: confusion.matrix(),
         ece: expected_calibration_error(&bins),
         reliability: bins,
+        threshold: model.card.threshold,
+        temperature: model.card.temperature,
+        ood_acceptance,
         backend: backend.name.to_owned(),
         model_version: model.card.version.clone(),
     };
@@ -111,6 +145,7 @@ pub fn evaluate(
         Scored {
             scores,
             labels: set.labels,
+            ood,
         },
     ))
 }
@@ -127,7 +162,8 @@ pub fn render_text(r: &EvalReport, split: SplitName) -> String {
          precision          {:.4}\n\
          F1                 {:.4}\n\
          ROC AUC            {:.4}\n\
-         calibration error  {:.4} (ECE, {CALIBRATION_BINS} bins)\n\
+         calibration error  {:.4} (ECE, {CALIBRATION_BINS} bins; temperature {:.3}, threshold {:.4})\n\
+         in distribution    {}\n\
          confusion          predicted normal  predicted pneumonia\n\
          actual normal      {tn:>16}  {fp:>19}\n\
          actual pneumonia   {fn_:>16}  {tp:>19}\n",
@@ -143,18 +179,59 @@ pub fn render_text(r: &EvalReport, split: SplitName) -> String {
         r.f1,
         r.auc,
         r.ece,
+        r.temperature,
+        r.threshold,
+        r.ood_acceptance.map_or_else(
+            || "no gate in this model folder".to_owned(),
+            |a| format!(
+                "{:.1} % accepted by the out-of-distribution gate",
+                a * 100.0
+            )
+        ),
     )
 }
 
-/// Draws the confusion matrix (left) and the ROC curve (right) into a PNG.
+/// Per-image predictions as CSV: index, label, calibrated probability of
+/// pneumonia, the decision at `threshold`, the out-of-distribution score
+/// and whether the gate accepted the image (empty without a gate).
+pub fn predictions_csv(scored: &Scored, threshold: f32) -> String {
+    let mut out =
+        String::from("index,label,probability_pneumonia,predicted,ood_score,in_distribution\n");
+    for (i, ((p, label), ood)) in scored
+        .scores
+        .iter()
+        .zip(&scored.labels)
+        .zip(&scored.ood)
+        .enumerate()
+    {
+        let predicted = if *p >= threshold {
+            "pneumonia"
+        } else {
+            "normal"
+        };
+        let label = if *label == 1 { "pneumonia" } else { "normal" };
+        let (score, accepted) = match ood {
+            Some((score, accepted)) => (format!("{score:.3}"), accepted.to_string()),
+            None => (String::new(), String::new()),
+        };
+        out.push_str(&format!(
+            "{i},{label},{p:.6},{predicted},{score},{accepted}\n"
+        ));
+    }
+    out
+}
+
+/// Draws the confusion matrix (left), the ROC curve (middle) and the
+/// reliability diagram (right) into a PNG.
 ///
 /// # Errors
 /// A description if drawing or writing fails.
 pub fn plot(report: &EvalReport, scored: &Scored, out: &Path) -> Result<(), String> {
     let labels = crate::plotting::register_font();
-    let root = BitMapBackend::new(out, (1300, 600)).into_drawing_area();
+    let root = BitMapBackend::new(out, (1900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let (left, right) = root.split_horizontally(600);
+    let (left, rest) = root.split_horizontally(600);
+    let (right, third) = rest.split_horizontally(650);
     let err = |e: DrawingAreaErrorKind<_>| e.to_string();
 
     // Confusion matrix: rows = actual, columns = predicted; shade by the
@@ -263,6 +340,69 @@ pub fn plot(report: &EvalReport, scored: &Scored, out: &Path) -> Result<(), Stri
     let point = (1.0 - report.specificity, report.sensitivity);
     chart
         .draw_series(std::iter::once(Circle::new(point, 7, BLUE.filled())))
+        .map_err(err)?;
+
+    // Reliability: per bin, the share of positives against the mean
+    // predicted probability; calibrated points lie on the diagonal.
+    let mut chart = ChartBuilder::on(&third);
+    chart.margin(30);
+    if labels {
+        chart
+            .caption(
+                format!("reliability (ECE {:.4})", report.ece),
+                ("sans-serif", 26),
+            )
+            .x_label_area_size(40)
+            .y_label_area_size(50);
+    }
+    let mut chart = chart.build_cartesian_2d(0.0..1.0, 0.0..1.0).map_err(err)?;
+    if labels {
+        chart
+            .configure_mesh()
+            .x_desc("predicted probability of pneumonia")
+            .y_desc("observed share of pneumonia")
+            .draw()
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+        .map_err(err)?;
+    let most = report
+        .reliability
+        .iter()
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    for bin in report.reliability.iter().filter(|b| b.count > 0) {
+        // Bar height: how many images the bin holds, relative to the
+        // fullest bin, in the bottom fifth of the chart.
+        let height = 0.2 * bin.count as f64 / most;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(bin.lower, 0.0), (bin.upper, height)],
+                BLUE.mix(0.2).filled(),
+            )))
+            .map_err(err)?;
+    }
+    chart
+        .draw_series(LineSeries::new(
+            report
+                .reliability
+                .iter()
+                .filter(|b| b.count > 0)
+                .map(|b| (b.predicted, b.observed)),
+            RED.stroke_width(3),
+        ))
+        .map_err(err)?;
+    chart
+        .draw_series(
+            report
+                .reliability
+                .iter()
+                .filter(|b| b.count > 0)
+                .map(|b| Circle::new((b.predicted, b.observed), 5, RED.filled())),
+        )
         .map_err(err)?;
     root.present().map_err(|e| e.to_string())
 }

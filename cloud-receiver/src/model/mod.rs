@@ -9,14 +9,19 @@
 //! - [`metrics`]: accuracy, sensitivity, specificity, ROC AUC, thresholds.
 //! - [`train`] and [`evaluate`]: the `train` and `evaluate` subcommands.
 //!
-//! A model folder holds `model.json` (the [`ModelCard`]) and `model.bpk`
-//! (the weights, Burn's burnpack format). The shipped model is compiled into
+//! A model folder holds `model.json` (the [`ModelCard`]), `model.bpk`
+//! (the weights, Burn's burnpack format) and, once fitted, `ood.json` (the
+//! out-of-distribution [`gate::Gate`]). The shipped model is compiled into
 //! the binary from `cloud-receiver/model/`.
 
 pub mod backend;
 pub mod bench;
+pub mod calibration;
+pub mod classify;
 pub mod data;
+pub mod decision;
 pub mod evaluate;
+pub mod gate;
 pub mod infer;
 pub mod metrics;
 pub mod routing;
@@ -46,6 +51,7 @@ pub const CARD_FORMAT: &str = "medgate-model/1";
 
 const SHIPPED_CARD: &str = include_str!("../../model/model.json");
 const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../../model/model.bpk");
+const SHIPPED_GATE: &str = include_str!("../../model/ood.json");
 
 /// Why a model could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +116,17 @@ pub struct ModelCard {
     pub normalisation: Normalisation,
     /// Class names, in output order; index 1 is the positive class.
     pub classes: Vec<String>,
-    /// Probability of the positive class at or above which a case is positive.
+    /// Calibrated probability of the positive class at or above which a
+    /// case is positive.
     pub threshold: f32,
+    /// How the threshold was chosen, and what it gave on val.
+    #[serde(default)]
+    pub threshold_rule: String,
+    /// The temperature `T` that calibrates probabilities:
+    /// `sigmoid((logit₁ − logit₀) / T)`, fitted on val. Cards from before
+    /// calibration have 1 (the raw softmax).
+    #[serde(default = "unit_temperature")]
+    pub temperature: f32,
     /// The network's shape.
     pub architecture: Architecture,
     /// Where the weights came from.
@@ -120,6 +135,18 @@ pub struct ModelCard {
     /// before routing existed are the chest X-ray model's: CR and DX.
     #[serde(default = "Accepts::chest_xray")]
     pub accepts: Accepts,
+}
+
+fn unit_temperature() -> f32 {
+    1.0
+}
+
+impl ModelCard {
+    /// The calibrated probability of the positive class for a raw margin
+    /// (`logit₁ − logit₀`).
+    pub fn probability(&self, margin: f32) -> f32 {
+        calibration::calibrated(margin, self.temperature)
+    }
 }
 
 /// What a model is for, as the header can tell: the receiver gives a
@@ -238,14 +265,22 @@ impl Classifier {
 
     /// Logits `[batch, 2]` for normalised images `[batch, 1, H, W]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with_features(images).0
+    }
+
+    /// Logits `[batch, 2]` and the pooled features the head reads
+    /// `[batch, channels of stage 3]`, which the out-of-distribution gate
+    /// measures.
+    pub fn forward_with_features(&self, images: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
         let x = self.stage1b.forward(self.stage1a.forward(images));
         let x = self.pool.forward(x);
         let x = self.stage2b.forward(self.stage2a.forward(x));
         let x = self.pool.forward(x);
         let x = self.global.forward(self.stage3.forward(x));
         let [batch, channels, _, _] = x.dims();
-        let x = x.reshape([batch, channels]);
-        self.head.forward(self.dropout.forward(x))
+        let features = x.reshape([batch, channels]);
+        let logits = self.head.forward(self.dropout.forward(features.clone()));
+        (logits, features)
     }
 }
 
@@ -256,6 +291,8 @@ pub struct LoadedModel {
     pub card: ModelCard,
     /// The network, in evaluation mode.
     pub network: Classifier,
+    /// The out-of-distribution gate, when the folder has one.
+    pub gate: Option<gate::Gate>,
 }
 
 impl LoadedModel {
@@ -274,7 +311,19 @@ impl LoadedModel {
             path: origin.clone(),
             reason: e.to_string(),
         })?;
-        Self::assemble(card, record, &origin, device)
+        let gate = parse_gate(SHIPPED_GATE, &card, &origin)?;
+        Self::assemble(card, record, Some(gate), &origin, device)
+    }
+
+    /// The model in folder `dir`, or the shipped one without a folder.
+    ///
+    /// # Errors
+    /// [`ModelError`] naming the file that is missing or wrong.
+    pub fn open(dir: Option<&Path>, device: &Device) -> Result<Self, ModelError> {
+        match dir {
+            Some(dir) => Self::from_dir(dir, device),
+            None => Self::shipped(device),
+        }
     }
 
     /// A model from a folder holding `model.json` and `model.bpk`.
@@ -293,7 +342,18 @@ impl LoadedModel {
             path: weights_path.clone(),
             reason: e.to_string(),
         })?;
-        Self::assemble(card, record, &weights_path, device)
+        let gate_path = dir.join(gate::GATE_FILE);
+        let gate = match std::fs::read_to_string(&gate_path) {
+            Ok(text) => Some(parse_gate(&text, &card, &gate_path)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ModelError::Io {
+                    path: gate_path,
+                    source,
+                });
+            }
+        };
+        Self::assemble(card, record, gate, &weights_path, device)
     }
 
     /// Only the model card: of the folder `dir`, or of the shipped model.
@@ -319,6 +379,7 @@ impl LoadedModel {
     fn assemble(
         card: ModelCard,
         record: ModuleRecord,
+        gate: Option<gate::Gate>,
         origin: &Path,
         device: &Device,
     ) -> Result<Self, ModelError> {
@@ -329,8 +390,24 @@ impl LoadedModel {
                 reason: e.to_string(),
             })?
             .valid();
-        Ok(Self { card, network })
+        Ok(Self {
+            card,
+            network,
+            gate,
+        })
     }
+}
+
+fn parse_gate(text: &str, card: &ModelCard, path: &Path) -> Result<gate::Gate, ModelError> {
+    let bad = |reason: String| ModelError::Card {
+        path: path.to_owned(),
+        reason,
+    };
+    let gate: gate::Gate =
+        serde_json::from_str(text).map_err(|e| bad(format!("not a valid gate: {e}")))?;
+    gate.check(card.architecture.channels[2])
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(gate)
 }
 
 fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
@@ -352,6 +429,12 @@ fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
         return Err(bad(format!(
             "{} classes, the classifier has 2",
             card.classes.len()
+        )));
+    }
+    if !(card.temperature.is_finite() && card.temperature > 0.0) {
+        return Err(bad(format!(
+            "temperature {} must be a positive number",
+            card.temperature
         )));
     }
     if !(0.0..=1.0).contains(&card.threshold) {
@@ -390,7 +473,12 @@ fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
 ///
 /// # Errors
 /// [`ModelError`] if a file cannot be written.
-pub fn save(dir: &Path, card: &ModelCard, network: Classifier) -> Result<(), ModelError> {
+pub fn save(
+    dir: &Path,
+    card: &ModelCard,
+    network: Classifier,
+    gate: Option<&gate::Gate>,
+) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_owned(),
         source,
@@ -403,6 +491,17 @@ pub fn save(dir: &Path, card: &ModelCard, network: Classifier) -> Result<(), Mod
             path: weights_path.clone(),
             reason: e.to_string(),
         })?;
+    if let Some(gate) = gate {
+        let gate_path = dir.join(gate::GATE_FILE);
+        let text = serde_json::to_string(gate).map_err(|e| ModelError::Card {
+            path: gate_path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&gate_path, text + "\n").map_err(|source| ModelError::Io {
+            path: gate_path,
+            source,
+        })?;
+    }
     let card_path = dir.join(CARD_FILE);
     let text = serde_json::to_string_pretty(card).map_err(|e| ModelError::Card {
         path: card_path.clone(),

@@ -8,7 +8,8 @@
 
 use std::borrow::Borrow;
 
-use medgate_shared::header::Header;
+use medgate_shared::header::{Header, Modality};
+use medgate_shared::pixels::PixelFormat;
 
 use super::ModelCard;
 
@@ -18,8 +19,26 @@ use super::ModelCard;
 /// # Errors
 /// The reason, as a sentence for the not-classified answer's detail.
 pub fn choose<C: Borrow<ModelCard>>(cards: &[C], header: &Header) -> Result<usize, String> {
-    let modality = header.meta.modality.code();
-    let format = header.pixel_format;
+    choose_for(
+        cards,
+        header.meta.modality,
+        header.pixel_format,
+        header.meta.model_hint.as_ref().map(|h| h.as_str()),
+    )
+}
+
+/// [`choose`] from the parts of a header it reads (for `classify`, which
+/// has files, not headers).
+///
+/// # Errors
+/// The reason, as a sentence for the not-classified answer's detail.
+pub fn choose_for<C: Borrow<ModelCard>>(
+    cards: &[C],
+    modality: Modality,
+    format: PixelFormat,
+    hint: Option<&str>,
+) -> Result<usize, String> {
+    let modality = modality.code();
     let takes = |card: &ModelCard| {
         card.accepts
             .modalities
@@ -27,8 +46,7 @@ pub fn choose<C: Borrow<ModelCard>>(cards: &[C], header: &Header) -> Result<usiz
             .any(|m| m.eq_ignore_ascii_case(modality))
             && card.accepts.pixel_formats.contains(&format)
     };
-    if let Some(hint) = &header.meta.model_hint {
-        let hint = hint.as_str();
+    if let Some(hint) = hint {
         let named = |card: &&ModelCard| {
             card.version == hint || card.accepts.hints.iter().any(|h| h == hint)
         };

@@ -6,8 +6,9 @@
 //! collection than train/val: augmentation (see [`augment`]), dropout,
 //! AdamW weight decay, label smoothing, class-weighted loss for the 3:1
 //! imbalance, and a cosine learning-rate decay. The kept epoch is the one
-//! with the best val ROC AUC; the threshold is the one that balances val
-//! sensitivity and specificity.
+//! with the best val ROC AUC. Then [`super::calibration::fit_card`] fits the
+//! temperature and the screening threshold on val, and the
+//! out-of-distribution gate on train's features with its limit from val.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -52,6 +53,8 @@ pub struct TrainOptions {
     pub version: String,
     /// Draw a progress bar (off when not on a terminal).
     pub progress: bool,
+    /// Val sensitivity the screening threshold keeps at least.
+    pub min_sensitivity: f64,
 }
 
 impl TrainOptions {
@@ -72,6 +75,7 @@ impl TrainOptions {
             backend: BackendChoice::Cpu,
             version: "pneumonia-cnn-1".into(),
             progress: true,
+            min_sensitivity: super::calibration::MIN_SENSITIVITY,
         }
     }
 }
@@ -231,13 +235,15 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
     let Some((val_auc, val_balanced_accuracy, best_epoch, network, threshold)) = best else {
         anyhow::bail!("no epoch was run (epochs = 0)");
     };
-    let card = ModelCard {
+    let mut card = ModelCard {
         format: CARD_FORMAT.into(),
         version: options.version.clone(),
         input_size: [side, side],
         normalisation: norm,
         classes: vec!["normal".into(), "pneumonia".into()],
         threshold,
+        threshold_rule: String::new(),
+        temperature: 1.0,
         architecture: options.architecture.clone(),
         training: TrainingRecord {
             data_sha256: fingerprint(&train_set),
@@ -251,7 +257,16 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
         },
         accepts: super::Accepts::chest_xray(),
     };
-    super::save(&options.out, &card, network)?;
+    let (gate, fitted) = super::calibration::fit_card(
+        &network,
+        &mut card,
+        &train_set,
+        &val_set,
+        &valid_device(&device),
+        options.min_sensitivity,
+    );
+    tracing::info!(?fitted, "calibrated on val");
+    super::save(&options.out, &card, network, Some(&gate))?;
     Ok((card, log))
 }
 
