@@ -86,6 +86,16 @@ enum Command {
     },
     /// Train the chest X-ray classifier on a MedMNIST .npz file (selects on val only).
     Train(TrainArgs),
+    /// Write the per-sample SHA-512 manifest of a MedMNIST .npz file's train
+    /// and val splits, for `train --manifest` to verify the data against.
+    Manifest {
+        /// The .npz file.
+        #[arg(long)]
+        data: PathBuf,
+        /// The manifest to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Fit a model's calibration (temperature), screening threshold and
     /// out-of-distribution gate on a MedMNIST .npz file (statistics from
     /// train, selection on val) and write the model folder.
@@ -207,6 +217,10 @@ struct TrainArgs {
     /// Version written into the model card.
     #[arg(long)]
     version: Option<String>,
+    /// A per-sample SHA-512 manifest (`manifest` writes one): samples it
+    /// does not hold are refused and counted.
+    #[arg(long, value_name = "MANIFEST")]
+    manifest: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -217,6 +231,7 @@ impl TrainArgs {
         options.seed = self.seed;
         options.backend = self.backend;
         options.progress = std::io::stderr().is_terminal();
+        options.manifest = self.manifest;
         if let Some(c) = self.channels {
             let [a, b, c] = c[..] else {
                 anyhow::bail!("--channels takes three numbers, e.g. 24,48,96");
@@ -346,6 +361,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 card.training.val_balanced_accuracy,
                 card.threshold,
                 options.out.display()
+            );
+            if let Some(record) = &card.training.manifest {
+                for (name, checked) in [("train", record.train), ("val", record.val)] {
+                    println!(
+                        "manifest, {name}: {} samples kept, {} refused (changed or added), {} listed but missing",
+                        checked.kept, checked.refused, checked.missing
+                    );
+                }
+            }
+        }
+        Command::Manifest { data, out } => {
+            let train = medgate_medmnist::read_split(&data, SplitName::Train)?;
+            let val = medgate_medmnist::read_split(&data, SplitName::Val)?;
+            let text = crate::model::manifest::write(&[("train", &train), ("val", &val)]);
+            std::fs::write(&out, text).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            println!(
+                "{} train and {} val samples listed in {}",
+                train.len,
+                val.len,
+                out.display()
             );
         }
         Command::Classify {

@@ -49,11 +49,18 @@ fn npy(shape: &str, data: &[u8]) -> Vec<u8> {
 /// A small synthetic MedMNIST-style file: bright-centre images are class 1,
 /// dark-centre images class 0, with noise. No test split.
 fn synthetic_npz(dir: &Path) -> PathBuf {
-    let path = dir.join("synthetic.npz");
+    synthetic_npz_with(dir, "synthetic.npz", 96, None)
+}
+
+/// [`synthetic_npz`] with `train` training images (the first 96 always the
+/// same), and `flip` the label of that training image flipped.
+fn synthetic_npz_with(dir: &Path, name: &str, train: usize, flip: Option<usize>) -> PathBuf {
+    let path = dir.join(name);
     let file = std::fs::File::create(&path).unwrap();
     let mut zip = zip::ZipWriter::new(file);
-    let mut x = 1u32;
-    let mut split = |name: &str, n: usize| -> Vec<(String, Vec<u8>)> {
+    let split = |name: &str, n: usize| -> Vec<(String, Vec<u8>)> {
+        // Each split its own noise, so that one's size leaves the other alone.
+        let mut x = u32::from(name == "val") + 1;
         let mut images = Vec::with_capacity(n * 784);
         let mut labels = Vec::with_capacity(n);
         for i in 0..n {
@@ -67,6 +74,11 @@ fn synthetic_npz(dir: &Path) -> PathBuf {
             }
             labels.push(label);
         }
+        if name == "train"
+            && let Some(i) = flip
+        {
+            labels[i] ^= 1;
+        }
         vec![
             (
                 format!("{name}_images"),
@@ -75,7 +87,7 @@ fn synthetic_npz(dir: &Path) -> PathBuf {
             (format!("{name}_labels"), npy(&format!("({n}, 1)"), &labels)),
         ]
     };
-    for (name, bytes) in split("train", 96).into_iter().chain(split("val", 32)) {
+    for (name, bytes) in split("train", train).into_iter().chain(split("val", 32)) {
         zip.start_file(
             format!("{name}.npy"),
             zip::write::SimpleFileOptions::default(),
@@ -201,6 +213,64 @@ fn evaluate_val(model: Option<&Path>, extra: &[&str]) -> serde_json::Value {
     }
     args.extend(extra);
     serde_json::from_str(&ok(&args)).unwrap()
+}
+
+#[test]
+fn train_refuses_and_counts_samples_its_manifest_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let vouched = synthetic_npz(dir.path());
+    let manifest = dir.path().join("manifest.txt");
+    let said = ok(&["manifest", "--data", s(&vouched), "--out", s(&manifest)]);
+    assert!(said.contains("96 train and 32 val samples"), "{said}");
+    // Later: one label flipped and four samples added.
+    let poisoned = synthetic_npz_with(dir.path(), "poisoned.npz", 100, Some(5));
+    let model = dir.path().join("model");
+    let said = ok(&[
+        "train",
+        "--data",
+        s(&poisoned),
+        "--manifest",
+        s(&manifest),
+        "--out",
+        s(&model),
+        "--epochs",
+        "1",
+        "--backend",
+        "cpu",
+        "--channels",
+        "4,8,8",
+    ]);
+    assert!(
+        said.contains(
+            "manifest, train: 95 samples kept, 5 refused (changed or added), 1 listed but missing"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("manifest, val: 32 samples kept, 0 refused"),
+        "{said}"
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.json")).unwrap()).unwrap();
+    let record = &card["training"]["manifest"];
+    assert_eq!(record["train"]["refused"], 5, "{card}");
+    assert_eq!(record["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(card["training"]["train_images"], 95);
+
+    // A manifest that is not one is named with its line.
+    std::fs::write(&manifest, "train 1234\n").unwrap();
+    let out = run(&[
+        "train",
+        "--data",
+        s(&poisoned),
+        "--manifest",
+        s(&manifest),
+        "--out",
+        s(&model),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("manifest.txt:1"), "{stderr}");
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub mod decision;
 pub mod evaluate;
 pub mod gate;
 pub mod infer;
+pub mod manifest;
 pub mod metrics;
 pub mod routing;
 pub mod train;
@@ -203,6 +204,10 @@ pub struct TrainingRecord {
     pub val_auc: f64,
     /// Validation balanced accuracy at the chosen threshold.
     pub val_balanced_accuracy: f64,
+    /// The manifest the data was verified against, and what it refused
+    /// (absent when training ran without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<manifest::ManifestRecord>,
 }
 
 /// Convolution, batch normalisation, ReLU.

@@ -24,6 +24,7 @@ use rand::seq::SliceRandom;
 
 use super::data::{augment, fingerprint, images_tensor, labels_tensor, normalisation_of};
 use super::infer::predict;
+use super::manifest::{Manifest, ManifestRecord};
 use super::metrics::{Confusion, balanced_threshold, roc_auc};
 use super::{Architecture, CARD_FORMAT, Classifier, ModelCard, TrainingRecord};
 use crate::model::backend::{BackendChoice, select};
@@ -55,6 +56,9 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Val sensitivity the screening threshold keeps at least.
     pub min_sensitivity: f64,
+    /// A per-sample SHA-512 manifest the data must match (see
+    /// [`super::manifest`]).
+    pub manifest: Option<PathBuf>,
 }
 
 impl TrainOptions {
@@ -76,6 +80,7 @@ impl TrainOptions {
             version: "pneumonia-cnn-1".into(),
             progress: true,
             min_sensitivity: super::calibration::MIN_SENSITIVITY,
+            manifest: None,
         }
     }
 }
@@ -104,6 +109,37 @@ pub struct EpochLog {
 pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>)> {
     let train_set = dataset::read_split(&options.data, SplitName::Train)?;
     let val_set = dataset::read_split(&options.data, SplitName::Val)?;
+    let (train_set, val_set, manifest) = match &options.manifest {
+        None => (train_set, val_set, None),
+        Some(path) => {
+            let manifest = Manifest::read(path)?;
+            let (train_set, train) = manifest.verify("train", &train_set);
+            let (val_set, val) = manifest.verify("val", &val_set);
+            for (name, checked) in [("train", train), ("val", val)] {
+                if checked.refused + checked.missing > 0 {
+                    tracing::warn!(split = name, kept = checked.kept, refused = checked.refused, missing = checked.missing, manifest = %path.display(), "samples the manifest does not hold are refused: changed or added since it was written");
+                } else {
+                    tracing::info!(
+                        split = name,
+                        kept = checked.kept,
+                        "every sample matches the manifest"
+                    );
+                }
+            }
+            anyhow::ensure!(
+                train_set.len > 0 && val_set.len > 0,
+                "{}: no train or no val sample matches the manifest {}",
+                options.data.display(),
+                path.display()
+            );
+            let record = ManifestRecord {
+                sha256: manifest.sha256.clone(),
+                train,
+                val,
+            };
+            (train_set, val_set, Some(record))
+        }
+    };
     anyhow::ensure!(
         train_set.width == train_set.height && val_set.width == train_set.width,
         "{}: images must be square and of one size",
@@ -254,6 +290,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             seed: options.seed,
             val_auc,
             val_balanced_accuracy,
+            manifest,
         },
         accepts: super::Accepts::chest_xray(),
     };
