@@ -116,14 +116,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
         backend: BackendChoice,
     },
-    /// Classify image files (PNG, JPEG, TIFF) as the receiver would: the model
-    /// chosen, label, calibrated probability and out-of-distribution score, or
-    /// why an image is not classified.
+    /// Classify image files (PNG, JPEG, TIFF, DICOM) as the receiver would: the
+    /// model chosen, label, calibrated probability and out-of-distribution
+    /// score, or why an image is not classified.
     Classify {
         /// The image files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// The modality the images are of (what routing reads), e.g. DX, CR, CT.
+        /// The modality of the PNG/JPEG/TIFF files (what routing reads), e.g.
+        /// DX, CR, CT; a DICOM file is routed by its own.
         #[arg(long, default_value = "DX", value_parser = parse_modality)]
         modality: Modality,
         /// Model folders, in routing order (repeat the flag); default: the shipped model.

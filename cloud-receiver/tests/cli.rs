@@ -398,6 +398,33 @@ fn classify_answers_for_files_as_the_receiver_would() {
         assert!(!verdict["detail"].as_str().unwrap().is_empty());
     }
 
+    // DICOM: routed by its own Modality, its pixels read as a gateway reads
+    // them. The X-ray as DX (img2dcm, JPEG baseline) is classified like the
+    // PNG; pydicom's MR is not.
+    let jpeg = dir.path().join("xray.jpg");
+    big.save_with_format(&jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let dcm = dir.path().join("xray.dcm");
+    let made = Command::new("img2dcm")
+        .arg(&jpeg)
+        .arg(&dcm)
+        .args(["-k", "Modality=DX", "-k", "BodyPartExamined=CHEST"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mr = dicom_samples().join("MR_small.dcm");
+    let lines: Vec<serde_json::Value> = ok(&["classify", "--json", s(&dcm), s(&mr)])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["label"], label, "{}", lines[0]);
+    assert_eq!(lines[1]["not_classified"], "no_model", "{}", lines[1]);
+    assert_eq!(lines[1]["detail"], "no model for MR");
+
     // The same as a person reads it; a CT is routed to no model.
     let text = ok(&["classify", s(&xray), "--modality", "CT"]);
     assert!(
@@ -407,6 +434,21 @@ fn classify_answers_for_files_as_the_receiver_would() {
     let text = ok(&["classify", s(&xray)]);
     assert!(text.contains(&format!("{}: {label} (", s(&xray))), "{text}");
     assert!(text.contains("out-of-distribution score"), "{text}");
+}
+
+/// pydicom's test files (`scripts/fetch-dicom-samples`; scripts/test does).
+fn dicom_samples() -> PathBuf {
+    let dir = std::env::var_os("MEDGATE_DICOM_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/medgate/dicom-samples")
+        });
+    assert!(
+        dir.join("MR_small.dcm").exists(),
+        "pydicom's test files are missing from {}: run scripts/fetch-dicom-samples",
+        dir.display()
+    );
+    dir
 }
 
 /// The non-chest set `scripts/make-ood-set` assembles (scripts/test does).

@@ -1,8 +1,13 @@
 //! `medgate-receiver classify FILE…`: what the receiver would answer for an
-//! image file, without the rest of the system: the model routing picks (by
-//! the modality given), the label and calibrated probability, the
-//! out-of-distribution score, or why it is not classified. For integrators
-//! checking an image, and for measuring the gate on a folder of images.
+//! image file, without the rest of the system: the model routing picks, the
+//! label and calibrated probability, the out-of-distribution score, or why
+//! it is not classified. For integrators checking an image, and for
+//! measuring the gate on a folder of images.
+//!
+//! PNG, JPEG and TIFF files are routed as the modality given (a hot
+//! folder's); DICOM files as their own Modality (0008,0060), their pixels
+//! read exactly as the gateway reads them (windowing, MONOCHROME1,
+//! first frame, and its refusals: colour, burned-in annotation).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -120,8 +125,36 @@ pub fn read_image(path: &Path) -> Result<Pixels, String> {
     Pixels::new(width, height, format, data).map_err(|e| e.to_string())
 }
 
-/// Classifies each file with the first of `models` that accepts
-/// `modality`, as the service would.
+/// Reads any image file: DICOM through the gateway's reader (its pixels
+/// and, when it names a known one, its modality), anything else through
+/// [`read_image`].
+///
+/// # Errors
+/// Why the file cannot be classified.
+pub fn read_file(path: &Path) -> Result<(Pixels, Option<Modality>), String> {
+    use medgate_gateway::capture::{Oversize, Preparation};
+    use medgate_gateway::dicom::read;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if !read::is_dicom(&name, &bytes) {
+        return read_image(path).map(|pixels| (pixels, None));
+    }
+    let preparation = Preparation {
+        format: PixelFormat::Gray16,
+        resize: None,
+        max_decoded_bytes: MAX_DECODED,
+        oversize: Oversize::Downscale,
+    };
+    let limits = preparation.limits(u32::MAX);
+    let image = read::read(bytes, preparation, &limits).map_err(|e| e.to_string())?;
+    Ok((image.pixels, image.modality))
+}
+
+/// Classifies each file with the first of `models` that accepts its
+/// modality (a DICOM file's own, else `modality`), as the service would.
 pub fn classify(
     models: &[LoadedModel],
     backend: &Selected,
@@ -134,10 +167,11 @@ pub fn classify(
         .map(|path| {
             let path = path.as_ref();
             let file = path.display().to_string();
-            let pixels = match read_image(path) {
-                Ok(pixels) => pixels,
+            let (pixels, own) = match read_file(path) {
+                Ok(read) => read,
                 Err(e) => return FileVerdict::refused(&file, "unreadable", e),
             };
+            let modality = own.unwrap_or(modality);
             let index = match routing::choose_for(&cards, modality, pixels.format(), None) {
                 Ok(index) => index,
                 Err(detail) => return FileVerdict::refused(&file, "no_model", detail),
