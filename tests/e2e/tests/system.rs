@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
 use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
-use medgate_gateway::sources::spi::registers::FLAG_REJECTED;
+use medgate_gateway::sources::spi::registers::{FLAG_NOT_CLASSIFIED, FLAG_REJECTED};
 use medgate_gateway::spool::Spool;
 use medgate_medmnist::SplitName;
 use medgate_receiver::daemon::config::ReceiverConfig;
@@ -381,8 +381,13 @@ impl Rig {
     /// Replaces the sensors with new ones on the same sockets, each with
     /// `frames` new frames (counted from 1 again).
     fn new_sensors(&mut self, frames: u32, period: Duration) {
-        self.sensors.clear();
         let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
+        self.new_sensors_with(feed, frames, period);
+    }
+
+    /// [`new_sensors`](Self::new_sensors) sending frames of `feed`.
+    fn new_sensors_with(&mut self, feed: Feed, frames: u32, period: Duration) {
+        self.sensors.clear();
         for name in ["xr-1", "xr-2"] {
             let socket = self.dir.path().join(format!("{name}.sock"));
             self.sensors.push(
@@ -589,6 +594,67 @@ fn a_damaged_spool_image_is_refused_once_and_quarantined_and_a_wiped_state_is_cl
             }
         }
     });
+}
+
+#[test]
+fn frames_that_are_no_chest_xrays_come_back_not_classified_and_leave_the_spool_unquarantined() {
+    // The sensors send generated frames (gradients and noise) with the
+    // radiograph modality (DX) in their header.
+    let mut rig = Rig::without_gateway(4, Duration::from_millis(30), 2);
+    rig.new_sensors_with(Feed::generated(64, 4), 4, Duration::from_millis(30));
+    rig.start_gateway();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let scrape = |rig: &Rig| -> Vec<String> {
+        rig.receiver_metrics
+            .iter()
+            .map(|at| runtime.block_on(metrics::scrape(*at)).unwrap())
+            .collect()
+    };
+    let total = |texts: &[String], line: &str| -> f64 {
+        texts
+            .iter()
+            .map(|t| metrics::value(t, line).unwrap_or(0.0))
+            .sum()
+    };
+    let notified = |texts: &[String]| -> f64 {
+        ["urgent", "routine", "critical"]
+            .iter()
+            .map(|p| {
+                total(
+                    texts,
+                    &format!("medgate_receiver_notifications_total{{priority=\"{p}\"}}"),
+                )
+            })
+            .sum()
+    };
+    // Each comes back with the NOT_CLASSIFIED flag, and the gateway lets go
+    // of it.
+    for sensor in &rig.sensors {
+        let results = sensor.wait_for_results(4, WAIT);
+        assert_eq!(results.len(), 4, "{}", sensor.name());
+        for r in &results {
+            assert!(
+                r.flags & FLAG_NOT_CLASSIFIED != 0,
+                "{}: {r:?}",
+                sensor.name()
+            );
+            assert_eq!((r.class, r.confidence), (0xFF, 0), "{r:?}");
+            assert_eq!(r.flags & FLAG_REJECTED, 0, "not a rejection: {r:?}");
+        }
+    }
+    let texts = scrape(&rig);
+    assert_eq!(
+        total(
+            &texts,
+            "medgate_receiver_not_classified_total{reason=\"out_of_distribution\"}"
+        ),
+        8.0,
+        "{texts:?}"
+    );
+    assert_eq!(notified(&texts), 0.0, "nobody is notified of them");
+    let quarantine = rig.dir.path().join("spool/quarantine");
+    let quarantined = std::fs::read_dir(&quarantine).map_or(0, |d| d.count());
+    assert_eq!(quarantined, 0, "not classified is not quarantined");
 }
 
 #[test]
