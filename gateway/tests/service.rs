@@ -13,9 +13,73 @@ use medgate_shared::messages::ResultMessage;
 
 mod support;
 
-use support::{WAIT, World, answer, counter, eventually, files_in, metrics_text};
+use support::{
+    WAIT, World, answer, answer_not_classified, counter, eventually, files_in, metrics_text,
+};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_medgate-gateway");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_no_model_takes_gets_a_not_classified_sidecar_and_leaves_the_spool() {
+    let world = World::new(64 << 20, 60);
+    let mut receiver = world.receiver().await;
+    let mut gateway = world.start_in_process();
+    let started = gateway.started().await;
+    world.drop_image("knee.png", 9, 64);
+    let images = receiver
+        .expect("medgate/v1/site-a/gw-1/images/", 1, WAIT)
+        .await
+        .unwrap();
+    let mut opener = world.opener();
+    let id = answer_not_classified(
+        &receiver,
+        &mut opener,
+        &images[0].payload,
+        "no_model",
+        "no model for DX/KNEE",
+    )
+    .await;
+    let done = world.done();
+    eventually("the not-classified sidecar", || {
+        files_in(&done, ".not-classified.json").len() == 1
+    })
+    .await;
+    let sidecar = done.join(&files_in(&done, ".not-classified.json")[0]);
+    let told: serde_json::Value = serde_json::from_slice(&std::fs::read(sidecar).unwrap()).unwrap();
+    assert_eq!(told["message_id"], id);
+    assert_eq!(told["reason"], "no_model");
+    assert_eq!(told["detail"], "no model for DX/KNEE");
+    assert!(files_in(&done, ".result.json").is_empty());
+    let address = started.metrics.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counter(
+        &metrics_text(address).await,
+        "medgate_gateway_spool_entries",
+    ) != 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spool never let go of it"
+        );
+        tokio::task::yield_now().await;
+    }
+    let metrics = metrics_text(address).await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "medgate_gateway_not_classified_total{reason=\"no_model\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let quarantine = world.dir.path().join("spool/quarantine");
+    assert_eq!(
+        std::fs::read_dir(&quarantine).map_or(0, |d| d.count()),
+        0,
+        "not quarantined"
+    );
+    gateway.stop().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_folder_images_reach_the_broker_sealed_and_results_come_back() {

@@ -16,7 +16,7 @@ use medgate_gateway::config::{self, GatewayConfig, HotFolderSection};
 use medgate_gateway::service::{self, ServiceError, Started};
 use medgate_shared::envelope::Opened;
 use medgate_shared::keys::ReceiverPrivateKey;
-use medgate_shared::messages::{Answer, ResultMessage, Timings};
+use medgate_shared::messages::{Answer, NotClassifiedMessage, ResultMessage, Timings};
 use medgate_shared::seal::{Opener, Rejected};
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::identity;
@@ -270,6 +270,48 @@ pub async fn answer(
         meta.device.to_string(),
         opened.pixels.into_data(),
     )
+}
+
+/// Opens an image as the receiver would and answers it "not classified"
+/// (authenticated) with `reason` and `detail`; returns its message id.
+pub async fn answer_not_classified(
+    receiver: &TestClient,
+    opener: &mut TestOpener,
+    sealed: &[u8],
+    reason: &str,
+    detail: &str,
+) -> String {
+    let opened = opener
+        .open(sealed)
+        .expect("a sealed image the receiver can open");
+    let meta = &opened.header.meta;
+    let mut answer = NotClassifiedMessage {
+        message_id: meta.message_id.to_string(),
+        site: meta.site.to_string(),
+        gateway: meta.gateway.to_string(),
+        device: meta.device.to_string(),
+        sequence: meta.sequence,
+        captured_at_ms: meta.captured_at_ms,
+        reason: reason.into(),
+        detail: detail.into(),
+        score: None,
+        model_version: String::new(),
+        sha512: hex::encode(opened.sha512),
+        receiver: "receiver-1".into(),
+        mac: String::new(),
+    };
+    answer.mac = hex::encode(opened.answer_key.mac(&answer.answer_fields().unwrap()));
+    receiver
+        .publish(
+            format!(
+                "medgate/v1/{}/{}/results/{}",
+                meta.site, meta.gateway, meta.device
+            ),
+            serde_json::to_vec(&Answer::NotClassified(answer)).unwrap(),
+        )
+        .await
+        .unwrap();
+    meta.message_id.to_string()
 }
 
 /// Waits until `check` holds, looking every 20 ms, failing after `WAIT`.
