@@ -348,13 +348,18 @@ fn write_png(path: &Path, width: u32, height: u32, pixels: Vec<u8>) {
 fn classify_answers_for_files_as_the_receiver_would() {
     let dir = tempfile::tempdir().unwrap();
     let val = medgate_medmnist::read_split(&data_file(), medgate_medmnist::SplitName::Val).unwrap();
-    // A val X-ray at a gateway's size, the same turned on its side, and noise.
+    // A val X-ray at a gateway's size, the same turned on its side and
+    // upside down, noise, and a file that is no image.
     let original = image::GrayImage::from_raw(28, 28, val.image(0).unwrap().to_vec()).unwrap();
     let big = image::imageops::resize(&original, 256, 256, image::imageops::FilterType::Lanczos3);
     let xray = dir.path().join("xray.png");
     big.save(&xray).unwrap();
     let flipped = dir.path().join("turned.png");
     image::imageops::rotate90(&big).save(&flipped).unwrap();
+    let upside_down = dir.path().join("upside-down.png");
+    image::imageops::flip_vertical(&big)
+        .save(&upside_down)
+        .unwrap();
     let noise = dir.path().join("noise.png");
     let mut x = 7u32;
     let pixels = (0..128 * 128)
@@ -366,7 +371,7 @@ fn classify_answers_for_files_as_the_receiver_would() {
     write_png(&noise, 128, 128, pixels);
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"not an image").unwrap();
-    let files = [s(&xray), s(&flipped), s(&noise), s(&junk)];
+    let files = [s(&xray), s(&flipped), s(&noise), s(&junk), s(&upside_down)];
 
     let mut args = vec!["classify", "--json"];
     args.extend(files);
@@ -374,7 +379,7 @@ fn classify_answers_for_files_as_the_receiver_would() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4);
+    assert_eq!(lines.len(), 5);
     let xray_verdict = &lines[0];
     assert_eq!(xray_verdict["file"], s(&xray));
     assert_eq!(xray_verdict["model"], "pneumonia-cnn-1");
@@ -392,6 +397,7 @@ fn classify_answers_for_files_as_the_receiver_would() {
         (&lines[1], "out_of_distribution"),
         (&lines[2], "out_of_distribution"),
         (&lines[3], "unreadable"),
+        (&lines[4], "out_of_distribution"),
     ] {
         assert_eq!(verdict["not_classified"], reason, "{verdict}");
         assert!(verdict["label"].is_null(), "{verdict}");

@@ -13,7 +13,10 @@
 //!    Mahalanobis distance to the training images' mean layout. The
 //!    network's pooled features hardly change when a radiograph is turned
 //!    upside down or cropped to a corner; where the lungs, heart and
-//!    diaphragm lie does.
+//!    diaphragm lie does. And an upright radiograph lies nearer that mean
+//!    than itself turned over (flipped top to bottom or rotated by 180°):
+//!    when the turned-over frame is clearly nearer, the frame is upside
+//!    down.
 //! 3. **Features**: the Mahalanobis distance of the network's pooled
 //!    features to the nearer class mean, under the covariance the classes
 //!    share (Lee et al., 2018): a CT slice, an MR or noise gives features far
@@ -165,6 +168,12 @@ pub struct Gate {
     /// into `layout_cells²` cells. An upside-down, rotated, cropped or
     /// inverted radiograph is laid out unlike the training images.
     pub layout: Distance,
+    /// How much closer (in multiples of the layout limit) the frame turned
+    /// upside down (flipped top to bottom, or rotated by 180°) may lie to
+    /// the training layout than the frame itself; beyond it, the frame is
+    /// taken to be upside down. Absent: not checked.
+    #[serde(default)]
+    pub max_orientation: Option<f32>,
     /// The pooled network features, per class.
     pub features: Distance,
     /// Share of val the gate accepted when fitted.
@@ -242,7 +251,8 @@ impl Gate {
                 score: None,
             });
         }
-        let layout = self.layout.distance(&layout_of(input, self.layout_cells)) / self.layout.limit;
+        let thumbnail = layout_of(input, self.layout_cells);
+        let layout = self.layout.distance(&thumbnail) / self.layout.limit;
         if layout > 1.0 {
             return Err(Refusal {
                 detail: format!(
@@ -251,7 +261,35 @@ impl Gate {
                 score: Some(layout),
             });
         }
+        if let Some(limit) = self.max_orientation {
+            let turned = self.upside_down_gain(&thumbnail, layout);
+            if turned > limit {
+                return Err(Refusal {
+                    detail: format!(
+                        "upside down: turned over, the frame looks more like a chest radiograph (by {turned:.2}, limit {limit:.2})"
+                    ),
+                    score: Some(layout.max(1.0 + turned - limit)),
+                });
+            }
+        }
         Ok(layout)
+    }
+
+    /// How much closer to the training layout the thumbnail lies turned
+    /// over (the nearer of: flipped top to bottom, rotated by 180°) than as
+    /// it is (`layout`, its own score), in multiples of the layout limit.
+    fn upside_down_gain(&self, thumbnail: &[f32], layout: f32) -> f32 {
+        let cells = self.layout_cells;
+        let flipped: Vec<f32> = thumbnail
+            .chunks_exact(cells)
+            .rev()
+            .flatten()
+            .copied()
+            .collect();
+        let rotated: Vec<f32> = thumbnail.iter().rev().copied().collect();
+        let nearer = (self.layout.distance(&flipped)).min(self.layout.distance(&rotated))
+            / self.layout.limit;
+        layout - nearer
     }
 
     /// The whole gate: pixels, layout, features. On success, the score: the
@@ -367,9 +405,17 @@ pub fn fit(
         max_clipped: (max_clipped + 0.25).min(1.0),
         layout_cells: cells,
         layout,
+        max_orientation: None,
         features,
         val_acceptance: 0.0,
     };
+    // Upright radiographs lie nearer the training layout than turned over:
+    // the limit lets ORIENTATION_ACCEPTS of val through.
+    let gains = val_layouts.iter().map(|thumbnail| {
+        let own = gate.layout.distance(thumbnail) / gate.layout.limit;
+        gate.upside_down_gain(thumbnail, own)
+    });
+    gate.max_orientation = Some(quantile_signed(gains, ORIENTATION_ACCEPTS).max(0.0));
     let accepted = val_inputs
         .chunks_exact(per_image)
         .zip(val_features)
@@ -377,6 +423,17 @@ pub fn fit(
         .count();
     gate.val_acceptance = accepted as f64 / val_features.len().max(1) as f64;
     gate
+}
+
+/// Share of val the upside-down check lets through.
+const ORIENTATION_ACCEPTS: f64 = 0.995;
+
+/// The value below which a share `q` of `values` lies (any sign).
+fn quantile_signed(values: impl Iterator<Item = f32>, q: f64) -> f32 {
+    let mut sorted: Vec<f32> = values.collect();
+    sorted.sort_by(f32::total_cmp);
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(index).copied().unwrap_or(0.0)
 }
 
 /// The value below which a share `q` of `values` lies.
