@@ -442,34 +442,40 @@ fn classify_answers_for_files_as_the_receiver_would() {
     assert!(text.contains("out-of-distribution score"), "{text}");
 }
 
-/// pydicom's test files (`scripts/fetch-dicom-samples`; scripts/test does).
-fn dicom_samples() -> PathBuf {
-    let dir = std::env::var_os("MEDGATE_DICOM_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/medgate/dicom-samples")
-        });
+/// A cached folder that a script fills (scripts/test runs it): from `var`,
+/// else `~/.cache/medgate/{name}`; `marker` must be in it.
+fn cached(var: &str, name: &str, marker: &str, script: &str) -> PathBuf {
+    let dir = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap())
+            .join(".cache/medgate")
+            .join(name)
+    });
     assert!(
-        dir.join("MR_small.dcm").exists(),
-        "pydicom's test files are missing from {}: run scripts/fetch-dicom-samples",
+        dir.join(marker).exists(),
+        "{} is missing {marker}: run {script}",
         dir.display()
     );
     dir
 }
 
-/// The non-chest set `scripts/make-ood-set` assembles (scripts/test does).
+/// pydicom's test files.
+fn dicom_samples() -> PathBuf {
+    cached(
+        "MEDGATE_DICOM_SAMPLES",
+        "dicom-samples",
+        "MR_small.dcm",
+        "scripts/fetch-dicom-samples",
+    )
+}
+
+/// The non-chest image set.
 fn ood_set() -> PathBuf {
-    let dir = std::env::var_os("MEDGATE_OOD_SET")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/medgate/ood-set")
-        });
-    assert!(
-        dir.join(".ood-set-1").exists(),
-        "the non-chest image set is missing from {}: run scripts/make-ood-set",
-        dir.display()
-    );
-    dir
+    cached(
+        "MEDGATE_OOD_SET",
+        "ood-set",
+        ".ood-set-1",
+        "scripts/make-ood-set",
+    )
 }
 
 #[test]

@@ -255,16 +255,7 @@ pub async fn answer(
         mac: String::new(),
     };
     result.mac = hex::encode(opened.answer_key.mac(&result.answer_fields().unwrap()));
-    receiver
-        .publish(
-            format!(
-                "medgate/v1/{}/{}/results/{}",
-                meta.site, meta.gateway, meta.device
-            ),
-            serde_json::to_vec(&Answer::Result(result)).unwrap(),
-        )
-        .await
-        .unwrap();
+    publish_answer(receiver, &opened, &Answer::Result(result)).await;
     (
         meta.message_id.to_string(),
         meta.device.to_string(),
@@ -301,17 +292,23 @@ pub async fn answer_not_classified(
         mac: String::new(),
     };
     answer.mac = hex::encode(opened.answer_key.mac(&answer.answer_fields().unwrap()));
+    publish_answer(receiver, &opened, &Answer::NotClassified(answer)).await;
+    meta.message_id.to_string()
+}
+
+/// Publishes `answer` on the results topic of `opened`'s device.
+async fn publish_answer(receiver: &TestClient, opened: &Opened, answer: &Answer) {
+    let meta = &opened.header.meta;
     receiver
         .publish(
             format!(
                 "medgate/v1/{}/{}/results/{}",
                 meta.site, meta.gateway, meta.device
             ),
-            serde_json::to_vec(&Answer::NotClassified(answer)).unwrap(),
+            serde_json::to_vec(answer).unwrap(),
         )
         .await
         .unwrap();
-    meta.message_id.to_string()
 }
 
 /// Waits until `check` holds, looking every 20 ms, failing after `WAIT`.
