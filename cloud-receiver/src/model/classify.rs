@@ -95,13 +95,12 @@ impl FileVerdict {
     }
 }
 
-/// Reads an image file (PNG, JPEG, TIFF) as the hot folder does: 16-bit
-/// grayscale stays 16-bit, anything else becomes 8-bit grayscale.
+/// Decodes an image file's bytes (PNG, JPEG, TIFF) as the hot folder does:
+/// 16-bit grayscale stays 16-bit, anything else becomes 8-bit grayscale.
 ///
 /// # Errors
-/// A description of why the file is not a readable image within limits.
-pub fn read_image(path: &Path) -> Result<Pixels, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+/// A description of why the bytes are not a readable image within limits.
+pub fn decode_image(bytes: Vec<u8>) -> Result<Pixels, String> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -127,7 +126,7 @@ pub fn read_image(path: &Path) -> Result<Pixels, String> {
 
 /// Reads any image file: DICOM through the gateway's reader (its pixels
 /// and, when it names a known one, its modality), anything else through
-/// [`read_image`].
+/// [`decode_image`].
 ///
 /// # Errors
 /// Why the file cannot be classified.
@@ -140,7 +139,7 @@ pub fn read_file(path: &Path) -> Result<(Pixels, Option<Modality>), String> {
         .unwrap_or_default();
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     if !read::is_dicom(&name, &bytes) {
-        return read_image(path).map(|pixels| (pixels, None));
+        return decode_image(bytes).map(|pixels| (pixels, None));
     }
     let preparation = Preparation {
         format: PixelFormat::Gray16,
