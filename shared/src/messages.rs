@@ -49,8 +49,7 @@ impl ResultMessage {
     /// The authenticated fields, or `None` when the ids are not hex of the
     /// right length.
     pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
-        let mut sha512 = [0u8; 64];
-        hex::decode_to_slice(&self.sha512, &mut sha512).ok()?;
+        let sha512 = sha512_bytes(&self.sha512)?;
         AnswerFields {
             message_id: self.message_id.parse::<MessageId>().ok()?,
             site: &self.site,
@@ -72,6 +71,13 @@ impl ResultMessage {
         }
         .checked()
     }
+}
+
+/// A SHA-512 tag from its hex form.
+fn sha512_bytes(hex_text: &str) -> Option<[u8; 64]> {
+    let mut sha512 = [0u8; 64];
+    hex::decode_to_slice(hex_text, &mut sha512).ok()?;
+    Some(sha512)
 }
 
 /// A receiver's refusal of an image it could attribute (it recovered the
@@ -166,8 +172,7 @@ impl NotClassifiedMessage {
     /// The authenticated fields, or `None` when the ids are not hex of the
     /// right length.
     pub fn answer_fields(&self) -> Option<AnswerFields<'_>> {
-        let mut sha512 = [0u8; 64];
-        hex::decode_to_slice(&self.sha512, &mut sha512).ok()?;
+        let sha512 = sha512_bytes(&self.sha512)?;
         AnswerFields {
             message_id: self.message_id.parse::<MessageId>().ok()?,
             site: &self.site,

@@ -182,13 +182,7 @@ fn content(references: &References, verdict: &Verdict) -> Vec<InMemDicomObject> 
             ));
         }
         Verdict::NotClassified(answer) => {
-            items.push(text("121071", "DCM", "Finding", "not classified"));
-            items.push(text(
-                "111001",
-                "DCM",
-                "Algorithm Name",
-                "medgate classifier",
-            ));
+            not_classified(&mut items);
             if !answer.model_version.is_empty() {
                 items.push(text(
                     "111003",
@@ -207,13 +201,7 @@ fn content(references: &References, verdict: &Verdict) -> Vec<InMemDicomObject> 
             items.push(text("121106", "DCM", "Comment", &format!("{why} {notice}")));
         }
         Verdict::Rejected(rejection) => {
-            items.push(text("121071", "DCM", "Finding", "not classified"));
-            items.push(text(
-                "111001",
-                "DCM",
-                "Algorithm Name",
-                "medgate classifier",
-            ));
+            not_classified(&mut items);
             let why = match rejection.cause.as_str() {
                 "unanswered" => format!(
                     "Not classified: no receiver answered the image ({}).",
@@ -231,6 +219,18 @@ fn content(references: &References, verdict: &Verdict) -> Vec<InMemDicomObject> 
     ));
     items.push(image);
     items
+}
+
+/// The finding "not classified" and the algorithm's name, with which
+/// every report of an image without a class begins.
+fn not_classified(items: &mut Vec<InMemDicomObject>) {
+    items.push(text("121071", "DCM", "Finding", "not classified"));
+    items.push(text(
+        "111001",
+        "DCM",
+        "Algorithm Name",
+        "medgate classifier",
+    ));
 }
 
 fn item(relationship: &str, value_type: &str) -> InMemDicomObject {
