@@ -473,7 +473,7 @@ fn ood_set() -> PathBuf {
     cached(
         "MEDGATE_OOD_SET",
         "ood-set",
-        ".ood-set-1",
+        ".ood-set-2",
         "scripts/make-ood-set",
     )
 }
