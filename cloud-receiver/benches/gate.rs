@@ -14,8 +14,8 @@ use medgate_receiver::model::LoadedModel;
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::decision::decide;
 use medgate_receiver::model::infer::infer;
-use medgate_receiver::model::routing::choose_for;
-use medgate_shared::header::Modality;
+use medgate_receiver::model::routing::{Query, choose_for};
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::pixels::PixelFormat;
 
 fn gate(c: &mut Criterion) {
@@ -34,9 +34,19 @@ fn gate(c: &mut Criterion) {
         .unwrap();
     assert!(gate.admit(&input, &output.features).is_ok());
     let cards = [&model.card];
+    let chest = Anatomy {
+        body_part: Some("CHEST".parse().unwrap()),
+        view_position: Some("PA".parse().unwrap()),
+    };
+    let query = Query {
+        modality: Modality::Dx,
+        format: PixelFormat::Gray8,
+        anatomy: &chest,
+        hint: None,
+    };
     let mut group = c.benchmark_group("gate");
     group.bench_function("route", |b| {
-        b.iter(|| choose_for(black_box(&cards), Modality::Dx, PixelFormat::Gray8, None))
+        b.iter(|| choose_for(black_box(&cards), black_box(&query)))
     });
     group.bench_function("pixels_and_layout", |b| {
         b.iter(|| gate.check_pixels(black_box(&input)))

@@ -16,7 +16,7 @@ use medgate_daemon::logging;
 use medgate_daemon::settings::SettingsError;
 use medgate_daemon::trust::TrustList;
 use medgate_medmnist::SplitName;
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::ids::Name;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
 
@@ -127,6 +127,13 @@ enum Command {
         /// DX, CR, CT; a DICOM file is routed by its own.
         #[arg(long, default_value = "DX", value_parser = parse_modality)]
         modality: Modality,
+        /// The body part the PNG/JPEG/TIFF files show (DICOM Body Part
+        /// Examined, e.g. CHEST); a DICOM file's own comes first.
+        #[arg(long, value_parser = parse_code)]
+        body_part: Option<Name>,
+        /// Their view position (e.g. PA, AP, LL), in the same way.
+        #[arg(long, value_parser = parse_code)]
+        view_position: Option<Name>,
         /// Model folders, in routing order (repeat the flag); default: the shipped model.
         #[arg(long = "model")]
         models: Vec<PathBuf>,
@@ -183,6 +190,14 @@ enum Command {
 fn parse_modality(code: &str) -> Result<Modality, String> {
     Modality::from_code(code)
         .ok_or_else(|| format!("{code:?} is not a DICOM modality code such as DX, CR, CT, MR"))
+}
+
+fn parse_code(value: &str) -> Result<Name, String> {
+    match Anatomy::code(value) {
+        Ok(Some(code)) => Ok(code),
+        Ok(None) => Err("is empty: give a DICOM code such as CHEST or PA".into()),
+        Err(e) => Err(format!("{value:?} is not a DICOM code string: {e}")),
+    }
 }
 
 /// The brokers `broker-acl` writes rules for.
@@ -387,10 +402,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Classify {
             files,
             modality,
+            body_part,
+            view_position,
             models,
             backend,
             json,
         } => {
+            let anatomy = Anatomy {
+                body_part,
+                view_position,
+            };
             let selected = backend::select(backend)?;
             let loaded = if models.is_empty() {
                 vec![LoadedModel::shipped(&selected.device)?]
@@ -400,7 +421,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|dir| LoadedModel::from_dir(dir, &selected.device))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            for verdict in classify::classify(&loaded, &selected, &files, modality) {
+            for verdict in classify::classify(&loaded, &selected, &files, modality, &anatomy) {
                 if json {
                     println!("{}", serde_json::to_string(&verdict)?);
                 } else {

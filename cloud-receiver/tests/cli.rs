@@ -440,6 +440,39 @@ fn classify_answers_for_files_as_the_receiver_would() {
     let text = ok(&["classify", s(&xray)]);
     assert!(text.contains(&format!("{}: {label} (", s(&xray))), "{text}");
     assert!(text.contains("out-of-distribution score"), "{text}");
+
+    // A body part or view the chest model was not made for, as a device's
+    // config would name it.
+    let text = ok(&["classify", s(&xray), "--body-part", "shoulder"]);
+    assert!(
+        text.contains("not classified (no_model: no model for DX/SHOULDER)"),
+        "{text}"
+    );
+    let text = ok(&[
+        "classify",
+        s(&xray),
+        "--body-part",
+        "CHEST",
+        "--view-position",
+        "LL",
+    ]);
+    assert!(text.contains("no model for DX/CHEST LL"), "{text}");
+    let text = ok(&[
+        "classify",
+        s(&xray),
+        "--body-part",
+        "CHEST",
+        "--view-position",
+        "PA",
+    ]);
+    assert!(text.contains(&format!("{}: {label} (", s(&xray))), "{text}");
+    let out = run(&["classify", s(&xray), "--body-part", "CHEST/PA"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--body-part") && err.contains("not a DICOM code string"),
+        "{err}"
+    );
 }
 
 /// A cached folder that a script fills (scripts/test runs it): from `var`,

@@ -149,6 +149,7 @@ pub fn run(size: u32) -> anyhow::Result<CipherBench> {
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let identity = GatewayIdentity::generate();
     let sealed = envelope::seal_with(&session, &wrapped, &identity, &meta, &image)?.bytes;

@@ -347,6 +347,7 @@ fn sealed_payloads(system: &System, feed: &Feed) -> anyhow::Result<Vec<Vec<u8>>>
                 captured_at_ms: now_ms,
                 modality: Modality::Dx,
                 model_hint: None,
+                anatomy: Default::default(),
             };
             Ok(sealer.seal(&meta, image)?.bytes)
         })
@@ -384,6 +385,7 @@ fn junk(
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let pixels = medgate_shared::pixels::Pixels::new(
         28,

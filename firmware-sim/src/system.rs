@@ -200,6 +200,7 @@ impl System {
             system.sensors.push(sensor);
             sensors.push(SpiSensorSection {
                 modality: "DX".to_owned(),
+                body_part: Some("CHEST".to_owned()),
                 poll_ms: options.poll_ms,
                 ..SpiSensorSection::new(&name, &format!("unix:{}", socket.display()))
             });

@@ -70,6 +70,7 @@ pub fn seal(request: &SealRequest) -> anyhow::Result<MessageId> {
         captured_at_ms,
         modality: request.modality,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let identity = GatewayIdentity::read(&request.identity)?;
     let sealed = Sealer::new(public, identity, RotationPolicy::default()).seal(&meta, &pixels)?;

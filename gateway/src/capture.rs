@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, imageops};
 use medgate_shared::envelope;
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::ids::{MAX_NAME_LEN, MessageId, Name};
 use medgate_shared::pixels::{MAX_DIMENSION, PixelFormat, Pixels, PixelsError};
 use medgate_shared::topics;
@@ -30,6 +30,8 @@ pub struct Capture {
     pub device: Name,
     /// Its modality.
     pub modality: Modality,
+    /// What it shows, as far as the source knows.
+    pub anatomy: Anatomy,
     /// Capture time, ms since the Unix epoch.
     pub captured_at_ms: u64,
     /// The pixels, as they will be sealed.

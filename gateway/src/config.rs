@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use medgate_daemon::mqtt::{BrokerSettings, ClientTls};
 use medgate_daemon::settings::{self, SettingsError};
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPublicKey;
@@ -123,6 +123,13 @@ pub struct DicomSection {
     /// not know.
     #[serde(default = "default_dicom_modality")]
     pub modality: String,
+    /// Body Part Examined for objects that do not name one, e.g.
+    /// `"CHEST"` for a chest room's modality; receivers route on it.
+    #[serde(default)]
+    pub body_part: Option<String>,
+    /// View Position for objects that do not name one, e.g. `"PA"`.
+    #[serde(default)]
+    pub view_position: Option<String>,
     /// Where reports go.
     pub pacs: PacsSection,
 }
@@ -146,6 +153,8 @@ impl DicomSection {
             max_associations: default_max_associations(),
             timeout_secs: default_dicom_timeout(),
             modality: default_dicom_modality(),
+            body_part: None,
+            view_position: None,
             pacs: PacsSection {
                 ae_title: pacs_ae.to_owned(),
                 address: pacs_address.to_owned(),
@@ -177,6 +186,13 @@ pub struct SpiSensorSection {
     /// DICOM modality code.
     #[serde(default = "default_sensor_modality")]
     pub modality: String,
+    /// DICOM Body Part Examined of its images, e.g. `"CHEST"`; receivers
+    /// route on it (no model for `SHOULDER` answers "not classified").
+    #[serde(default)]
+    pub body_part: Option<String>,
+    /// DICOM View Position of its images, e.g. `"PA"`.
+    #[serde(default)]
+    pub view_position: Option<String>,
     /// `unix:/path` for firmware-sim's simulated sensor, or
     /// `spidev:/dev/spidevB.C` for a real one (with `data_ready`).
     pub bus: String,
@@ -197,6 +213,8 @@ impl SpiSensorSection {
         Self {
             device: device.to_owned(),
             modality: default_sensor_modality(),
+            body_part: None,
+            view_position: None,
             bus: bus.to_owned(),
             data_ready: None,
             speed_hz: default_speed_hz(),
@@ -306,6 +324,13 @@ pub struct HotFolderSection {
     /// DICOM modality code.
     #[serde(default = "default_modality")]
     pub modality: String,
+    /// DICOM Body Part Examined of its images, e.g. `"CHEST"`; receivers
+    /// route on it (no model for `SHOULDER` answers "not classified").
+    #[serde(default)]
+    pub body_part: Option<String>,
+    /// DICOM View Position of its images, e.g. `"PA"`.
+    #[serde(default)]
+    pub view_position: Option<String>,
     /// How often the folder is scanned, ms.
     #[serde(default = "default_scan_ms")]
     pub scan_interval_ms: u64,
@@ -321,6 +346,8 @@ impl HotFolderSection {
             device: device.to_owned(),
             path,
             modality: default_modality(),
+            body_part: None,
+            view_position: None,
             scan_interval_ms: default_scan_ms(),
             settle_ms: default_settle_ms(),
         }
@@ -564,9 +591,18 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
             ));
         }
         settings::in_range(file, &key("scan_interval_ms"), folder.scan_interval_ms, 1..)?;
+        let anatomy = anatomy_at(
+            file,
+            (key("body_part").as_str(), folder.body_part.as_deref()),
+            (
+                key("view_position").as_str(),
+                folder.view_position.as_deref(),
+            ),
+        )?;
         hot_folders.push(HotFolder {
             path: folder.path.clone(),
             modality,
+            anatomy,
             scan_interval: Duration::from_millis(folder.scan_interval_ms),
             settle: Duration::from_millis(folder.settle_ms),
             state_dir: raw
@@ -631,10 +667,19 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
         };
         settings::in_range(file, &key("poll_ms"), sensor.poll_ms, 1..=10_000)?;
         let frames_dir = raw.gateway.state_dir.join("frames").join(device.as_str());
+        let anatomy = anatomy_at(
+            file,
+            (key("body_part").as_str(), sensor.body_part.as_deref()),
+            (
+                key("view_position").as_str(),
+                sensor.view_position.as_deref(),
+            ),
+        )?;
         spi_sensors.push(SpiSensorConfig {
             frames_dir,
             device,
             modality,
+            anatomy,
             bus,
             poll: Duration::from_millis(sensor.poll_ms),
         });
@@ -720,6 +765,11 @@ fn dicom_check(
     )?;
     settings::in_range(file, "dicom.timeout_secs", section.timeout_secs, 1..=3600)?;
     let modality = modality_at(file, "dicom.modality", &section.modality)?;
+    let anatomy = anatomy_at(
+        file,
+        ("dicom.body_part", section.body_part.as_deref()),
+        ("dicom.view_position", section.view_position.as_deref()),
+    )?;
     let pacs_ae = ae("dicom.pacs.ae_title", &section.pacs.ae_title)?;
     match section.pacs.address.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
@@ -748,6 +798,7 @@ fn dicom_check(
         max_associations: section.max_associations as usize,
         timeout: Duration::from_secs(section.timeout_secs),
         modality,
+        anatomy,
         pacs: Pacs {
             ae_title: pacs_ae,
             address: section.pacs.address.clone(),
@@ -801,6 +852,37 @@ fn modality_at(file: &Path, key: &str, code: &str) -> Result<Modality, SettingsE
             key,
             format!("{code:?} is not a DICOM modality code such as DX, CR, SC"),
         )
+    })
+}
+
+/// A configured body part and view position, in the form they travel
+/// (upper case, spaces as `_`).
+fn anatomy_at(
+    file: &Path,
+    (part_key, part): (&str, Option<&str>),
+    (view_key, view): (&str, Option<&str>),
+) -> Result<Anatomy, SettingsError> {
+    let code = |key: &str, value: Option<&str>, example: &str| {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        match Anatomy::code(value) {
+            Ok(Some(code)) => Ok(Some(code)),
+            Ok(None) => Err(SettingsError::key(
+                file,
+                key,
+                format!("is empty: give a DICOM code such as {example}, or leave the key out"),
+            )),
+            Err(e) => Err(SettingsError::key(
+                file,
+                key,
+                format!("{value:?} is not a DICOM code string such as {example}: {e}"),
+            )),
+        }
+    };
+    Ok(Anatomy {
+        body_part: code(part_key, part, "\"CHEST\"")?,
+        view_position: code(view_key, view, "\"PA\"")?,
     })
 }
 

@@ -240,6 +240,7 @@ fn seal_and_spool(
         captured_at_ms: capture.captured_at_ms,
         modality: capture.modality,
         model_hint: None,
+        anatomy: capture.anatomy.clone(),
     };
     let sealed = sealer
         .seal(&meta, &capture.pixels)

@@ -500,6 +500,7 @@ mod tests {
             captured_at_ms: 0,
             modality: Modality::Sc,
             model_hint: None,
+            anatomy: Default::default(),
         };
         let pixels = Pixels::new(16, 16, PixelFormat::Gray8, vec![sequence as u8; 256]).unwrap();
         let mut sealer = Sealer::new(

@@ -141,6 +141,23 @@ fn check_config_accepts_a_good_file_and_names_file_key_and_reason_otherwise() {
             "hot_folder[0].modality",
         ),
         (
+            "a body part no DICOM code string holds",
+            format!("{good}body_part = \"CHEST/PA\"\n"),
+            "hot_folder[0].body_part",
+        ),
+        (
+            "an empty view position",
+            format!("{good}view_position = \" \"\n"),
+            "hot_folder[0].view_position",
+        ),
+        (
+            "a sensor body part with a character no code holds",
+            format!(
+                "{good}\n[[spi_sensor]]\ndevice = \"xr-1\"\nbus = \"unix:/tmp/x.sock\"\nbody_part = \"CHEST+\"\n"
+            ),
+            "spi_sensor[0].body_part",
+        ),
+        (
             "missing folder",
             good.replace("inbox", "no-such-inbox"),
             "hot_folder[0].path",

@@ -312,6 +312,11 @@ async fn storescu_xrays_come_back_as_structured_reports_in_orthanc() {
         assert!(!raw.contains("Test^Patient") && !raw.contains("MG-0001"));
         let opened = opener.open(&image.payload).unwrap();
         assert_eq!(opened.header.meta.modality.code(), "DX");
+        assert_eq!(
+            opened.header.meta.anatomy.to_string(),
+            "CHEST",
+            "its own body part"
+        );
         assert_eq!(opened.pixels.width(), 224);
         answer(&receiver, &mut opener, &image.payload).await;
     }

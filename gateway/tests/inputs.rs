@@ -343,6 +343,25 @@ async fn a_full_disk_refuses_captures_at_their_source_and_recovers_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_configured_with_a_body_part_seals_it_in_format_version_3() {
+    let world = World::with(64 << 20, 60, |config| {
+        config.hot_folder[0].body_part = Some("chest".into());
+        config.hot_folder[0].view_position = Some("PA".into());
+    });
+    let mut receiver = world.receiver().await;
+    let mut gateway = world.start_in_process();
+    gateway.started().await;
+    world.drop_file("a.png", &noise_png(16, 16));
+    let images = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
+    let payload = &images[0].payload;
+    assert_eq!(payload[4], 3, "format version 3");
+    let opened = world.opener().open(payload).unwrap();
+    assert_eq!(opened.header.meta.anatomy.to_string(), "CHEST/PA");
+    assert_eq!(opened.header.meta.modality.code(), "DX");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dicom_file_is_sealed_with_its_modality_and_pixels_only_and_colour_is_refused() {
     let world = World::new(64 << 20, 60);
     let mut receiver = world.receiver().await;
@@ -361,6 +380,8 @@ async fn a_dicom_file_is_sealed_with_its_modality_and_pixels_only_and_colour_is_
     }
     let opened = world.opener().open(payload).unwrap();
     assert_eq!(opened.header.meta.modality.code(), "CR", "its own modality");
+    assert!(opened.header.meta.anatomy.is_unknown(), "none named");
+    assert_eq!(payload[4], 2, "nothing needs format version 3");
     assert_eq!((opened.header.width, opened.header.height), (64, 48));
     let rejected = world.inbox.join("rejected");
     eventually("the colour object refused", || {

@@ -68,6 +68,7 @@ fn ciphers(c: &mut Criterion) {
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let identity = GatewayIdentity::from_secret(&[5; 32]);
     group.bench_function("seal", |b| {

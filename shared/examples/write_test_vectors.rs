@@ -1,50 +1,164 @@
-//! Writes `shared/tests/vectors/v2.json`, the sealed-image test vectors.
+//! Writes `shared/tests/vectors/v2.json` or `v3.json`, the sealed-image
+//! test vectors of format version 2 (headers without anatomy) or 3.
 //!
 //! Run once when the format changes on purpose:
-//! `cargo run -p medgate-shared --example write_test_vectors`.
-//! The RSA key and the gateway's Ed25519 key in the file are throwaway test
+//! `cargo run -p medgate-shared --example write_test_vectors -- v3`.
+//! The RSA key and the gateway's Ed25519 key in the files are throwaway test
 //! keys, published on purpose; the RSA-OAEP wrap is randomised, so the
 //! wrapped key is recorded, not derived (Ed25519 signatures are
-//! deterministic and are derived).
+//! deterministic and are derived). An existing `v2.json` lends its RSA key
+//! to every file, and an existing output file its wrapped keys, so that
+//! rewriting a file changes only what the format change changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: fail loudly.
 
 use std::path::Path;
 
 use medgate_shared::answer::{AnswerFields, AnswerKey, Outcome};
 use medgate_shared::envelope::{self, integrity_tag};
-use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::header::{Anatomy, ImageMeta, Modality};
 use medgate_shared::henon;
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::{MessageKeys, SessionKey};
 use medgate_shared::keys::ReceiverPrivateKey;
+use medgate_shared::keys::WrappedKey;
 use medgate_shared::pixels::{PixelFormat, Pixels};
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// One vector: name, size, format, modality, model hint, body part, view.
+type Case = (
+    &'static str,
+    u32,
+    u32,
+    PixelFormat,
+    Modality,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+const V2_CASES: [Case; 4] = [
+    (
+        "gray8-13x7",
+        13,
+        7,
+        PixelFormat::Gray8,
+        Modality::Dx,
+        None,
+        None,
+        None,
+    ),
+    (
+        "gray8-40x30",
+        40,
+        30,
+        PixelFormat::Gray8,
+        Modality::Cr,
+        Some("pneumonia-cnn"),
+        None,
+        None,
+    ),
+    (
+        "gray16-9x5",
+        9,
+        5,
+        PixelFormat::Gray16,
+        Modality::Ct,
+        None,
+        None,
+        None,
+    ),
+    (
+        "gray8-1x1",
+        1,
+        1,
+        PixelFormat::Gray8,
+        Modality::Ot,
+        None,
+        None,
+        None,
+    ),
+];
+
+const V3_CASES: [Case; 3] = [
+    (
+        "v3-chest-pa-12x10",
+        12,
+        10,
+        PixelFormat::Gray8,
+        Modality::Dx,
+        None,
+        Some("CHEST"),
+        Some("PA"),
+    ),
+    (
+        "v3-shoulder-8x6",
+        8,
+        6,
+        PixelFormat::Gray16,
+        Modality::Mr,
+        Some("chest-xray"),
+        Some("SHOULDER"),
+        None,
+    ),
+    (
+        "v3-view-only-5x5",
+        5,
+        5,
+        PixelFormat::Gray8,
+        Modality::Cr,
+        None,
+        None,
+        Some("LL"),
+    ),
+];
 
 fn main() {
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v2.json");
-    let key = ReceiverPrivateKey::generate(3072).unwrap();
+    let version = std::env::args().nth(1).unwrap_or_else(|| "v3".into());
+    let cases: &[Case] = match version.as_str() {
+        "v2" => &V2_CASES,
+        "v3" => &V3_CASES,
+        other => panic!("usage: write_test_vectors v2|v3 (not {other:?})"),
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let out = dir.join(format!("{version}.json"));
+    let read = |path: &Path| -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    };
+    let key = match read(&dir.join("v2.json")) {
+        Some(doc) => ReceiverPrivateKey::from_pem(
+            doc["receiver_private_key_pem"].as_str().unwrap(),
+            "v2.json",
+        )
+        .unwrap(),
+        None => ReceiverPrivateKey::generate(3072).unwrap(),
+    };
+    let earlier = read(&out);
     let gateway_secret: [u8; 32] = std::array::from_fn(|j| 0x42 ^ (j as u8).wrapping_mul(29));
     let identity = GatewayIdentity::from_secret(&gateway_secret);
-    let cases = [
-        ("gray8-13x7", 13, 7, PixelFormat::Gray8, Modality::Dx, None),
-        (
-            "gray8-40x30",
-            40,
-            30,
-            PixelFormat::Gray8,
-            Modality::Cr,
-            Some("pneumonia-cnn"),
-        ),
-        ("gray16-9x5", 9, 5, PixelFormat::Gray16, Modality::Ct, None),
-        ("gray8-1x1", 1, 1, PixelFormat::Gray8, Modality::Ot, None),
-    ];
     let mut vectors = Vec::new();
-    for (i, (name, width, height, format, modality, hint)) in cases.into_iter().enumerate() {
-        let i = i as u8;
+    for (i, &(name, width, height, format, modality, hint, body_part, view)) in
+        cases.iter().enumerate()
+    {
+        // v3 cases draw other session keys and ids than v2's.
+        let i = i as u8 + if version == "v3" { 8 } else { 0 };
         let session =
             SessionKey::from_bytes(std::array::from_fn(|j| (j as u8).wrapping_mul(7) ^ i));
-        let wrapped = key.public().wrap(&session).unwrap();
+        let recorded = earlier.as_ref().and_then(|doc| {
+            let v = doc["vectors"]
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == name)?;
+            let bytes = hex::decode(v["wrapped_key"].as_str()?).ok()?;
+            (key.unwrap_key(&bytes).ok()? == session).then_some(bytes)
+        });
+        let wrapped = match recorded {
+            Some(bytes) => WrappedKey {
+                recipient: key.public().id(),
+                bytes,
+            },
+            None => key.public().wrap(&session).unwrap(),
+        };
         let meta = ImageMeta {
             message_id: MessageId(std::array::from_fn(|j| 0xa0 ^ j as u8 ^ (i << 4))),
             site: "st-example".parse().unwrap(),
@@ -55,6 +169,10 @@ fn main() {
             captured_at_ms: 1_790_000_000_000 + u64::from(i),
             modality,
             model_hint: hint.map(|h| h.parse().unwrap()),
+            anatomy: Anatomy {
+                body_part: body_part.map(|b| b.parse().unwrap()),
+                view_position: view.map(|v| v.parse().unwrap()),
+            },
         };
         let len = width as usize * height as usize * format.bytes_per_pixel();
         let data = (0..len)
@@ -113,6 +231,8 @@ fn main() {
             "captured_at_ms": meta.captured_at_ms,
             "modality": modality.code(),
             "model_hint": hint,
+            "body_part": body_part,
+            "view_position": view,
             "width": width,
             "height": height,
             "pixel_format": format!("{format:?}"),
@@ -136,13 +256,13 @@ fn main() {
         }));
     }
     let doc = json!({
-        "about": "medgate sealed-image format v2 test vectors; see shared/FORMAT.md. \
+        "about": format!("medgate sealed-image format {version} test vectors; see shared/FORMAT.md. \
                   The private keys below are published TEST keys: never use them for real data. \
                   result_mac/refusal_mac authenticate a result (label pneumonia, probabilities \
                   normal 0.125 / pneumonia 0.875, threshold 0.5, model pneumonia-cnn-1, \
                   receiver receiver-1), a refusal (reason replay) and a not-classified answer \
                   (reason out_of_distribution, detail \"unlike the model's training images\", \
-                  score 12.5, model pneumonia-cnn-1) of each image.",
+                  score 12.5, model pneumonia-cnn-1) of each image."),
         "gateway_secret_key": hex::encode(gateway_secret),
         "gateway_public_key": identity.public().to_string(),
         "receiver_private_key_pem": key.to_pem().unwrap().as_str(),

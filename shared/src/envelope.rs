@@ -1,10 +1,12 @@
-//! The sealed-image envelope, version 2: layout, parsing of untrusted bytes,
-//! sealing and opening. `shared/FORMAT.md` is the normative description.
+//! The sealed-image envelope, versions 2 and 3: layout, parsing of untrusted
+//! bytes, sealing and opening. `shared/FORMAT.md` is the normative
+//! description. The versions differ only in the header's layout (version 3
+//! adds what the image shows, see [`crate::header`]).
 //!
 //! ```text
 //! offset    size  field
 //! 0         4     magic "MGSI"
-//! 4         1     format version (2)
+//! 4         1     format version (2 or 3)
 //! 5         2     header length H, u16 little-endian, 1..=1024
 //! 7         H     header (postcard, see header.rs)
 //! 7+H       2     wrapped-key length K, u16 little-endian, 384..=1024
@@ -28,7 +30,7 @@ use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use sha2::{Digest, Sha512};
 
 use crate::answer::AnswerKey;
-use crate::header::{Header, ImageMeta};
+use crate::header::{Header, HeaderError, ImageMeta};
 use crate::henon;
 use crate::identity::{GatewayIdentity, GatewayPublicKey, SIGNATURE_LEN};
 use crate::ids::{KeyId, Name, RecipientId, SignerId};
@@ -44,8 +46,11 @@ pub const MAX_OVERHEAD: usize =
 
 /// The first four bytes of every sealed image.
 pub const MAGIC: [u8; 4] = *b"MGSI";
-/// The format version this code writes and reads.
-pub const VERSION: u8 = 2;
+/// The newest format version this code writes and reads.
+pub const VERSION: u8 = 3;
+/// The oldest format version this code reads (and writes, for headers that
+/// need nothing newer).
+pub const OLDEST_VERSION: u8 = 2;
 /// The largest encoded header accepted.
 pub const MAX_HEADER_LEN: usize = 1024;
 /// The smallest wrapped key accepted (RSA-3072).
@@ -86,7 +91,8 @@ pub enum FormatError {
     /// The header bytes do not decode.
     #[error("header does not decode: {0}")]
     Header(String),
-    /// The header decodes but is not in its one canonical encoding.
+    /// The header decodes but is not in its one canonical encoding (a
+    /// version-3 header without anatomy is one).
     #[error("header is not canonically encoded")]
     NonCanonicalHeader,
     /// The header describes an impossible image.
@@ -110,12 +116,14 @@ pub enum FormatError {
 
 fn version_message(version: u8) -> String {
     if version == 1 {
-        "sealed-image format version 1 carries no gateway signature and is no longer accepted; \
-         upgrade the gateway (this build reads version 2)"
-            .to_owned()
+        format!(
+            "sealed-image format version 1 carries no gateway signature and is no longer accepted; \
+             upgrade the gateway (this build reads versions {OLDEST_VERSION} to {VERSION})"
+        )
     } else {
         format!(
-            "sealed-image format version {version} is not supported (this build reads {VERSION})"
+            "sealed-image format version {version} is not supported (this build reads versions \
+             {OLDEST_VERSION} to {VERSION}; a newer gateway needs a newer receiver)"
         )
     }
 }
@@ -172,7 +180,7 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
         return Err(FormatError::BadMagic);
     }
     let version = take(bytes, 4, 1, "version")?[0];
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(FormatError::UnsupportedVersion(version));
     }
     let header_len = read_u16(bytes, 5, "header length")?;
@@ -180,14 +188,10 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
         return Err(FormatError::HeaderLength(header_len));
     }
     let header_bytes = take(bytes, PREFIX_LEN, header_len, "header")?;
-    let header: Header = match postcard::take_from_bytes(header_bytes) {
-        Ok((header, [])) => header,
-        Ok(_) => return Err(FormatError::NonCanonicalHeader),
-        Err(e) => return Err(FormatError::Header(e.to_string())),
-    };
-    if postcard::to_allocvec(&header).as_deref() != Ok(header_bytes) {
-        return Err(FormatError::NonCanonicalHeader);
-    }
+    let header = Header::decode(version, header_bytes).map_err(|e| match e {
+        HeaderError::Decode(reason) => FormatError::Header(reason),
+        HeaderError::NonCanonical | HeaderError::Version(_) => FormatError::NonCanonicalHeader,
+    })?;
     let pixel_len = pixels::byte_len(header.width, header.height, header.pixel_format)
         .map_err(FormatError::Image)?;
 
@@ -275,7 +279,7 @@ pub fn seal_with(
         key_id: wrapped.key_id(),
         signer: identity.public().id(),
     };
-    let header_bytes = postcard::to_allocvec(&header).map_err(SealError::Encode)?;
+    let header_bytes = header.encode().map_err(SealError::Encode)?;
     if header_bytes.len() > MAX_HEADER_LEN {
         return Err(SealError::HeaderTooLong(header_bytes.len()));
     }
@@ -289,7 +293,7 @@ pub fn seal_with(
     let pixel_len = image.data().len();
     let mut out = Vec::with_capacity(body_at + pixel_len + TAG_LEN + AEAD_TAG_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(header.version());
     out.extend_from_slice(&(header_bytes.len() as u16).to_le_bytes());
     out.extend_from_slice(&header_bytes);
     out.extend_from_slice(&(key_len as u16).to_le_bytes());

@@ -4,10 +4,17 @@
 //! `shared/FORMAT.md` for the byte-level description. The encoding of a
 //! given header is unique, and parsing rejects any other encoding of it, so
 //! the received bytes are the canonical header that the SHA-512 tag covers.
+//!
+//! Two layouts exist: version 3 carries what the image shows ([`Anatomy`]:
+//! body part and view position) after the model hint; version 2 does not.
+//! A header is written in version 2 when it has no anatomy, so gateways
+//! that know none interoperate with receivers that only read version 2,
+//! and in version 3 otherwise; a version-3 header without anatomy is not
+//! canonical.
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{KeyId, MessageId, Name, RecipientId, SignerId};
+use crate::ids::{KeyId, MessageId, Name, NameError, RecipientId, SignerId};
 use crate::pixels::PixelFormat;
 
 /// The imaging modality, as DICOM names it (tag 0008,0060).
@@ -87,6 +94,67 @@ pub struct ImageMeta {
     pub modality: Modality,
     /// A hint for which model should classify it, if the device knows.
     pub model_hint: Option<Name>,
+    /// What the image shows, as far as the device knows (format version 3).
+    pub anatomy: Anatomy,
+}
+
+/// What an image shows, in DICOM's terms, as far as the capturing device
+/// knows: Body Part Examined (0018,0015), e.g. `CHEST`, and View Position
+/// (0018,5101), e.g. `PA`. Receivers route on it; neither identifies a
+/// patient.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Anatomy {
+    /// The body part, upper case (`CHEST`, `SHOULDER`, `HEAD`).
+    pub body_part: Option<Name>,
+    /// The view position, upper case (`PA`, `AP`, `LL`).
+    pub view_position: Option<Name>,
+}
+
+impl Anatomy {
+    /// Whether the device knows neither body part nor view position (such
+    /// a header is written in format version 2).
+    pub fn is_unknown(&self) -> bool {
+        self.body_part.is_none() && self.view_position.is_none()
+    }
+
+    /// These values, each one this lacks taken from `fallback` (an
+    /// object's own body part before the configured one).
+    #[must_use]
+    pub fn or(self, fallback: &Self) -> Self {
+        Self {
+            body_part: self.body_part.or_else(|| fallback.body_part.clone()),
+            view_position: self
+                .view_position
+                .or_else(|| fallback.view_position.clone()),
+        }
+    }
+
+    /// A DICOM code string (CS, such as `"Chest "` or `"LOWER LEG"`) as it
+    /// travels: trimmed, upper case, inner spaces as `_`. `None` for an
+    /// empty value.
+    ///
+    /// # Errors
+    /// [`NameError`] if it holds a character no DICOM code string holds
+    /// and no topic name may hold, or is over 64 bytes.
+    pub fn code(value: &str) -> Result<Option<Name>, NameError> {
+        let value = value.trim_matches(|c: char| c == ' ' || c == '\0');
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Name::new(value.to_ascii_uppercase().replace(' ', "_")).map(Some)
+    }
+}
+
+impl std::fmt::Display for Anatomy {
+    /// `CHEST/PA`, `CHEST`, `?/LL` or `?`: how a not-classified answer
+    /// names what no model accepts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let part = self.body_part.as_ref().map_or("?", Name::as_str);
+        match &self.view_position {
+            Some(view) => write!(f, "{part}/{view}"),
+            None => f.write_str(part),
+        }
+    }
 }
 
 /// The header as encoded in a sealed image: the capture metadata, then what
@@ -110,6 +178,128 @@ pub struct Header {
     pub signer: SignerId,
 }
 
+/// The header in format version 2: as [`Header`] without the anatomy.
+#[derive(Serialize, Deserialize)]
+struct HeaderV2 {
+    message_id: MessageId,
+    site: Name,
+    gateway: Name,
+    device: Name,
+    epoch: u64,
+    sequence: u64,
+    captured_at_ms: u64,
+    modality: Modality,
+    model_hint: Option<Name>,
+    width: u32,
+    height: u32,
+    pixel_format: PixelFormat,
+    recipient: RecipientId,
+    key_id: KeyId,
+    signer: SignerId,
+}
+
+/// Why header bytes are not a header of their version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The bytes do not decode as the version's fields.
+    #[error("header does not decode: {0}")]
+    Decode(String),
+    /// They decode, but are not the one encoding of what they hold (extra
+    /// bytes, non-minimal varints, or version 3 without anatomy).
+    #[error("header is not canonically encoded")]
+    NonCanonical,
+    /// The version has no header layout.
+    #[error("format version {0} has no header layout")]
+    Version(u8),
+}
+
+impl Header {
+    /// The format version this header is written in: 2 without anatomy,
+    /// 3 with.
+    pub fn version(&self) -> u8 {
+        if self.meta.anatomy.is_unknown() { 2 } else { 3 }
+    }
+
+    /// The header's bytes in its [`version`](Self::version)'s layout.
+    ///
+    /// # Errors
+    /// Only if postcard cannot encode it (it always can).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        if self.version() == 3 {
+            return postcard::to_allocvec(self);
+        }
+        let m = &self.meta;
+        postcard::to_allocvec(&HeaderV2 {
+            message_id: m.message_id,
+            site: m.site.clone(),
+            gateway: m.gateway.clone(),
+            device: m.device.clone(),
+            epoch: m.epoch,
+            sequence: m.sequence,
+            captured_at_ms: m.captured_at_ms,
+            modality: m.modality,
+            model_hint: m.model_hint.clone(),
+            width: self.width,
+            height: self.height,
+            pixel_format: self.pixel_format,
+            recipient: self.recipient,
+            key_id: self.key_id,
+            signer: self.signer,
+        })
+    }
+
+    /// Decodes the header of a `version` envelope, and refuses any bytes
+    /// but the one encoding of what they hold.
+    ///
+    /// # Errors
+    /// [`HeaderError`] saying what is wrong.
+    pub fn decode(version: u8, bytes: &[u8]) -> Result<Self, HeaderError> {
+        let header = match version {
+            2 => Self::from(whole::<HeaderV2>(bytes)?),
+            3 => whole::<Self>(bytes)?,
+            other => return Err(HeaderError::Version(other)),
+        };
+        if header.version() != version || header.encode().as_deref() != Ok(bytes) {
+            return Err(HeaderError::NonCanonical);
+        }
+        Ok(header)
+    }
+}
+
+/// Decodes `bytes` as one `T` with nothing after it.
+fn whole<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, HeaderError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok(_) => Err(HeaderError::NonCanonical),
+        Err(e) => Err(HeaderError::Decode(e.to_string())),
+    }
+}
+
+impl From<HeaderV2> for Header {
+    fn from(v2: HeaderV2) -> Self {
+        Self {
+            meta: ImageMeta {
+                message_id: v2.message_id,
+                site: v2.site,
+                gateway: v2.gateway,
+                device: v2.device,
+                epoch: v2.epoch,
+                sequence: v2.sequence,
+                captured_at_ms: v2.captured_at_ms,
+                modality: v2.modality,
+                model_hint: v2.model_hint,
+                anatomy: Anatomy::default(),
+            },
+            width: v2.width,
+            height: v2.height,
+            pixel_format: v2.pixel_format,
+            recipient: v2.recipient,
+            key_id: v2.key_id,
+            signer: v2.signer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +310,80 @@ mod tests {
             assert_eq!(Modality::from_code(&m.code().to_lowercase()), Some(m));
         }
         assert_eq!(Modality::from_code("XX"), None);
+    }
+
+    fn header(anatomy: Anatomy) -> Header {
+        Header {
+            meta: ImageMeta {
+                message_id: MessageId([7; 16]),
+                site: "st".parse().unwrap(),
+                gateway: "gw".parse().unwrap(),
+                device: "dev".parse().unwrap(),
+                epoch: 300,
+                sequence: 9,
+                captured_at_ms: 1_700_000_000_000,
+                modality: Modality::Dx,
+                model_hint: None,
+                anatomy,
+            },
+            width: 28,
+            height: 28,
+            pixel_format: PixelFormat::Gray8,
+            recipient: RecipientId([1; 16]),
+            key_id: KeyId([2; 16]),
+            signer: SignerId([3; 16]),
+        }
+    }
+
+    #[test]
+    fn a_header_without_anatomy_is_version_2_and_with_it_version_3() {
+        let plain = header(Anatomy::default());
+        let chest = header(Anatomy {
+            body_part: Some("CHEST".parse().unwrap()),
+            view_position: None,
+        });
+        assert_eq!((plain.version(), chest.version()), (2, 3));
+        for h in [&plain, &chest] {
+            let bytes = h.encode().unwrap();
+            assert_eq!(&Header::decode(h.version(), &bytes).unwrap(), h);
+        }
+        // Version 3 is version 2 with two options after the model hint.
+        let (v2, v3) = (plain.encode().unwrap(), chest.encode().unwrap());
+        assert_eq!(v3.len(), v2.len() + 2 + 6);
+        assert_eq!(v2[..v2.len() - 48 - 3], v3[..v2.len() - 48 - 3]);
+    }
+
+    #[test]
+    fn a_header_in_the_wrong_version_or_with_extra_bytes_is_refused() {
+        let plain = header(Anatomy::default());
+        let v3_layout = postcard::to_allocvec(&plain).unwrap();
+        assert_eq!(
+            Header::decode(3, &v3_layout),
+            Err(HeaderError::NonCanonical)
+        );
+        let mut longer = plain.encode().unwrap();
+        longer.push(0);
+        assert_eq!(Header::decode(2, &longer), Err(HeaderError::NonCanonical));
+        assert!(matches!(
+            Header::decode(2, &longer[..10]),
+            Err(HeaderError::Decode(_))
+        ));
+        assert_eq!(Header::decode(4, &[]), Err(HeaderError::Version(4)));
+    }
+
+    #[test]
+    fn dicom_code_strings_become_names() {
+        assert_eq!(
+            Anatomy::code("lower leg ").unwrap().unwrap().as_str(),
+            "LOWER_LEG"
+        );
+        assert_eq!(Anatomy::code("  ").unwrap(), None);
+        assert!(Anatomy::code("CHEST/PA").is_err());
+        let shown = Anatomy {
+            body_part: Some("SHOULDER".parse().unwrap()),
+            view_position: Some("AP".parse().unwrap()),
+        };
+        assert_eq!(shown.to_string(), "SHOULDER/AP");
+        assert_eq!(Anatomy::default().to_string(), "?");
     }
 }

@@ -32,6 +32,7 @@ fn meta(sequence: u64) -> ImageMeta {
         captured_at_ms: 1_700_000_000_000,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     }
 }
 

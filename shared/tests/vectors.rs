@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{bytes, test_identity, test_key, text, trust, vectors};
+use common::{bytes, test_identity, test_key, text, trust, vector_documents, vectors};
 use medgate_shared::answer::{AnswerFields, AnswerKey, Outcome};
 use medgate_shared::envelope::{self, integrity_tag};
-use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::header::{Anatomy, ImageMeta, Modality};
 use medgate_shared::henon::{self, HenonKey};
 use medgate_shared::kdf::{MessageKeys, SessionKey};
 use medgate_shared::keys::{ReceiverPublicKey, WrappedKey};
@@ -17,6 +17,7 @@ use medgate_shared::seal::Opener;
 use serde_json::Value;
 
 struct Case {
+    version: u8,
     name: String,
     session: SessionKey,
     wrapped: WrappedKey,
@@ -26,19 +27,26 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let doc = vectors();
     let key = test_key();
-    doc["vectors"]
-        .as_array()
-        .unwrap()
+    let documents = vector_documents();
+    documents
         .iter()
-        .map(|v| {
+        .flat_map(|(version, doc)| {
+            doc["vectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |v| (*version, v))
+        })
+        .map(|(version, v)| {
             let format = match text(v, "pixel_format") {
                 "Gray8" => PixelFormat::Gray8,
                 "Gray16" => PixelFormat::Gray16,
                 other => panic!("unknown format {other}"),
             };
+            let name = |field: &str| v[field].as_str().map(|n| n.parse().unwrap());
             Case {
+                version,
                 name: text(v, "name").to_owned(),
                 session: SessionKey::from_bytes(bytes(v, "session_key").try_into().unwrap()),
                 wrapped: WrappedKey {
@@ -54,7 +62,11 @@ fn cases() -> Vec<Case> {
                     sequence: v["sequence"].as_u64().unwrap(),
                     captured_at_ms: v["captured_at_ms"].as_u64().unwrap(),
                     modality: Modality::from_code(text(v, "modality")).unwrap(),
-                    model_hint: v["model_hint"].as_str().map(|h| h.parse().unwrap()),
+                    model_hint: name("model_hint"),
+                    anatomy: Anatomy {
+                        body_part: name("body_part"),
+                        view_position: name("view_position"),
+                    },
                 },
                 pixels: Pixels::new(
                     v["width"].as_u64().unwrap() as u32,
@@ -78,6 +90,22 @@ fn there_are_vectors_for_both_pixel_formats() {
             .iter()
             .any(|c| c.pixels.format() == PixelFormat::Gray16)
     );
+}
+
+#[test]
+fn both_versions_have_vectors_and_share_the_test_keys() {
+    let documents = vector_documents();
+    let cases = cases();
+    for (version, doc) in &documents {
+        assert!(cases.iter().any(|c| c.version == *version), "v{version}");
+        for field in ["receiver_public_key_pem", "gateway_public_key"] {
+            assert_eq!(doc[field], vectors()[field], "v{version} {field}");
+        }
+    }
+    for c in &cases {
+        assert_eq!(c.meta.anatomy.is_unknown(), c.version == 2, "{}", c.name);
+        assert_eq!(bytes(&c.v, "sealed")[4], c.version, "{}", c.name);
+    }
 }
 
 #[test]

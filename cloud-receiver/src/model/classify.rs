@@ -13,7 +13,7 @@ use std::io::Cursor;
 use std::path::Path;
 
 use image::{DynamicImage, ImageReader};
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 use serde::Serialize;
 
@@ -124,13 +124,23 @@ pub fn decode_image(bytes: Vec<u8>) -> Result<Pixels, String> {
     Pixels::new(width, height, format, data).map_err(|e| e.to_string())
 }
 
+/// An image file as routing and the model see it.
+#[derive(Debug)]
+pub struct ReadFile {
+    /// Its pixels.
+    pub pixels: Pixels,
+    /// A DICOM file's modality, when it names a known one.
+    pub modality: Option<Modality>,
+    /// A DICOM file's body part and view, where it names them.
+    pub anatomy: Anatomy,
+}
+
 /// Reads any image file: DICOM through the gateway's reader (its pixels
-/// and, when it names a known one, its modality), anything else through
-/// [`decode_image`].
+/// and what it says of itself), anything else through [`decode_image`].
 ///
 /// # Errors
 /// Why the file cannot be classified.
-pub fn read_file(path: &Path) -> Result<(Pixels, Option<Modality>), String> {
+pub fn read_file(path: &Path) -> Result<ReadFile, String> {
     use medgate_gateway::capture::{Oversize, Preparation};
     use medgate_gateway::dicom::read;
     let name = path
@@ -139,7 +149,11 @@ pub fn read_file(path: &Path) -> Result<(Pixels, Option<Modality>), String> {
         .unwrap_or_default();
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     if !read::is_dicom(&name, &bytes) {
-        return decode_image(bytes).map(|pixels| (pixels, None));
+        return decode_image(bytes).map(|pixels| ReadFile {
+            pixels,
+            modality: None,
+            anatomy: Anatomy::default(),
+        });
     }
     let preparation = Preparation {
         format: PixelFormat::Gray16,
@@ -149,16 +163,23 @@ pub fn read_file(path: &Path) -> Result<(Pixels, Option<Modality>), String> {
     };
     let limits = preparation.limits(u32::MAX);
     let image = read::read(bytes, preparation, &limits).map_err(|e| e.to_string())?;
-    Ok((image.pixels, image.modality))
+    Ok(ReadFile {
+        pixels: image.pixels,
+        modality: image.modality,
+        anatomy: image.anatomy,
+    })
 }
 
-/// Classifies each file with the first of `models` that accepts its
-/// modality (a DICOM file's own, else `modality`), as the service would.
+/// Classifies each file with the first of `models` that accepts it, as the
+/// service would: routed by a DICOM file's own modality, body part and
+/// view, else by `modality` and `anatomy` (what a device's config would
+/// say).
 pub fn classify(
     models: &[LoadedModel],
     backend: &Selected,
     files: &[impl AsRef<Path>],
     modality: Modality,
+    anatomy: &Anatomy,
 ) -> Vec<FileVerdict> {
     let cards: Vec<&super::ModelCard> = models.iter().map(|m| &m.card).collect();
     files
@@ -166,12 +187,19 @@ pub fn classify(
         .map(|path| {
             let path = path.as_ref();
             let file = path.display().to_string();
-            let (pixels, own) = match read_file(path) {
+            let read = match read_file(path) {
                 Ok(read) => read,
                 Err(e) => return FileVerdict::refused(&file, "unreadable", e),
             };
-            let modality = own.unwrap_or(modality);
-            let index = match routing::choose_for(&cards, modality, pixels.format(), None) {
+            let pixels = read.pixels;
+            let anatomy = read.anatomy.or(anatomy);
+            let query = routing::Query {
+                modality: read.modality.unwrap_or(modality),
+                format: pixels.format(),
+                anatomy: &anatomy,
+                hint: None,
+            };
+            let index = match routing::choose_for(&cards, &query) {
                 Ok(index) => index,
                 Err(detail) => return FileVerdict::refused(&file, "no_model", detail),
             };
@@ -271,7 +299,8 @@ pub fn ood_report(
             .filter(|p| p.is_file())
             .collect();
         files.sort();
-        let verdicts = classify(models, backend, &files, modality);
+        // No body part: what the gate refuses here, routing could not.
+        let verdicts = classify(models, backend, &files, modality, &Anatomy::default());
         let classified: Vec<String> = verdicts
             .iter()
             .filter(|v| v.not_classified.is_none())

@@ -166,16 +166,26 @@ pub struct Accepts {
     /// (the model's version is always one).
     #[serde(default)]
     pub hints: Vec<String>,
+    /// DICOM body parts (Body Part Examined, e.g. `CHEST`): an image whose
+    /// header names another is not this model's. Empty: any. An image that
+    /// names none is taken, and the out-of-distribution gate judges it.
+    #[serde(default)]
+    pub body_parts: Vec<String>,
+    /// DICOM view positions (e.g. `PA`, `AP`), in the same way.
+    #[serde(default)]
+    pub view_positions: Vec<String>,
 }
 
 impl Accepts {
-    /// Projection radiographs (CR, DX) of any pixel format: what the chest
-    /// X-ray classifier is for.
+    /// Frontal (PA, AP) chest radiographs (CR, DX) of any pixel format:
+    /// what the chest X-ray classifier is for.
     pub fn chest_xray() -> Self {
         Self {
             modalities: vec!["CR".into(), "DX".into()],
             pixel_formats: all_pixel_formats(),
             hints: vec!["chest-xray".into()],
+            body_parts: vec!["CHEST".into()],
+            view_positions: vec!["PA".into(), "AP".into()],
         }
     }
 }

@@ -232,6 +232,7 @@ pub fn meta(device: &str, sequence: u64) -> ImageMeta {
         captured_at_ms: 1_790_000_000_000 + sequence,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     }
 }
 

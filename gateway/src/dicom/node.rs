@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::ids::Name;
 
 /// An application entity title: 1 to 16 characters of printable ASCII
@@ -98,6 +98,8 @@ pub struct DicomNode {
     pub timeout: Duration,
     /// Modality of objects whose own code the gateway does not know.
     pub modality: Modality,
+    /// Body part and view of objects that do not name their own.
+    pub anatomy: Anatomy,
     /// Where reports go.
     pub pacs: Pacs,
     /// `{state_dir}/dicom`: the references and the report outbox.

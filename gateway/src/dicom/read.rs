@@ -15,8 +15,9 @@
 //! that white is always high; padding pixels become black. A multi-frame
 //! object contributes its first frame.
 //!
-//! What is sealed comes out of this module as [`DicomImage::pixels`] and
-//! [`DicomImage::modality`]. The object's references (UIDs, and the patient
+//! What is sealed comes out of this module as [`DicomImage::pixels`],
+//! [`DicomImage::modality`] and [`DicomImage::anatomy`] (Body Part Examined
+//! and View Position, which receivers route on). The object's references (UIDs, and the patient
 //! and study attributes a report repeats) come out separately, as
 //! [`DicomImage::references`], for the gateway's local store only.
 
@@ -26,7 +27,7 @@ use dicom_object::{DefaultDicomObject, FileMetaTable, OpenFileOptions};
 use dicom_pixeldata::{PixelDecoder, PixelRepresentation};
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma};
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
 use super::references::{self, References};
@@ -40,6 +41,9 @@ pub struct DicomImage {
     pub pixels: Pixels,
     /// Its Modality (0008,0060), when it is a code the gateway knows.
     pub modality: Option<Modality>,
+    /// Its Body Part Examined (0018,0015) and View Position (0018,5101),
+    /// where present (a value no code string holds counts as absent).
+    pub anatomy: Anatomy,
     /// Where it belongs in the hospital (never sealed), when it names its
     /// SOP instance, series and study.
     pub references: Option<References>,
@@ -139,12 +143,18 @@ pub fn read(
     }
     let target = capture::sealed_size(columns, rows, preparation, limits)?;
     let modality = text(tags::MODALITY).and_then(|m| Modality::from_code(&m));
+    let code = |tag| text(tag).and_then(|value| Anatomy::code(&value).ok().flatten());
+    let anatomy = Anatomy {
+        body_part: code(tags::BODY_PART_EXAMINED),
+        view_position: code(tags::VIEW_POSITION),
+    };
     let references = references_of(&object);
     let image = to_gray(&object, preparation.format, photometric == "MONOCHROME1")?;
     drop(object);
     Ok(DicomImage {
         pixels: capture::prepare(image, preparation.format, target)?,
         modality,
+        anatomy,
         references,
     })
 }
@@ -420,6 +430,29 @@ mod tests {
         assert!(bomb.len() < 100_000);
         let e = read(bomb, preparation, &limits).unwrap_err();
         assert_eq!(e.reason(), "file_too_large", "{e}");
+    }
+
+    #[test]
+    fn body_part_and_view_position_come_out_as_they_travel() {
+        let (preparation, limits) = eight();
+        let file = cr(2, 2, &[0, 1, 2, 3], |o| {
+            put(o, tags::BODY_PART_EXAMINED, VR::CS, "LOWER LEG ".into());
+            put(o, tags::VIEW_POSITION, VR::CS, "ap".into());
+        });
+        let image = read(file, preparation, &limits).unwrap();
+        assert_eq!(image.anatomy.to_string(), "LOWER_LEG/AP");
+        let bare = read(cr(2, 2, &[0, 1, 2, 3], |_| {}), preparation, &limits).unwrap();
+        assert!(bare.anatomy.is_unknown());
+        // A value no code string holds is left out, not sealed.
+        let odd = cr(2, 2, &[0, 1, 2, 3], |o| {
+            put(o, tags::BODY_PART_EXAMINED, VR::CS, "CHEST/PA".into());
+        });
+        assert!(
+            read(odd, preparation, &limits)
+                .unwrap()
+                .anatomy
+                .is_unknown()
+        );
     }
 
     #[test]

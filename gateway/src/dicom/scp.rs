@@ -396,6 +396,7 @@ impl Scp {
             message_id: id,
             device: self.node.device.clone(),
             modality: image.modality.unwrap_or(self.node.modality),
+            anatomy: image.anatomy.or(&self.node.anatomy),
             captured_at_ms: capture::now_ms(),
             pixels: image.pixels,
         };

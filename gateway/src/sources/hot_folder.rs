@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::ids::{MessageId, Name};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -52,6 +52,8 @@ pub struct HotFolder {
     pub path: PathBuf,
     /// Modality.
     pub modality: Modality,
+    /// Body part and view of its images (a DICOM file's own win).
+    pub anatomy: Anatomy,
     /// Scan period.
     pub scan_interval: Duration,
     /// Settle time.
@@ -176,13 +178,15 @@ impl HotFolderSource {
             let decoded = tokio::task::spawn_blocking(move || {
                 let bytes = read_limited(&file, limits.max_file_bytes())?;
                 Ok::<_, std::io::Error>(if dicom::read::is_dicom(&name, &bytes) {
-                    dicom::read::read(bytes, preparation, &limits).map(|d| (d.pixels, d.modality))
+                    dicom::read::read(bytes, preparation, &limits)
+                        .map(|d| (d.pixels, d.modality, d.anatomy))
                 } else {
-                    capture::decode(bytes, preparation, &limits).map(|p| (p, None))
+                    capture::decode(bytes, preparation, &limits)
+                        .map(|p| (p, None, Anatomy::default()))
                 })
             })
             .await;
-            let (pixels, modality) = match decoded {
+            let (pixels, modality, anatomy) = match decoded {
                 Ok(Ok(Ok(decoded))) => decoded,
                 Ok(Ok(Err(e))) => {
                     self.reject(&path, e.reason(), &e.to_string()).await;
@@ -208,6 +212,7 @@ impl HotFolderSource {
                 message_id: MessageId::random(),
                 device: self.folder.device.clone(),
                 modality: modality.unwrap_or(self.folder.modality),
+                anatomy: anatomy.or(&self.folder.anatomy),
                 captured_at_ms: capture::now_ms(),
                 pixels,
             };

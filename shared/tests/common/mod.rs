@@ -7,9 +7,21 @@ use medgate_shared::ids::Name;
 use medgate_shared::keys::ReceiverPrivateKey;
 use serde_json::Value;
 
-/// The vector document.
+/// The version-2 vector document, which holds the published test keys.
 pub fn vectors() -> Value {
     serde_json::from_str(include_str!("../vectors/v2.json")).unwrap()
+}
+
+/// Every vector document with its format version: 2 (headers without
+/// anatomy) and 3. Both use the same test keys.
+pub fn vector_documents() -> Vec<(u8, Value)> {
+    vec![
+        (2, vectors()),
+        (
+            3,
+            serde_json::from_str(include_str!("../vectors/v3.json")).unwrap(),
+        ),
+    ]
 }
 
 /// The published test gateway identity from the vector file.

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A second implementation of the medgate sealed-image format v2, written from
+"""A second implementation of the medgate sealed-image format (versions 2 and
+3), written from
 shared/FORMAT.md (not from the Rust code), checked against the test vectors.
 
 It covers everything the standard library can: the envelope layout, the
@@ -8,7 +9,7 @@ the curve arithmetic written out below), HKDF-SHA-256, the Henon cipher
 (both directions), the SHA-512 tag and the answer MACs. ChaCha20-Poly1305
 and RSA-OAEP are standard primitives checked by the Rust tests.
 
-Usage: reference.py shared/tests/vectors/v2.json
+Usage: reference.py shared/tests/vectors/v2.json shared/tests/vectors/v3.json
 """
 import hashlib
 import hmac
@@ -48,7 +49,14 @@ class Reader:
         return self.take(self.varint()).decode("ascii")
 
 
-def parse_header(raw):
+def option_name(r):
+    flag = r.take(1)[0]
+    if flag not in (0, 1):
+        raise ValueError("option flag must be 00 or 01")
+    return r.name() if flag == 1 else None
+
+
+def parse_header(raw, version):
     r = Reader(raw)
     h = {
         "message_id": r.take(16).hex(),
@@ -59,21 +67,30 @@ def parse_header(raw):
         "sequence": r.varint(),
         "captured_at_ms": r.varint(),
         "modality": MODALITIES[r.varint()],
-        "model_hint": r.name() if r.take(1)[0] == 1 else None,
+        "model_hint": option_name(r),
+        "body_part": None,
+        "view_position": None,
+    }
+    if version == 3:
+        h["body_part"] = option_name(r)
+        h["view_position"] = option_name(r)
+        if h["body_part"] is None and h["view_position"] is None:
+            raise ValueError("a version 3 header must carry a body part or a view position")
+    h.update({
         "width": r.varint(),
         "height": r.varint(),
         "pixel_format": FORMATS[r.varint()],
         "recipient": r.take(16).hex(),
         "key_id": r.take(16).hex(),
         "signer": r.take(16).hex(),
-    }
+    })
     if r.at != len(raw):
         raise ValueError("bytes after the header")
     return h
 
 
 def parse_envelope(data):
-    assert data[:4] == b"MGSI" and data[4] == 2
+    assert data[:4] == b"MGSI" and data[4] in (2, 3)
     (hlen,) = struct.unpack_from("<H", data, 5)
     header = data[7:7 + hlen]
     (klen,) = struct.unpack_from("<H", data, 7 + hlen)
@@ -81,7 +98,8 @@ def parse_envelope(data):
     signature_at = 9 + hlen + klen
     body_at = signature_at + 64
     return {
-        "header": parse_header(header),
+        "version": data[4],
+        "header": parse_header(header, data[4]),
         "header_bytes": header,
         "canonical": data[4:7 + hlen],
         "wrapped": wrapped,
@@ -371,6 +389,9 @@ def check(v, gateway_public):
                   "captured_at_ms", "modality", "width", "height", "pixel_format", "recipient",
                   "key_id", "model_hint", "signer"]:
         assert h[field] == v[field], (field, h[field], v[field])
+    for field in ["body_part", "view_position"]:
+        assert h[field] == v.get(field), (field, h[field], v.get(field))
+    assert env["version"] == (2 if h["body_part"] is None and h["view_position"] is None else 3)
     assert env["header_bytes"].hex() == v["header"]
     assert hashlib.sha256(env["wrapped"]).digest()[:16].hex() == v["key_id"]
     assert env["wrapped"].hex() == v["wrapped_key"]
@@ -411,12 +432,15 @@ def check(v, gateway_public):
 
 
 def main():
-    doc = json.load(open(sys.argv[1]))
-    gateway_public = bytes.fromhex(doc["gateway_public_key"])
-    for v in doc["vectors"]:
-        check(v, gateway_public)
-        print(f"ok  {v['name']}")
-    print(f"{len(doc['vectors'])} passed, 0 failed")
+    passed = 0
+    for path in sys.argv[1:]:
+        doc = json.load(open(path))
+        gateway_public = bytes.fromhex(doc["gateway_public_key"])
+        for v in doc["vectors"]:
+            check(v, gateway_public)
+            print(f"ok  {v['name']}")
+            passed += 1
+    print(f"{passed} passed, 0 failed")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,7 @@ struct Rig {
     gateway_identity: PathBuf,
     gateway: Option<Killed>,
     gateway_config: PathBuf,
+    gateway_settings: GatewayConfig,
     sensors: Vec<Sensor>,
     frames: u32,
     // Last: the processes above are gone before their files are.
@@ -247,6 +248,7 @@ impl Rig {
             gateway_identity: keys.join("gw-1.identity.pem"),
             gateway: None,
             gateway_config,
+            gateway_settings: gateway,
             sensors,
             frames,
             dir,
@@ -386,6 +388,12 @@ impl Rig {
     }
 
     /// [`new_sensors`](Self::new_sensors) sending frames of `feed`.
+    /// Changes the gateway's config (before it starts).
+    fn configure_gateway(&mut self, edit: impl FnOnce(&mut GatewayConfig)) {
+        edit(&mut self.gateway_settings);
+        write_config(&self.gateway_config, &self.gateway_settings).unwrap();
+    }
+
     fn new_sensors_with(&mut self, feed: Feed, frames: u32, period: Duration) {
         self.sensors.clear();
         for name in ["xr-1", "xr-2"] {
@@ -516,6 +524,7 @@ fn a_damaged_spool_image_is_refused_once_and_quarantined_and_a_wiped_state_is_cl
         captured_at_ms: 1_790_000_000_000,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let public = ReceiverPublicKey::read(&rig.keys_dir.join("receiver.pub.pem")).unwrap();
     let identity = GatewayIdentity::read(&rig.gateway_identity).unwrap();
@@ -655,6 +664,65 @@ fn frames_that_are_no_chest_xrays_come_back_not_classified_and_leave_the_spool_u
     let quarantine = rig.dir.path().join("spool/quarantine");
     let quarantined = std::fs::read_dir(&quarantine).map_or(0, |d| d.count());
     assert_eq!(quarantined, 0, "not classified is not quarantined");
+}
+
+#[test]
+fn chest_x_rays_configured_as_shoulders_are_sealed_as_such_and_answered_no_model() {
+    // Real chest X-rays, from sensors whose config says they image
+    // shoulders: the header says so (format version 3), the receiver has
+    // no shoulder model and answers so, before any inference.
+    let mut rig = Rig::without_gateway(3, Duration::from_millis(30), 1);
+    rig.configure_gateway(|config| {
+        for sensor in &mut config.spi_sensor {
+            sensor.body_part = Some("shoulder".into());
+            sensor.view_position = Some("AP".into());
+        }
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // An observer with another receiver's certificate sees what is sealed.
+    let settings = client::settings(&rig.pki, &rig.broker, "receiver-2").unwrap();
+    let mut observer = runtime
+        .block_on(TestClient::connect(
+            &settings,
+            "receiver-2",
+            &["medgate/v1/site-a/gw-1/images/+".to_owned()],
+            WAIT,
+        ))
+        .unwrap();
+    rig.start_gateway();
+    let images = runtime
+        .block_on(observer.expect("medgate/v1/site-a/gw-1/images/", 2, WAIT))
+        .unwrap();
+    for image in &images {
+        assert_eq!(image.payload[4], 3, "format version 3");
+        let meta = envelope::parse(&image.payload).unwrap().header.meta;
+        assert_eq!(meta.anatomy.to_string(), "SHOULDER/AP");
+        assert_eq!(meta.modality, Modality::Dx);
+    }
+    for sensor in &rig.sensors {
+        let results = sensor.wait_for_results(3, WAIT);
+        assert_eq!(results.len(), 3, "{}", sensor.name());
+        for r in &results {
+            assert!(r.flags & FLAG_NOT_CLASSIFIED != 0, "{r:?}");
+            assert_eq!(r.flags & FLAG_REJECTED, 0, "not a rejection: {r:?}");
+        }
+    }
+    let text = runtime
+        .block_on(metrics::scrape(rig.receiver_metrics[0]))
+        .unwrap();
+    assert_eq!(
+        metrics::value(
+            &text,
+            "medgate_receiver_not_classified_total{reason=\"no_model\"}"
+        ),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metrics::value(&text, "medgate_receiver_inference_seconds_count").unwrap_or(0.0),
+        0.0,
+        "routing refused them before any inference: {text}"
+    );
 }
 
 #[test]
@@ -848,6 +916,7 @@ fn a_junk_flood_from_a_stolen_gateway_identity_is_refused_and_counted_while_the_
         captured_at_ms: 0,
         modality: Modality::Dx,
         model_hint: None,
+        anatomy: Default::default(),
     };
     let pixels = Pixels::new(28, 28, PixelFormat::Gray8, vec![7; 28 * 28]).unwrap();
     let stranger = Sealer::new(

@@ -181,6 +181,7 @@ impl Harness {
             captured_at_ms: now_ms(),
             modality: Modality::Dx,
             model_hint: None,
+            anatomy: Default::default(),
         };
         let pixels =
             Pixels::new(8, 8, PixelFormat::Gray8, label.repeat(64)[..64].to_vec()).unwrap();

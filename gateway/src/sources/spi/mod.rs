@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use embedded_hal::digital::InputPin;
 use embedded_hal::spi::SpiDevice;
-use medgate_shared::header::Modality;
+use medgate_shared::header::{Anatomy, Modality};
 use medgate_shared::ids::{MessageId, Name};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,8 @@ pub struct SpiSensorConfig {
     pub device: Name,
     /// Modality.
     pub modality: Modality,
+    /// Body part and view of its images.
+    pub anatomy: Anatomy,
     /// How to reach it.
     pub bus: SensorBus,
     /// Data-ready polling period.
@@ -306,6 +308,7 @@ fn session<S: SpiDevice, P: InputPin>(
             message_id: MessageId::random(),
             device: config.device.clone(),
             modality: config.modality,
+            anatomy: config.anatomy.clone(),
             captured_at_ms: capture::now_ms(),
             pixels: frame.pixels,
         };
