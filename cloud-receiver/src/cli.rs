@@ -23,6 +23,7 @@ use medgate_shared::keys::DEFAULT_RSA_BITS;
 use crate::daemon::config::{self, Settings};
 use crate::daemon::service::{self, ServiceError};
 use crate::model::backend::{self, BackendChoice};
+use crate::model::data::Augmentation;
 use crate::model::train::{self, TrainOptions};
 use crate::model::{Architecture, LoadedModel, bench, calibration, classify, evaluate};
 
@@ -237,6 +238,15 @@ struct TrainArgs {
     /// does not hold are refused and counted.
     #[arg(long, value_name = "MANIFEST")]
     manifest: Option<PathBuf>,
+    /// How training images are varied.
+    #[arg(long, value_enum, default_value_t = Augmentation::Mild)]
+    augmentation: Augmentation,
+    /// Decay per step of a moving average of the weights to evaluate and
+    /// keep instead of the weights themselves (e.g. 0.998: with 74 steps
+    /// an epoch, about the last 7 epochs); 0, the default, keeps the
+    /// weights.
+    #[arg(long, default_value_t = 0.0)]
+    weight_average_decay: f32,
 }
 
 impl TrainArgs {
@@ -248,6 +258,14 @@ impl TrainArgs {
         options.backend = self.backend;
         options.progress = std::io::stderr().is_terminal();
         options.manifest = self.manifest;
+        options.augmentation = self.augmentation;
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.weight_average_decay),
+            "--weight-average-decay must be at least 0 and below 1, not {}",
+            self.weight_average_decay
+        );
+        options.weight_average_decay =
+            (self.weight_average_decay > 0.0).then_some(self.weight_average_decay);
         if let Some(c) = self.channels {
             let [a, b, c] = c[..] else {
                 anyhow::bail!("--channels takes three numbers, e.g. 24,48,96");

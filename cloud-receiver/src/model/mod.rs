@@ -218,6 +218,14 @@ pub struct TrainingRecord {
     /// (absent when training ran without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<manifest::ManifestRecord>,
+    /// How training images were varied (absent on cards from before the
+    /// choice existed, which used [`data::Augmentation::Mild`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmentation: Option<data::Augmentation>,
+    /// Decay of the exponential moving average of the weights that was
+    /// kept instead of the last step's (absent: no averaging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_average_decay: Option<f32>,
 }
 
 /// Convolution, batch normalisation, ReLU.

@@ -6,23 +6,44 @@
 //! collection than train/val: augmentation (see [`augment`]), dropout,
 //! AdamW weight decay, label smoothing, class-weighted loss for the 3:1
 //! imbalance, and a cosine learning-rate decay. The kept epoch is the one
-//! with the best val ROC AUC. Then [`super::calibration::fit_card`] fits the
-//! temperature and the screening threshold on val, and the
+//! with the best val ROC AUC. Then [`super::calibration::fit_card`] fits
+//! the temperature and the screening threshold on val, and the
 //! out-of-distribution gate on train's features with its limit from val.
+//!
+//! Two levers are there to try, off by default because on val they have
+//! not beaten the shipped recipe (seed 7, sensitivity held at 0.972):
+//!
+//! | recipe | epochs | val AUC | val specificity | val ECE |
+//! |---|---|---|---|---|
+//! | mild augmentation (shipped) | 25 | 0.9983 | 0.985 | 0.046 |
+//! | mild, weight average 0.998 | 30 | 0.9981 | 0.978 | 0.064 |
+//! | strong augmentation | 30 | 0.9973 | 0.978 | 0.146 |
+//! | strong, weight average 0.998 | 40 | 0.9978 | 0.985 | 0.257 |
+//!
+//! - `--augmentation strong` ([`Augmentation::Strong`]): what another
+//!   detector and its processing change. Val comes from train's collection,
+//!   so it cannot show the gain this is for, only the cost: the margins
+//!   shift towards "normal" (thresholds near 0.12), which one temperature
+//!   cannot calibrate away.
+//! - `--weight-average-decay D`: evaluate and keep an exponential moving
+//!   average of the weights and batch-norm statistics instead of the last
+//!   step's.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use medgate_medmnist::{self as dataset, SplitName};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
-use super::data::{augment, fingerprint, images_tensor, labels_tensor, normalisation_of};
+use super::data::{
+    Augmentation, augment, fingerprint, images_tensor, labels_tensor, normalisation_of,
+};
 use super::infer::predict;
 use super::manifest::{Manifest, ManifestRecord};
 use super::metrics::{Confusion, balanced_threshold, roc_auc};
@@ -59,6 +80,11 @@ pub struct TrainOptions {
     /// A per-sample SHA-512 manifest the data must match (see
     /// [`super::manifest`]).
     pub manifest: Option<PathBuf>,
+    /// How training images are varied.
+    pub augmentation: Augmentation,
+    /// Decay of the weights' moving average per step (`None`: keep the
+    /// weights themselves).
+    pub weight_average_decay: Option<f32>,
 }
 
 impl TrainOptions {
@@ -81,7 +107,73 @@ impl TrainOptions {
             progress: true,
             min_sensitivity: super::calibration::MIN_SENSITIVITY,
             manifest: None,
+            augmentation: Augmentation::Mild,
+            weight_average_decay: None,
         }
+    }
+}
+
+/// An exponential moving average of a network's float tensors (weights
+/// and batch-norm statistics), on the plain (non-autodiff) device.
+struct Average {
+    network: Classifier,
+    decay: f32,
+    updates: u32,
+}
+
+impl Average {
+    fn new(network: Classifier, decay: f32) -> Self {
+        Self {
+            network,
+            decay,
+            updates: 0,
+        }
+    }
+
+    /// Moves the average towards `current`. The decay ramps up over the
+    /// first steps, so that the random initial weights fade quickly.
+    fn update(&mut self, current: &Classifier) {
+        self.updates += 1;
+        let n = self.updates as f32;
+        let decay = self.decay.min((1.0 + n) / (10.0 + n));
+        let mut collect = Collect(Vec::new());
+        current.visit(&mut collect);
+        let mut blend = Blend {
+            current: collect.0.into_iter(),
+            decay,
+        };
+        self.network = self.network.clone().map(&mut blend);
+    }
+}
+
+/// Every float tensor of a module, flattened, in visiting order.
+struct Collect(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let count = value.shape().num_elements();
+        self.0.push(value.reshape([count]));
+    }
+}
+
+/// `average · decay + current · (1 − decay)` for each float tensor, taken
+/// in the same order as [`Collect`] gave them.
+struct Blend {
+    current: std::vec::IntoIter<Tensor<1>>,
+    decay: f32,
+}
+
+impl ModuleMapper for Blend {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some(current) = self.current.next() else {
+            return param;
+        };
+        let decay = self.decay;
+        param.map(|average| {
+            let dims = average.dims();
+            average.mul_scalar(decay) + current.reshape(dims).mul_scalar(1.0 - decay)
+        })
     }
 }
 
@@ -188,6 +280,9 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
     let mut batch_images = Vec::with_capacity(options.batch_size * per_image);
     let mut batch_labels = Vec::with_capacity(options.batch_size);
     let mut scratch = Vec::with_capacity(per_image);
+    let mut average = options
+        .weight_average_decay
+        .map(|decay| Average::new(network.valid(), decay));
     let mut best: Option<(f64, f64, usize, Classifier, f32)> = None;
     let mut log = Vec::with_capacity(options.epochs);
     let mut step = 0usize;
@@ -202,7 +297,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             batch_labels.clear();
             for &i in chunk {
                 let image = train_set.image(i).unwrap_or(&[]);
-                augment(image, side, &mut rng, &mut scratch);
+                augment(image, side, options.augmentation, &mut rng, &mut scratch);
                 batch_images.extend_from_slice(&scratch);
                 batch_labels.push(train_set.labels[i]);
             }
@@ -217,13 +312,19 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             let loss_value = loss.clone().into_scalar::<f32>();
             let grads = GradientsParams::from_grads(loss.backward(), &network);
             network = optimiser.step(lr, network, grads);
+            if let Some(average) = &mut average {
+                average.update(&network.valid());
+            }
             loss_sum += f64::from(loss_value);
             batches += 1;
             step += 1;
             bar.inc(1);
         }
 
-        let valid = network.valid();
+        let valid = match &average {
+            Some(average) => average.network.clone(),
+            None => network.valid(),
+        };
         let scores = predict(
             &valid,
             &val_set.images,
@@ -291,6 +392,8 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             val_auc,
             val_balanced_accuracy,
             manifest,
+            augmentation: Some(options.augmentation),
+            weight_average_decay: options.weight_average_decay,
         },
         accepts: super::Accepts::chest_xray(),
     };
@@ -320,4 +423,38 @@ pub fn write_log(dir: &Path, log: &[EpochLog]) -> anyhow::Result<()> {
     let path = dir.join("training-log.json");
     std::fs::write(&path, serde_json::to_string_pretty(log)? + "\n")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floats(network: &Classifier) -> Vec<f32> {
+        let mut collect = Collect(Vec::new());
+        network.visit(&mut collect);
+        collect
+            .0
+            .into_iter()
+            .flat_map(|t| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_weight_average_moves_each_tensor_towards_the_current_weights() {
+        let device = select(BackendChoice::Cpu).unwrap().device;
+        let arch = TrainOptions::defaults(PathBuf::new(), PathBuf::new()).architecture;
+        let start = Classifier::new(&arch, &device);
+        let current = Classifier::new(&arch, &device);
+        let (a, b) = (floats(&start), floats(&current));
+        let mut average = Average::new(start, 0.9);
+        average.update(&current);
+        // The first update's decay is ramped down to 2/11.
+        let decay = 2.0 / 11.0;
+        let blended = floats(&average.network);
+        assert_eq!(blended.len(), a.len());
+        assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+        for ((x, y), z) in a.iter().zip(&b).zip(&blended) {
+            assert!((x * decay + y * (1.0 - decay) - z).abs() < 1e-5);
+        }
+    }
 }
