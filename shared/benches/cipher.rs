@@ -1,14 +1,17 @@
-//! Criterion benchmarks of the cipher stack on a 512×512 8-bit image, and of
-//! origin and answer authentication per image: `cargo bench -p medgate-shared`. The one-run ratio the project quotes
-//! comes from `medgate-sim bench-cipher`, which measures everything in one
-//! process; these give confidence intervals per operation.
+//! Criterion benchmarks: Henon encryption and decryption beside
+//! ChaCha20-Poly1305 at 512², 2048² and 4096², 8- and 16-bit (group
+//! `henon/SIDE/DEPTH`); the seal and open of a 512×512 8-bit image; origin
+//! and answer authentication per image. `cargo bench -p medgate-shared`; one
+//! size: `cargo bench -p medgate-shared -- henon/4096`. The one-run ratio the
+//! project quotes comes from `medgate-sim bench-cipher`, which measures
+//! everything in one process; these give confidence intervals per operation.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)] // benchmark harness
 
 use std::hint::black_box;
 
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use medgate_shared::answer::{AnswerFields, Outcome};
 use medgate_shared::envelope;
 use medgate_shared::header::{ImageMeta, Modality};
@@ -22,32 +25,59 @@ use sha2::{Digest, Sha512};
 
 const SIDE: u32 = 512;
 
-fn image() -> Pixels {
-    let n = SIDE as usize;
-    let data = (0..n * n).map(|i| ((i % n + i / n) / 4) as u8).collect();
-    Pixels::new(SIDE, SIDE, PixelFormat::Gray8, data).unwrap()
+/// A smooth gradient, like an X-ray's neighbouring pixels.
+fn image(side: u32, format: PixelFormat) -> Pixels {
+    let n = side as usize;
+    let data = match format {
+        PixelFormat::Gray8 => (0..n * n).map(|i| ((i % n + i / n) / 4) as u8).collect(),
+        PixelFormat::Gray16 => (0..n * n)
+            .flat_map(|i| (((i % n + i / n) * 8) as u16).to_le_bytes())
+            .collect(),
+    };
+    Pixels::new(side, side, format, data).unwrap()
+}
+
+/// Both Henon directions beside the AEAD over the same bytes. Decryption
+/// is timed as an opener runs it, on a buffer it owns
+/// ([`henon::decrypt_owned`]); the copy it is handed is made untimed.
+fn directions(c: &mut Criterion) {
+    let key = HenonKey::from_bytes([0x42; 32]);
+    let aead = ChaCha20Poly1305::new((&[7u8; 32]).into());
+    for side in [512, 2048, 4096] {
+        for (format, depth) in [(PixelFormat::Gray8, 8), (PixelFormat::Gray16, 16)] {
+            let image = image(side, format);
+            let mut group = c.benchmark_group(format!("henon/{side}/{depth}"));
+            group.throughput(Throughput::Bytes(image.data().len() as u64));
+            if side > 512 {
+                group.sample_size(20);
+            }
+            group.bench_function("encrypt", |b| {
+                b.iter(|| henon::encrypt(&key, black_box(&image)))
+            });
+            let cipher = henon::encrypt(&key, &image);
+            group.bench_function("decrypt", |b| {
+                b.iter_batched(
+                    || cipher.clone(),
+                    |cipher| henon::decrypt_owned(&key, cipher),
+                    BatchSize::LargeInput,
+                )
+            });
+            let mut buffer = image.data().to_vec();
+            group.bench_function("chacha20poly1305", |b| {
+                b.iter(|| {
+                    aead.encrypt_in_place_detached(Nonce::from_slice(&[9; 12]), b"", &mut buffer)
+                        .unwrap()
+                })
+            });
+            group.finish();
+        }
+    }
 }
 
 fn ciphers(c: &mut Criterion) {
-    let image = image();
+    let image = image(SIDE, PixelFormat::Gray8);
     let mut group = c.benchmark_group("512x512");
     group.throughput(Throughput::Bytes(image.data().len() as u64));
-    let key = HenonKey::from_bytes([0x42; 32]);
-    group.bench_function("henon_encrypt", |b| {
-        b.iter(|| henon::encrypt(&key, black_box(&image)))
-    });
-    let cipher = henon::encrypt(&key, &image);
-    group.bench_function("henon_decrypt", |b| {
-        b.iter(|| henon::decrypt(&key, black_box(&cipher)))
-    });
-    let aead = ChaCha20Poly1305::new((&[7u8; 32]).into());
-    let mut buffer = image.data().to_vec();
-    group.bench_function("chacha20poly1305", |b| {
-        b.iter(|| {
-            aead.encrypt_in_place_detached(Nonce::from_slice(&[9; 12]), b"", &mut buffer)
-                .unwrap()
-        })
-    });
     group.bench_function("sha512", |b| {
         b.iter(|| Sha512::digest(black_box(image.data())))
     });
@@ -124,5 +154,5 @@ fn ciphers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ciphers);
+criterion_group!(benches, directions, ciphers);
 criterion_main!(benches);

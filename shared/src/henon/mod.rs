@@ -109,11 +109,11 @@ pub fn encrypt_into(key: &HenonKey, plain: &Pixels, out: &mut [u8]) {
         mut stream,
     } = Schedule::new(key, plain.width(), plain.height());
     match plain.format() {
-        PixelFormat::Gray8 => permutation.gather(plain.data(), out),
+        PixelFormat::Gray8 => permutation.apply(plain.data(), out),
         PixelFormat::Gray16 => {
             let (input, _) = plain.data().as_chunks::<2>();
             let (output, _) = out.as_chunks_mut::<2>();
-            permutation.gather(input, output);
+            permutation.apply(input, output);
         }
     }
     diffuse::forward_encrypt(out, &diffusion, &mut stream);
@@ -122,21 +122,27 @@ pub fn encrypt_into(key: &HenonKey, plain: &Pixels, out: &mut [u8]) {
 
 /// Decrypts an image made by [`encrypt`] under the same key.
 pub fn decrypt(key: &HenonKey, cipher: &Pixels) -> Pixels {
+    decrypt_owned(key, cipher.clone())
+}
+
+/// [`decrypt`], undoing the diffusion in the ciphertext's own buffer (an
+/// opener owns it already, so a large image is not copied first).
+pub fn decrypt_owned(key: &HenonKey, mut cipher: Pixels) -> Pixels {
     let Schedule {
         permutation,
         diffusion,
         mut stream,
     } = Schedule::new(key, cipher.width(), cipher.height());
-    let mut mixed = cipher.data().to_vec();
-    diffuse::backward_decrypt(&mut mixed, &diffusion);
-    diffuse::forward_decrypt(&mut mixed, &diffusion, &mut stream);
+    let mixed = cipher.data_mut();
+    diffuse::backward_decrypt(mixed, &diffusion);
+    diffuse::forward_decrypt(mixed, &diffusion, &mut stream);
     let mut data = vec![0u8; mixed.len()];
     match cipher.format() {
-        PixelFormat::Gray8 => permutation.scatter(&mixed, &mut data),
+        PixelFormat::Gray8 => permutation.invert(cipher.data_mut(), &mut data),
         PixelFormat::Gray16 => {
-            let (input, _) = mixed.as_chunks::<2>();
+            let (input, _) = cipher.data_mut().as_chunks_mut::<2>();
             let (output, _) = data.as_chunks_mut::<2>();
-            permutation.scatter(input, output);
+            permutation.invert(input, output);
         }
     }
     cipher.with_data(data)

@@ -39,6 +39,10 @@ pub(crate) struct Permutation {
     columns: Vec<(u32, u32)>,
     /// For `j` in `0..2·height`: `σ[j mod H] · W`, the offset of a source row.
     row_offset: Vec<usize>,
+    /// σ, for the blocked passes.
+    sigma: Vec<u32>,
+    /// κ by source column.
+    kappa: Vec<u32>,
 }
 
 impl Permutation {
@@ -62,11 +66,37 @@ impl Permutation {
             row_shift,
             columns,
             row_offset,
+            sigma: sigma.iter().map(|&r| r as u32).collect(),
+            kappa,
         }
     }
 
     /// `out[y·W + x] = input[r·W + c]` for every output position.
-    pub(crate) fn gather<T: Copy>(&self, input: &[T], out: &mut [T]) {
+    pub(crate) fn apply<T: Copy + Default>(&self, input: &[T], out: &mut [T]) {
+        if self.direct::<T>() {
+            self.gather(input, out);
+        } else {
+            self.apply_blocked(input, out);
+        }
+    }
+
+    /// The inverse of [`apply`](Self::apply): `out[r·W + c] = input[y·W + x]`.
+    /// `input` is left in an unspecified state.
+    pub(crate) fn invert<T: Copy + Default>(&self, input: &mut [T], out: &mut [T]) {
+        if self.direct::<T>() {
+            self.invert_direct(input, out);
+        } else {
+            self.invert_blocked(input, out);
+        }
+    }
+
+    /// Whether the image is small enough to stay in cache, so that one pass
+    /// of scattered reads beats three passes in order.
+    fn direct<T>(&self) -> bool {
+        self.width * self.height * size_of::<T>() <= DIRECT_LIMIT
+    }
+
+    fn gather<T: Copy>(&self, input: &[T], out: &mut [T]) {
         debug_assert_eq!(input.len(), self.width * self.height);
         debug_assert_eq!(out.len(), input.len());
         for (y, (out_row, &shift)) in out
@@ -83,23 +113,133 @@ impl Permutation {
         }
     }
 
-    /// The inverse of [`gather`](Self::gather): `out[r·W + c] = input[y·W + x]`.
-    pub(crate) fn scatter<T: Copy>(&self, input: &[T], out: &mut [T]) {
-        debug_assert_eq!(input.len(), self.width * self.height);
+    /// The inverse of [`gather`](Self::gather), as a gather.
+    fn invert_direct<T: Copy>(&self, input: &[T], out: &mut [T]) {
+        let (w, h) = (self.width, self.height);
+        debug_assert_eq!(input.len(), w * h);
         debug_assert_eq!(out.len(), input.len());
-        for (y, (in_row, &shift)) in input
-            .chunks_exact(self.width)
-            .zip(&self.row_shift)
-            .enumerate()
-        {
-            let shift = shift as usize;
-            let window = &self.columns[shift..shift + self.width];
-            let offsets = &self.row_offset[y..y + self.height];
-            for (&v, &(c, k)) in in_row.iter().zip(window) {
-                out[offsets[k as usize] + c as usize] = v;
+        // For source column c: (π⁻¹[c] + W, H − 1 − κ[c]).
+        let mut column = vec![(0u32, 0u32); w];
+        for (j, &(c, k)) in self.columns[..w].iter().enumerate() {
+            column[c as usize] = ((j + w) as u32, (h - 1 - k as usize) as u32);
+        }
+        // position[r] = σ⁻¹[r].
+        let mut position = vec![0u32; h];
+        for (j, &r) in self.sigma.iter().enumerate() {
+            position[r as usize] = j as u32;
+        }
+        // For j in 0..2H, output row y = j mod H: (y·W, ρ[y]).
+        let rows: Vec<(u32, u32)> = (0..2 * h)
+            .map(|j| (((j % h) * w) as u32, self.row_shift[j % h]))
+            .collect();
+        for (out_row, &s) in out.chunks_exact_mut(w).zip(&position) {
+            let rows = &rows[s as usize + 1..s as usize + h + 1];
+            for (o, &(x_plus_w, k)) in out_row.iter_mut().zip(&column) {
+                let (start, shift) = rows[k as usize];
+                let mut x = x_plus_w - shift;
+                if x >= w as u32 {
+                    x -= w as u32;
+                }
+                *o = input[(start + x) as usize];
             }
         }
     }
+
+    /// [`gather`](Self::gather) for images larger than the cache, in the
+    /// order the memory likes: for each block of columns that fills a cache
+    /// line, copy the block's source rows in σ order into a column-major
+    /// strip and read each output row's piece from it (σ and κ); then move
+    /// every row's pixels within the row (π and ρ), in place. Every source
+    /// cache line is read once and every output line written whole.
+    fn apply_blocked<T: Copy + Default>(&self, input: &[T], out: &mut [T]) {
+        let (w, h) = (self.width, self.height);
+        let (block, pitch) = strip_shape::<T>(w, h);
+        let mut strip = vec![T::default(); block * pitch];
+        for c0 in (0..w).step_by(block) {
+            let b = block.min(w - c0);
+            // strip[c·pitch + j] = source (σ[j], c0 + c)
+            for (j, &r) in self.sigma.iter().enumerate() {
+                let from = &input[r as usize * w + c0..][..b];
+                for (column, &v) in strip.chunks_exact_mut(pitch).zip(from) {
+                    column[j] = v;
+                }
+            }
+            // T(y, c0 + c) = strip[c·pitch + (y + κ[c0 + c]) mod H]
+            let kappa = &self.kappa[c0..c0 + b];
+            for (y, out_row) in out.chunks_exact_mut(w).enumerate() {
+                let to = &mut out_row[c0..c0 + b];
+                for ((o, &k), column) in to.iter_mut().zip(kappa).zip(strip.chunks_exact(pitch)) {
+                    *o = column[wrap(y + k as usize, h)];
+                }
+            }
+        }
+        let mut row = Vec::with_capacity(w);
+        for (out_row, &shift) in out.chunks_exact_mut(w).zip(&self.row_shift) {
+            row.clear();
+            row.extend_from_slice(out_row);
+            let window = &self.columns[shift as usize..shift as usize + w];
+            for (o, &(c, _)) in out_row.iter_mut().zip(window) {
+                *o = row[c as usize];
+            }
+        }
+    }
+
+    /// The inverse of [`apply_blocked`](Self::apply_blocked), its passes
+    /// undone in reverse order.
+    fn invert_blocked<T: Copy + Default>(&self, input: &mut [T], out: &mut [T]) {
+        let (w, h) = (self.width, self.height);
+        let mut row = Vec::with_capacity(w);
+        for (in_row, &shift) in input.chunks_exact_mut(w).zip(&self.row_shift) {
+            row.clear();
+            row.extend_from_slice(in_row);
+            let window = &self.columns[shift as usize..shift as usize + w];
+            for (&v, &(c, _)) in row.iter().zip(window) {
+                in_row[c as usize] = v;
+            }
+        }
+        let (block, pitch) = strip_shape::<T>(w, h);
+        let mut strip = vec![T::default(); block * pitch];
+        for c0 in (0..w).step_by(block) {
+            let b = block.min(w - c0);
+            let kappa = &self.kappa[c0..c0 + b];
+            for (y, in_row) in input.chunks_exact(w).enumerate() {
+                let from = &in_row[c0..c0 + b];
+                for ((&v, &k), column) in from.iter().zip(kappa).zip(strip.chunks_exact_mut(pitch))
+                {
+                    column[wrap(y + k as usize, h)] = v;
+                }
+            }
+            for (j, &r) in self.sigma.iter().enumerate() {
+                let to = &mut out[r as usize * w + c0..][..b];
+                for (o, column) in to.iter_mut().zip(strip.chunks_exact(pitch)) {
+                    *o = column[j];
+                }
+            }
+        }
+    }
+}
+
+/// Images up to this many bytes are permuted in one pass of scattered
+/// accesses (see [`Permutation::direct`]).
+const DIRECT_LIMIT: usize = 1 << 20;
+/// A cache line: the width in bytes of a column block.
+const LINE: usize = 64;
+
+/// The strip of the blocked passes: columns per block (one cache line's
+/// worth) and the distance between its columns, rounded up to an odd
+/// number of cache lines so that the block's columns, all walked at once,
+/// fall into different cache sets instead of evicting each other (a height
+/// that is a power of two would otherwise put them all in a few).
+fn strip_shape<T>(width: usize, height: usize) -> (usize, usize) {
+    let per_line = (LINE / size_of::<T>()).max(1);
+    let lines = height.div_ceil(per_line) | 1;
+    (per_line.min(width), lines * per_line)
+}
+
+/// `v mod n` for `v < 2n`.
+#[inline(always)]
+fn wrap(v: usize, n: usize) -> usize {
+    if v >= n { v - n } else { v }
 }
 
 /// A Fisher–Yates shuffle of `0..n` driven by the keystream.
@@ -126,8 +266,19 @@ mod tests {
     }
 
     #[test]
-    fn gather_is_a_bijection_and_scatter_undoes_it() {
-        for (w, h) in [(1, 1), (1, 7), (7, 1), (5, 3), (64, 64), (33, 17)] {
+    fn both_ways_are_one_bijection_and_invert_undoes_it() {
+        // Widths around the column block (64 bytes: 64 u8, 32 [u8; 2]).
+        for (w, h) in [
+            (1, 1),
+            (1, 7),
+            (7, 1),
+            (5, 3),
+            (64, 64),
+            (33, 17),
+            (65, 9),
+            (130, 3),
+            (31, 40),
+        ] {
             let perm = permutation(w, h);
             let input: Vec<u32> = (0..(w * h) as u32).collect();
             let mut mixed = vec![0; w * h];
@@ -135,10 +286,35 @@ mod tests {
             let mut seen = mixed.clone();
             seen.sort_unstable();
             assert_eq!(seen, input, "{w}x{h} is not a permutation");
-            let mut back = vec![0; w * h];
-            perm.scatter(&mixed, &mut back);
-            assert_eq!(back, input);
+            // The column block holds 16 u32, 64 u8 or 32 [u8; 2].
+            agree(&perm, &input);
+            agree(&perm, &input.iter().map(|&v| v as u8).collect::<Vec<_>>());
+            agree(
+                &perm,
+                &input
+                    .iter()
+                    .map(|&v| (v as u16).to_le_bytes())
+                    .collect::<Vec<_>>(),
+            );
         }
+    }
+
+    /// The blocked passes give the direct ones' result, and both inverses
+    /// undo it.
+    fn agree<T: Copy + Default + PartialEq + std::fmt::Debug>(perm: &Permutation, input: &[T]) {
+        let (w, h) = (perm.width, perm.height);
+        let mut direct = vec![T::default(); input.len()];
+        perm.gather(input, &mut direct);
+        let mut blocked = vec![T::default(); input.len()];
+        perm.apply_blocked(input, &mut blocked);
+        assert_eq!(blocked, direct, "{w}x{h}: blocked and direct differ");
+
+        let mut back = vec![T::default(); input.len()];
+        perm.invert_direct(&direct, &mut back);
+        assert_eq!(back, input, "{w}x{h}: direct inverse");
+        let mut back = vec![T::default(); input.len()];
+        perm.invert_blocked(&mut direct.clone(), &mut back);
+        assert_eq!(back, input, "{w}x{h}: blocked inverse");
     }
 
     #[test]
