@@ -165,6 +165,15 @@ impl Pixels {
     pub fn into_data(self) -> Vec<u8> {
         self.data
     }
+
+    /// The same image with its buffer replaced by `f` of it, which must
+    /// keep its length (a cipher that may work in place).
+    pub(crate) fn map_data(mut self, f: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Self {
+        let len = self.data.len();
+        self.data = f(std::mem::take(&mut self.data));
+        debug_assert_eq!(self.data.len(), len);
+        self
+    }
 }
 
 impl std::fmt::Debug for Pixels {

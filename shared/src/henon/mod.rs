@@ -136,16 +136,36 @@ pub fn decrypt_owned(key: &HenonKey, mut cipher: Pixels) -> Pixels {
     let mixed = cipher.data_mut();
     diffuse::backward_decrypt(mixed, &diffusion);
     diffuse::forward_decrypt(mixed, &diffusion, &mut stream);
-    let mut data = vec![0u8; mixed.len()];
     match cipher.format() {
-        PixelFormat::Gray8 => permutation.invert(cipher.data_mut(), &mut data),
-        PixelFormat::Gray16 => {
-            let (input, _) = cipher.data_mut().as_chunks_mut::<2>();
-            let (output, _) = data.as_chunks_mut::<2>();
-            permutation.invert(input, output);
-        }
+        PixelFormat::Gray8 => cipher.map_data(|data| unpermute(&permutation, data)),
+        PixelFormat::Gray16 => cipher.map_data(|mut data| {
+            if permutation.fits_cache::<[u8; 2]>() {
+                let mut out = vec![0u8; data.len()];
+                let (input, _) = data.as_chunks::<2>();
+                let (output, _) = out.as_chunks_mut::<2>();
+                permutation.invert(input, output);
+                out
+            } else {
+                let (units, _) = data.as_chunks_mut::<2>();
+                permutation.invert_in_place(units);
+                data
+            }
+        }),
     }
-    cipher.with_data(data)
+}
+
+/// Undoes the permutation of 8-bit pixels: an image that fits the cache
+/// through a second buffer (one pass of scattered reads), a larger one in
+/// its own buffer.
+fn unpermute(permutation: &Permutation, mut data: Vec<u8>) -> Vec<u8> {
+    if permutation.fits_cache::<u8>() {
+        let mut out = vec![0u8; data.len()];
+        permutation.invert(&data, &mut out);
+        out
+    } else {
+        permutation.invert_in_place(&mut data);
+        data
+    }
 }
 
 #[cfg(test)]

@@ -39,8 +39,9 @@ pub(crate) struct Permutation {
     columns: Vec<(u32, u32)>,
     /// For `j` in `0..2·height`: `σ[j mod H] · W`, the offset of a source row.
     row_offset: Vec<usize>,
-    /// σ, for the blocked passes.
-    sigma: Vec<u32>,
+    /// σ⁻¹: where source row `r` stands in σ, for the blocked passes and the
+    /// direct inverse.
+    sigma_inverse: Vec<u32>,
     /// κ by source column.
     kappa: Vec<u32>,
 }
@@ -66,7 +67,13 @@ impl Permutation {
             row_shift,
             columns,
             row_offset,
-            sigma: sigma.iter().map(|&r| r as u32).collect(),
+            sigma_inverse: {
+                let mut inverse = vec![0u32; height];
+                for (j, &r) in sigma.iter().enumerate() {
+                    inverse[r] = j as u32;
+                }
+                inverse
+            },
             kappa,
         }
     }
@@ -80,14 +87,17 @@ impl Permutation {
         }
     }
 
-    /// The inverse of [`apply`](Self::apply): `out[r·W + c] = input[y·W + x]`.
-    /// `input` is left in an unspecified state.
-    pub(crate) fn invert<T: Copy + Default>(&self, input: &mut [T], out: &mut [T]) {
-        if self.direct::<T>() {
-            self.invert_direct(input, out);
-        } else {
-            self.invert_blocked(input, out);
-        }
+    /// The inverse of [`apply`](Self::apply) for an image that
+    /// [`fits_cache`](Self::fits_cache): `out[r·W + c] = input[y·W + x]`.
+    pub(crate) fn invert<T: Copy>(&self, input: &[T], out: &mut [T]) {
+        self.invert_direct(input, out);
+    }
+
+    /// Whether an image of `T` units is small enough to stay in cache, so
+    /// that one pass of scattered accesses beats the blocked passes (and a
+    /// second buffer costs little).
+    pub(crate) fn fits_cache<T>(&self) -> bool {
+        self.direct::<T>()
     }
 
     /// Whether the image is small enough to stay in cache, so that one pass
@@ -123,16 +133,12 @@ impl Permutation {
         for (j, &(c, k)) in self.columns[..w].iter().enumerate() {
             column[c as usize] = ((j + w) as u32, (h - 1 - k as usize) as u32);
         }
-        // position[r] = σ⁻¹[r].
-        let mut position = vec![0u32; h];
-        for (j, &r) in self.sigma.iter().enumerate() {
-            position[r as usize] = j as u32;
-        }
+        let position = &self.sigma_inverse;
         // For j in 0..2H, output row y = j mod H: (y·W, ρ[y]).
         let rows: Vec<(u32, u32)> = (0..2 * h)
             .map(|j| (((j % h) * w) as u32, self.row_shift[j % h]))
             .collect();
-        for (out_row, &s) in out.chunks_exact_mut(w).zip(&position) {
+        for (out_row, &s) in out.chunks_exact_mut(w).zip(position) {
             let rows = &rows[s as usize + 1..s as usize + h + 1];
             for (o, &(x_plus_w, k)) in out_row.iter_mut().zip(&column) {
                 let (start, shift) = rows[k as usize];
@@ -147,8 +153,8 @@ impl Permutation {
 
     /// [`gather`](Self::gather) for images larger than the cache, in the
     /// order the memory likes: for each block of columns that fills a cache
-    /// line, copy the block's source rows in σ order into a column-major
-    /// strip and read each output row's piece from it (σ and κ); then move
+    /// line, copy the block's source rows into a column-major strip in σ
+    /// order and read each output row's piece from it (σ and κ); then move
     /// every row's pixels within the row (π and ρ), in place. Every source
     /// cache line is read once and every output line written whole.
     fn apply_blocked<T: Copy + Default>(&self, input: &[T], out: &mut [T]) {
@@ -157,11 +163,13 @@ impl Permutation {
         let mut strip = vec![T::default(); block * pitch];
         for c0 in (0..w).step_by(block) {
             let b = block.min(w - c0);
-            // strip[c·pitch + j] = source (σ[j], c0 + c)
-            for (j, &r) in self.sigma.iter().enumerate() {
-                let from = &input[r as usize * w + c0..][..b];
+            // strip[c·pitch + j] = source (σ[j], c0 + c), source rows read
+            // in memory order (a constant stride the prefetcher follows;
+            // in σ order every row was a cache miss of its own).
+            for (from, &j) in input.chunks_exact(w).zip(&self.sigma_inverse) {
+                let from = &from[c0..c0 + b];
                 for (column, &v) in strip.chunks_exact_mut(pitch).zip(from) {
-                    column[j] = v;
+                    column[j as usize] = v;
                 }
             }
             // T(y, c0 + c) = strip[c·pitch + (y + κ[c0 + c]) mod H]
@@ -184,12 +192,16 @@ impl Permutation {
         }
     }
 
-    /// The inverse of [`apply_blocked`](Self::apply_blocked), its passes
-    /// undone in reverse order.
-    fn invert_blocked<T: Copy + Default>(&self, input: &mut [T], out: &mut [T]) {
+    /// The inverse of [`apply`](Self::apply) in `data`'s own buffer: the
+    /// passes of [`apply_blocked`](Self::apply_blocked) undone in reverse
+    /// order, each column block read whole into the strip before it is
+    /// written back. A large image needs no second buffer (whose pages
+    /// the kernel would first have to fault in and clear).
+    pub(crate) fn invert_in_place<T: Copy + Default>(&self, data: &mut [T]) {
         let (w, h) = (self.width, self.height);
+        debug_assert_eq!(data.len(), w * h);
         let mut row = Vec::with_capacity(w);
-        for (in_row, &shift) in input.chunks_exact_mut(w).zip(&self.row_shift) {
+        for (in_row, &shift) in data.chunks_exact_mut(w).zip(&self.row_shift) {
             row.clear();
             row.extend_from_slice(in_row);
             let window = &self.columns[shift as usize..shift as usize + w];
@@ -202,17 +214,17 @@ impl Permutation {
         for c0 in (0..w).step_by(block) {
             let b = block.min(w - c0);
             let kappa = &self.kappa[c0..c0 + b];
-            for (y, in_row) in input.chunks_exact(w).enumerate() {
+            for (y, in_row) in data.chunks_exact(w).enumerate() {
                 let from = &in_row[c0..c0 + b];
                 for ((&v, &k), column) in from.iter().zip(kappa).zip(strip.chunks_exact_mut(pitch))
                 {
                     column[wrap(y + k as usize, h)] = v;
                 }
             }
-            for (j, &r) in self.sigma.iter().enumerate() {
-                let to = &mut out[r as usize * w + c0..][..b];
+            for (to, &j) in data.chunks_exact_mut(w).zip(&self.sigma_inverse) {
+                let to = &mut to[c0..c0 + b];
                 for (o, column) in to.iter_mut().zip(strip.chunks_exact(pitch)) {
-                    *o = column[j];
+                    *o = column[j as usize];
                 }
             }
         }
@@ -312,9 +324,9 @@ mod tests {
         let mut back = vec![T::default(); input.len()];
         perm.invert_direct(&direct, &mut back);
         assert_eq!(back, input, "{w}x{h}: direct inverse");
-        let mut back = vec![T::default(); input.len()];
-        perm.invert_blocked(&mut direct.clone(), &mut back);
-        assert_eq!(back, input, "{w}x{h}: blocked inverse");
+        let mut back = direct.clone();
+        perm.invert_in_place(&mut back);
+        assert_eq!(back, input, "{w}x{h}: inverse in place");
     }
 
     #[test]
