@@ -1,6 +1,7 @@
 //! `medgate-sim bench-cipher`: single-threaded throughput of the Henon cipher
-//! beside ChaCha20-Poly1305 and SHA-512 on the same core, in one run, and
-//! the cost of a whole seal and open.
+//! (either variant, 8- or 16-bit images) beside ChaCha20-Poly1305 and
+//! SHA-512 on the same core, in one run, and the cost of a whole seal and
+//! open.
 //!
 //! Each figure is the median of several timed rounds, each round repeating
 //! the operation until it has run for a minimum time, so that one noisy
@@ -15,7 +16,7 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use medgate_shared::envelope;
 use medgate_shared::header::{ImageMeta, Modality};
-use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::henon::{self, HenonKey, Variant};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::SessionKey;
@@ -27,11 +28,18 @@ use sha2::{Digest, Sha512};
 /// The figures `bench-cipher --json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct CipherBench {
-    /// Image side in pixels (N×N, 8-bit).
+    /// Image side in pixels (N×N).
     pub size: u32,
+    /// Bits per pixel, 8 or 16.
+    pub depth: u8,
+    /// The Henon variant measured: `whitened` (format 4, what gateways
+    /// seal with) or `original` (formats 2 and 3).
+    pub variant: &'static str,
     /// Henon encryption, MB/s of pixels.
     pub henon_encrypt_mbps: f64,
-    /// Henon decryption, MB/s of pixels.
+    /// Henon decryption, MB/s of pixels, including the copy of the
+    /// ciphertext it is handed (an opener decrypts the AEAD's output, a
+    /// buffer of its own).
     pub henon_decrypt_mbps: f64,
     /// ChaCha20-Poly1305 encryption of the same bytes, MB/s.
     pub chacha20poly1305_mbps: f64,
@@ -40,6 +48,8 @@ pub struct CipherBench {
     /// Henon encryption speed over ChaCha20-Poly1305 speed: the median of
     /// per-round ratios, rounds interleaved.
     pub henon_to_chacha20poly1305: f64,
+    /// The same for Henon decryption.
+    pub henon_decrypt_to_chacha20poly1305: f64,
     /// One whole seal (header, tag, Henon, AEAD), µs; the session key is
     /// already wrapped.
     pub seal_us: f64,
@@ -95,42 +105,66 @@ fn time_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64, f64) {
 /// # Errors
 /// If `size` is outside the pixel limits.
 pub fn synthetic_image(size: u32) -> Result<Pixels, PixelsError> {
-    let n = size as usize;
-    let data = (0..n * n)
-        .map(|i| {
-            let (x, y) = (i % n, i / n);
-            ((x * 255 / n + y * 128 / n) as u8) ^ ((i as u8).wrapping_mul(13) & 7)
-        })
-        .collect();
-    Pixels::new(size, size, PixelFormat::Gray8, data)
+    synthetic_image_of(size, PixelFormat::Gray8)
 }
 
-/// Runs every measurement on an N×N image.
+/// [`synthetic_image`] in either pixel format (16-bit: the same picture
+/// scaled to 12 significant bits, as detectors deliver, plus low-bit
+/// texture).
+///
+/// # Errors
+/// If `size` is outside the pixel limits.
+pub fn synthetic_image_of(size: u32, format: PixelFormat) -> Result<Pixels, PixelsError> {
+    let n = size as usize;
+    let value = |i: usize| {
+        let (x, y) = (i % n, i / n);
+        ((x * 255 / n + y * 128 / n) as u8) ^ ((i as u8).wrapping_mul(13) & 7)
+    };
+    let data = match format {
+        PixelFormat::Gray8 => (0..n * n).map(value).collect(),
+        PixelFormat::Gray16 => (0..n * n)
+            .flat_map(|i| ((u16::from(value(i)) << 4) | (i as u16 & 15)).to_le_bytes())
+            .collect(),
+    };
+    Pixels::new(size, size, format, data)
+}
+
+/// Runs every measurement on an N×N image of `depth` bits (8 or 16) with
+/// the Henon `variant`.
 ///
 /// # Errors
 /// If generating the RSA key pair or sealing fails.
-pub fn run(size: u32) -> anyhow::Result<CipherBench> {
-    let image = synthetic_image(size)?;
+pub fn run(size: u32, depth: u8, variant: Variant) -> anyhow::Result<CipherBench> {
+    let format = if depth == 16 {
+        PixelFormat::Gray16
+    } else {
+        PixelFormat::Gray8
+    };
+    let image = synthetic_image_of(size, format)?;
     let bytes = image.data().len() as f64;
     let mbps = |seconds: f64| bytes / seconds / 1e6;
 
     let key = HenonKey::from_bytes([0x42; 32]);
-    let cipher = henon::encrypt(&key, &image);
+    let cipher = henon::encrypt(variant, &key, &image);
     let aead = ChaCha20Poly1305::new((&[7u8; 32]).into());
     let nonce = [9u8; 12];
     let mut buffer = image.data().to_vec();
+    let mut chacha_round = || {
+        let tag = aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buffer);
+        black_box(tag.ok());
+    };
     let (henon_encrypt, chacha, ratio) = time_pair(
         || {
-            black_box(henon::encrypt(&key, black_box(&image)));
+            black_box(henon::encrypt(variant, &key, black_box(&image)));
         },
-        || {
-            let tag = aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut buffer);
-            black_box(tag.ok());
-        },
+        &mut chacha_round,
     );
-    let henon_decrypt = time_per_call(|| {
-        black_box(henon::decrypt(&key, black_box(&cipher)));
-    });
+    let (henon_decrypt, _, decrypt_ratio) = time_pair(
+        || {
+            black_box(henon::decrypt(variant, &key, black_box(&cipher)));
+        },
+        &mut chacha_round,
+    );
 
     let sha = time_per_call(|| {
         black_box(Sha512::digest(black_box(image.data())));
@@ -168,11 +202,17 @@ pub fn run(size: u32) -> anyhow::Result<CipherBench> {
 
     Ok(CipherBench {
         size,
+        depth: if format == PixelFormat::Gray16 { 16 } else { 8 },
+        variant: match variant {
+            Variant::Original => "original",
+            Variant::Whitened => "whitened",
+        },
         henon_encrypt_mbps: mbps(henon_encrypt),
         henon_decrypt_mbps: mbps(henon_decrypt),
         chacha20poly1305_mbps: mbps(chacha),
         sha512_mbps: mbps(sha),
         henon_to_chacha20poly1305: ratio,
+        henon_decrypt_to_chacha20poly1305: decrypt_ratio,
         seal_us: seal * 1e6,
         open_us: open * 1e6,
         rsa_unwrap_us: unwrap * 1e6,
@@ -182,12 +222,12 @@ pub fn run(size: u32) -> anyhow::Result<CipherBench> {
 /// The figures as a table.
 pub fn render_text(b: &CipherBench) -> String {
     format!(
-        "cipher benchmark, {s}x{s} 8-bit image, one thread\n\
+        "cipher benchmark, {s}x{s} {d}-bit image, {v} Henon variant, one thread\n\
          henon encrypt         {:>10.1} MB/s\n\
          henon decrypt         {:>10.1} MB/s\n\
          chacha20-poly1305     {:>10.1} MB/s\n\
          sha-512               {:>10.1} MB/s\n\
-         henon / chacha        {:>10.2} x\n\
+         henon / chacha        {:>10.2} x encrypt, {:.2} x decrypt\n\
          seal (whole)          {:>10.1} us\n\
          open (cached key)     {:>10.1} us\n\
          rsa unwrap (per key)  {:>10.1} us\n",
@@ -196,9 +236,12 @@ pub fn render_text(b: &CipherBench) -> String {
         b.chacha20poly1305_mbps,
         b.sha512_mbps,
         b.henon_to_chacha20poly1305,
+        b.henon_decrypt_to_chacha20poly1305,
         b.seal_us,
         b.open_us,
         b.rsa_unwrap_us,
         s = b.size,
+        d = b.depth,
+        v = b.variant,
     )
 }

@@ -5,12 +5,12 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use medgate_daemon::logging;
 use medgate_medmnist::SplitName;
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::Modality;
-use medgate_shared::henon::HenonKey;
+use medgate_shared::henon::{HenonKey, Variant};
 use medgate_shared::ids::Name;
 use medgate_shared::keys::DEFAULT_RSA_BITS;
 use medgate_shared::pixels::MAX_DIMENSION;
@@ -118,7 +118,8 @@ enum Command {
     },
     /// Measure the Henon cipher on an image: NPCR, UACI, entropy, correlation, PSNR.
     CipherReport {
-        /// Any image the `image` crate reads (PNG, JPEG, TIFF); converted to 8-bit gray.
+        /// Any image the `image` crate reads (PNG, JPEG, TIFF), as gray: a
+        /// 16-bit file is measured at 16 bits, anything else at 8.
         #[arg(long)]
         image: PathBuf,
         /// Print one JSON object instead of a table.
@@ -190,9 +191,34 @@ enum Command {
         /// Image side in pixels.
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=i64::from(MAX_DIMENSION)))]
         size: u32,
+        /// Bits per pixel: 8 or 16.
+        #[arg(long, default_value_t = 8, value_parser = parse_depth)]
+        depth: u8,
+        /// The Henon variant: whitened (format 4, what gateways seal with)
+        /// or original (formats 2 and 3, still read).
+        #[arg(long, value_enum, default_value_t = VariantArg::Whitened)]
+        variant: VariantArg,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write the raw Henon keystream of a key to standard output, for
+    /// statistical test suites (e.g. `| dieharder -g 200 -a`).
+    Keystream {
+        /// Henon key as 64 hex digits.
+        #[arg(long, value_name = "HEX")]
+        key: String,
+        /// Bytes to write; without it, until the reader closes the pipe.
+        #[arg(long)]
+        bytes: Option<u64>,
+        /// The Henon variant.
+        #[arg(long, value_enum, default_value_t = VariantArg::Whitened)]
+        variant: VariantArg,
+        /// Instead of the bytes, print their bias as JSON: z-scores of the
+        /// share of ones per bit position, the mean per byte position and
+        /// per 32-bit half (default length 1 GiB).
+        #[arg(long)]
+        bias: bool,
     },
     /// Export a real chest X-ray from PneumoniaMNIST as an upscaled PNG.
     Xray {
@@ -238,6 +264,32 @@ enum Command {
 fn parse_modality(code: &str) -> Result<Modality, String> {
     Modality::from_code(code)
         .ok_or_else(|| format!("unknown modality {code:?} (e.g. DX, CR, CT, MR, US, MG, SC, OT)"))
+}
+
+/// The Henon variant on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VariantArg {
+    /// Format 4: whitened keystream, runs of a row permuted.
+    Whitened,
+    /// Formats 2 and 3: raw mantissa bits, single pixels permuted.
+    Original,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(arg: VariantArg) -> Self {
+        match arg {
+            VariantArg::Whitened => Self::Whitened,
+            VariantArg::Original => Self::Original,
+        }
+    }
+}
+
+fn parse_depth(value: &str) -> Result<u8, String> {
+    match value {
+        "8" => Ok(8),
+        "16" => Ok(16),
+        _ => Err(format!("{value:?} is not a pixel depth: give 8 or 16")),
+    }
 }
 
 fn parse_key(hex_key: &str) -> anyhow::Result<HenonKey> {
@@ -345,7 +397,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(hex_key) => parse_key(&hex_key)?,
                 None => HenonKey::from_bytes(report::DEFAULT_KEY),
             };
-            let pixels = imageio::read_gray(&image, Depth::Gray8)?;
+            let pixels = imageio::read_gray(&image, Depth::Native)?;
             let (measured, images) = quality::report(&pixels, &key)?;
             if json {
                 println!("{}", serde_json::to_string(&measured)?);
@@ -413,8 +465,27 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(OpenFileError::Other(e)) => return Err(e),
         },
-        Command::BenchCipher { size, json } => {
-            let figures = bench::run(size)?;
+        Command::Keystream {
+            key,
+            bytes,
+            variant,
+            bias,
+        } => {
+            let key = parse_key(&key)?;
+            if bias {
+                let report = tools::keystream_bias(&key, variant.into(), bytes.unwrap_or(1 << 30));
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                tools::write_keystream(&key, variant.into(), bytes, &mut std::io::stdout().lock())?;
+            }
+        }
+        Command::BenchCipher {
+            size,
+            depth,
+            variant,
+            json,
+        } => {
+            let figures = bench::run(size, depth, variant.into())?;
             if json {
                 println!("{}", serde_json::to_string(&figures)?);
             } else {

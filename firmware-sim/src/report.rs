@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use medgate_shared::pixels::{PixelFormat, Pixels};
 use medgate_shared::quality::{CipherReport, ReportImages, histogram};
 use plotters::prelude::*;
 
@@ -23,16 +24,21 @@ pub fn render_text(r: &CipherReport) -> String {
     let corr = |c: &medgate_shared::quality::Correlations| {
         format!("h {:+.5}  v {:+.5}  d {:+.5}", c.h, c.v, c.d)
     };
+    let entropy_note = if r.depth == 8 {
+        "8 (7.9972 for a random 256x256)"
+    } else {
+        "16 (less when there are not many more pixels than 65 536 levels)"
+    };
     format!(
-        "Henon cipher report, {w}x{h} pixels (8-bit grayscale)\n\
+        "Henon cipher report, {w}x{h} pixels ({depth}-bit grayscale)\n\
          \n\
          metric                       measured     ideal\n\
-         NPCR, one pixel changed      {npcr_p:>9.4} %  99.6094 %\n\
-         UACI, one pixel changed      {uaci_p:>9.4} %  33.4635 %\n\
-         NPCR, one key bit flipped    {npcr_k:>9.4} %  99.6094 %\n\
-         UACI, one key bit flipped    {uaci_k:>9.4} %  33.4635 %\n\
+         NPCR, one pixel changed      {npcr_p:>9.4} %  {npcr_i:.4} %\n\
+         UACI, one pixel changed      {uaci_p:>9.4} %  {uaci_i:.4} %\n\
+         NPCR, one key bit flipped    {npcr_k:>9.4} %  {npcr_i:.4} %\n\
+         UACI, one key bit flipped    {uaci_k:>9.4} %  {uaci_i:.4} %\n\
          entropy, plain               {ep:>9.4} bits\n\
-         entropy, cipher              {ec:>9.4} bits  8 (7.9972 for a random 256x256)\n\
+         entropy, cipher              {ec:>9.4} bits  {entropy_note}\n\
          correlation, plain           {cp}\n\
          correlation, cipher          {cc}   (ideal 0)\n\
          PSNR cipher vs plain         {psnr:>9.4} dB\n\
@@ -41,6 +47,9 @@ pub fn render_text(r: &CipherReport) -> String {
          decryption exact             {exact}\n",
         w = r.width,
         h = r.height,
+        depth = r.depth,
+        npcr_i = r.ideal.npcr,
+        uaci_i = r.ideal.uaci,
         npcr_p = r.npcr_pixel,
         uaci_p = r.uaci_pixel,
         npcr_k = r.npcr_key,
@@ -57,7 +66,7 @@ pub fn render_text(r: &CipherReport) -> String {
 }
 
 /// Draws plain and cipher histograms (top) and horizontal adjacent-pixel
-/// scatter (bottom) into a PNG.
+/// scatter (bottom) into a PNG. A 16-bit image is drawn by its top 8 bits.
 ///
 /// # Errors
 /// A description if drawing or writing fails.
@@ -72,20 +81,21 @@ pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((2, 2));
     let w = images.plain.width() as usize;
+    let (plain, cipher) = (top_bytes(&images.plain), top_bytes(&images.cipher));
     let sets = [
-        (
-            "plain",
-            images.plain.data(),
-            report.corr_plain.h,
-            RGBColor(40, 90, 160),
-        ),
+        ("plain", &plain, report.corr_plain.h, RGBColor(40, 90, 160)),
         (
             "cipher",
-            images.cipher.data(),
+            &cipher,
             report.corr_cipher.h,
             RGBColor(190, 60, 40),
         ),
     ];
+    let value = if report.depth == 8 {
+        "pixel value"
+    } else {
+        "pixel value, top 8 of 16 bits"
+    };
     for (i, (name, data, corr, color)) in sets.into_iter().enumerate() {
         let counts = histogram(data);
         let peak = counts.iter().copied().max().unwrap_or(1).max(1);
@@ -103,7 +113,7 @@ pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<
         if labels {
             chart
                 .configure_mesh()
-                .x_desc("pixel value")
+                .x_desc(value)
                 .y_desc("pixels")
                 .draw()
                 .map_err(|e| e.to_string())?;
@@ -153,10 +163,18 @@ pub fn plot(images: &ReportImages, report: &CipherReport, out: &Path) -> Result<
     root.present().map_err(|e| e.to_string())
 }
 
+/// Each pixel's top 8 bits: the pixels of an 8-bit image, the high bytes
+/// of a 16-bit one.
+fn top_bytes(image: &Pixels) -> Vec<u8> {
+    match image.format() {
+        PixelFormat::Gray8 => image.data().to_vec(),
+        PixelFormat::Gray16 => image.data().chunks_exact(2).map(|b| b[1]).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use medgate_shared::henon::HenonKey;
-    use medgate_shared::pixels::{PixelFormat, Pixels};
     use medgate_shared::quality::report;
 
     use super::*;
@@ -184,5 +202,26 @@ mod tests {
         plot(&images, &r, &out).unwrap();
         let drawn = image::open(&out).unwrap();
         assert_eq!((drawn.width(), drawn.height()), (1400, 1000));
+    }
+
+    #[test]
+    fn a_16_bit_image_is_reported_at_its_depth() {
+        let px = Pixels::new(
+            64,
+            64,
+            PixelFormat::Gray16,
+            (0..4096u16).flat_map(|i| (i * 8).to_le_bytes()).collect(),
+        )
+        .unwrap();
+        let (r, images) = report(&px, &HenonKey::from_bytes(DEFAULT_KEY)).unwrap();
+        let text = render_text(&r);
+        assert!(
+            text.contains("(16-bit grayscale)") && text.contains("99.9985 %"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("plot.png");
+        plot(&images, &r, &out).unwrap();
+        assert!(out.exists());
     }
 }

@@ -1,6 +1,8 @@
-//! The key and envelope tools: `keygen`, `seal`, `open`, and `xray` (export
-//! a real chest X-ray from a MedMNIST file as PNG).
+//! The key and envelope tools: `keygen`, `seal`, `open`, `keystream` (the
+//! raw Henon keystream, for test batteries) and `xray` (export a real chest
+//! X-ray from a MedMNIST file as PNG).
 
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,10 +12,12 @@ use medgate_daemon::trust::TrustList;
 use medgate_medmnist::{self as dataset, SplitName};
 use medgate_shared::envelope::OpenError;
 use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::henon::{HenonKey, Keystream, Variant};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::{MessageId, Name};
 use medgate_shared::keys::{self, ReceiverPrivateKey, ReceiverPublicKey};
 use medgate_shared::pixels::{PixelFormat, Pixels};
+use medgate_shared::quality::{BiasReport, StreamBias};
 use medgate_shared::seal::{Opener, RotationPolicy, Sealer};
 
 use crate::imageio::{self, Depth};
@@ -39,6 +43,57 @@ pub struct SealRequest {
     pub sequence: u64,
     /// Where to write the sealed image.
     pub out: PathBuf,
+}
+
+/// The per-position bias of the first `bytes` bytes of `key`'s keystream.
+pub fn keystream_bias(key: &HenonKey, variant: Variant, bytes: u64) -> BiasReport {
+    let mut stream = Keystream::new(key, variant);
+    let mut bias = StreamBias::default();
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = buffer
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        stream.fill(&mut buffer[..n]);
+        bias.update(&buffer[..n]);
+        left -= n as u64;
+    }
+    bias.report()
+}
+
+/// Writes `limit` bytes (without one, an endless stream) of the Henon
+/// keystream of `key` to `out`. A reader that closes the pipe, as dieharder
+/// does when its tests are done, ends it without an error.
+///
+/// # Errors
+/// Any other write error.
+pub fn write_keystream(
+    key: &HenonKey,
+    variant: Variant,
+    limit: Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut stream = Keystream::new(key, variant);
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut left = limit.unwrap_or(u64::MAX);
+    while left > 0 {
+        let n = buffer
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        stream.fill(&mut buffer[..n]);
+        match out.write_all(&buffer[..n]) {
+            Ok(()) => left -= n as u64,
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(anyhow::Error::new(e).context("writing the keystream")),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the keystream"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Writes a new receiver key pair into `dir`.

@@ -246,6 +246,8 @@ fn cipher_report_on_a_real_xray_meets_the_targets() {
         .map(String::as_str)
         .collect();
     let mut expected = vec![
+        "depth",
+        "ideal",
         "width",
         "height",
         "npcr_pixel",
@@ -266,7 +268,11 @@ fn cipher_report_on_a_real_xray_meets_the_targets() {
     expected.sort_unstable();
     assert_eq!(sorted, expected);
     let f = |k: &str| report[k].as_f64().unwrap();
-    assert_eq!((f("width"), f("height")), (512.0, 512.0));
+    assert_eq!((f("width"), f("height"), f("depth")), (512.0, 512.0, 8.0));
+    assert_eq!(
+        report["ideal"]["npcr"].as_f64().unwrap(),
+        100.0 * 255.0 / 256.0
+    );
     // An ideal cipher gives NPCR 99.6094 % with a standard deviation of
     // 0.012 % at 512²: 99.55 is five deviations below.
     for k in ["npcr_pixel", "npcr_key"] {
@@ -302,9 +308,117 @@ fn bench_cipher_reports_every_figure() {
         "seal_us",
         "open_us",
         "rsa_unwrap_us",
+        "henon_to_chacha20poly1305",
+        "henon_decrypt_to_chacha20poly1305",
     ] {
         assert!(figures[k].as_f64().unwrap() > 0.0, "{k}");
     }
+    assert_eq!(
+        (figures["depth"].as_u64(), figures["variant"].as_str()),
+        (Some(8), Some("whitened"))
+    );
+    let json = ok(&[
+        "bench-cipher",
+        "--size",
+        "32",
+        "--depth",
+        "16",
+        "--variant",
+        "original",
+        "--json",
+    ]);
+    let figures: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (figures["depth"].as_u64(), figures["variant"].as_str()),
+        (Some(16), Some("original"))
+    );
+    let out = sim(&["bench-cipher", "--depth", "12"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give 8 or 16"));
+}
+
+#[test]
+fn cipher_report_measures_a_16_bit_file_at_16_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.png");
+    let image: ImageBuffer<Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(128, 96, |x, y| Luma([((x * 16 + y * 8) * 16) as u16]));
+    image.save(&path).unwrap();
+    let json = ok(&["cipher-report", "--image", s(&path), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let f = |k: &str| report[k].as_f64().unwrap();
+    assert_eq!(f("depth"), 16.0);
+    assert!(report["decrypt_exact"].as_bool().unwrap());
+    // Ideal 99.9985 % with 12 288 pixels: one unchanged pixel is 0.008 %.
+    for k in ["npcr_pixel", "npcr_key"] {
+        assert!(f(k) > 99.97, "{k} = {}", f(k));
+    }
+    for k in ["uaci_pixel", "uaci_key"] {
+        assert!((f(k) - 33.33).abs() < 1.0, "{k} = {}", f(k));
+    }
+}
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+#[test]
+fn keystream_writes_the_raw_bytes_of_a_key_and_measures_their_bias() {
+    let first = sim(&["keystream", "--key", KEY, "--bytes", "100000"]).stdout;
+    assert_eq!(first.len(), 100_000);
+    // Deterministic per key and variant; another key or variant, other bytes.
+    assert_eq!(
+        sim(&["keystream", "--key", KEY, "--bytes", "64"]).stdout,
+        first[..64]
+    );
+    let other_key = KEY.replace("1f", "1e");
+    let other = sim(&["keystream", "--key", &other_key, "--bytes", "64"]).stdout;
+    let original = sim(&[
+        "keystream",
+        "--key",
+        KEY,
+        "--bytes",
+        "64",
+        "--variant",
+        "original",
+    ])
+    .stdout;
+    for different in [other, original] {
+        let same = first.iter().zip(&different).filter(|(a, b)| a == b).count();
+        assert!(same < 8, "{same} of 64 bytes equal");
+    }
+
+    let json = ok(&["keystream", "--key", KEY, "--bytes", "16777216", "--bias"]);
+    let bias: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(bias["bytes"].as_u64(), Some(16 << 20));
+    assert_eq!(bias["bit_z"].as_array().unwrap().len(), 64);
+    assert!(bias["max_abs_z"].as_f64().unwrap() < 4.0, "{json}");
+
+    let out = sim(&["keystream", "--key", "abc"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+}
+
+#[test]
+fn keystream_without_a_length_stops_quietly_when_its_reader_does() {
+    use std::io::Read;
+    let mut child = Command::new(SIM)
+        .args(["keystream", "--key", KEY])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 1 << 20];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    // The read end is closed now, as when dieharder has read enough.
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 mod support;
 
+use medgate_shared::envelope;
 use medgate_testkit::mosquitto::BrokerOptions;
 use support::{
     WAIT, World, answer, bomb_png, counter, eventually, files_in, metrics_text, noise_png,
@@ -343,7 +344,7 @@ async fn a_full_disk_refuses_captures_at_their_source_and_recovers_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_folder_configured_with_a_body_part_seals_it_in_format_version_3() {
+async fn a_folder_configured_with_a_body_part_seals_it_in_the_header() {
     let world = World::with(64 << 20, 60, |config| {
         config.hot_folder[0].body_part = Some("chest".into());
         config.hot_folder[0].view_position = Some("PA".into());
@@ -354,7 +355,7 @@ async fn a_folder_configured_with_a_body_part_seals_it_in_format_version_3() {
     world.drop_file("a.png", &noise_png(16, 16));
     let images = receiver.expect(IMAGES, 1, WAIT).await.unwrap();
     let payload = &images[0].payload;
-    assert_eq!(payload[4], 3, "format version 3");
+    assert_eq!(payload[4], envelope::VERSION, "the current format");
     let opened = world.opener().open(payload).unwrap();
     assert_eq!(opened.header.meta.anatomy.to_string(), "CHEST/PA");
     assert_eq!(opened.header.meta.modality.code(), "DX");
@@ -381,7 +382,7 @@ async fn a_dicom_file_is_sealed_with_its_modality_and_pixels_only_and_colour_is_
     let opened = world.opener().open(payload).unwrap();
     assert_eq!(opened.header.meta.modality.code(), "CR", "its own modality");
     assert!(opened.header.meta.anatomy.is_unknown(), "none named");
-    assert_eq!(payload[4], 2, "nothing needs format version 3");
+    assert_eq!(payload[4], envelope::VERSION, "the current format");
     assert_eq!((opened.header.width, opened.header.height), (64, 48));
     let rejected = world.inbox.join("rejected");
     eventually("the colour object refused", || {

@@ -1,6 +1,7 @@
-//! Criterion benchmarks: Henon encryption and decryption beside
-//! ChaCha20-Poly1305 at 512², 2048² and 4096², 8- and 16-bit (group
-//! `henon/SIDE/DEPTH`); the seal and open of a 512×512 8-bit image; origin
+//! Criterion benchmarks: Henon encryption and decryption (the whitened
+//! variant images are sealed with, and the original one formats 2 and 3
+//! used) beside ChaCha20-Poly1305 at 512², 2048² and 4096², 8- and 16-bit
+//! (group `henon/SIDE/DEPTH`); the keystream alone (group `keystream`); the seal and open of a 512×512 8-bit image; origin
 //! and answer authentication per image. `cargo bench -p medgate-shared`; one
 //! size: `cargo bench -p medgate-shared -- henon/4096`. The one-run ratio the
 //! project quotes comes from `medgate-sim bench-cipher`, which measures
@@ -15,7 +16,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use medgate_shared::answer::{AnswerFields, Outcome};
 use medgate_shared::envelope;
 use medgate_shared::header::{ImageMeta, Modality};
-use medgate_shared::henon::{self, HenonKey};
+use medgate_shared::henon::{self, HenonKey, Keystream, Variant};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::ids::MessageId;
 use medgate_shared::kdf::SessionKey;
@@ -51,17 +52,21 @@ fn directions(c: &mut Criterion) {
             if side > 512 {
                 group.sample_size(20);
             }
-            group.bench_function("encrypt", |b| {
-                b.iter(|| henon::encrypt(&key, black_box(&image)))
-            });
-            let cipher = henon::encrypt(&key, &image);
-            group.bench_function("decrypt", |b| {
-                b.iter_batched(
-                    || cipher.clone(),
-                    |cipher| henon::decrypt_owned(&key, cipher),
-                    BatchSize::LargeInput,
-                )
-            });
+            for (variant, name) in [(Variant::Whitened, ""), (Variant::Original, "original_")] {
+                group.bench_function(format!("{name}encrypt"), |b| {
+                    b.iter(|| henon::encrypt(variant, &key, black_box(&image)))
+                });
+                group.bench_function(format!("{name}decrypt"), |b| {
+                    // Made here, so that a run filtered to other benchmarks
+                    // does not pay for it.
+                    let cipher = henon::encrypt(variant, &key, &image);
+                    b.iter_batched(
+                        || cipher.clone(),
+                        |cipher| henon::decrypt_owned(variant, &key, cipher),
+                        BatchSize::LargeInput,
+                    )
+                });
+            }
             let mut buffer = image.data().to_vec();
             group.bench_function("chacha20poly1305", |b| {
                 b.iter(|| {
@@ -72,6 +77,23 @@ fn directions(c: &mut Criterion) {
             group.finish();
         }
     }
+}
+
+/// The keystream alone, both variants (group `keystream`), 1 MiB per call:
+/// what whitening costs or saves per byte.
+fn keystreams(c: &mut Criterion) {
+    let key = HenonKey::from_bytes([0x42; 32]);
+    let mut group = c.benchmark_group("keystream");
+    let mut out = vec![0u8; 1 << 20];
+    group.throughput(Throughput::Bytes(out.len() as u64));
+    for (variant, name) in [
+        (Variant::Whitened, "whitened"),
+        (Variant::Original, "original"),
+    ] {
+        let mut stream = Keystream::new(&key, variant);
+        group.bench_function(name, |b| b.iter(|| stream.fill(black_box(&mut out))));
+    }
+    group.finish();
 }
 
 fn ciphers(c: &mut Criterion) {
@@ -154,5 +176,5 @@ fn ciphers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, directions, ciphers);
+criterion_group!(benches, directions, keystreams, ciphers);
 criterion_main!(benches);

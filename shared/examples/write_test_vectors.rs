@@ -1,8 +1,9 @@
-//! Writes `shared/tests/vectors/v2.json` or `v3.json`, the sealed-image
-//! test vectors of format version 2 (headers without anatomy) or 3.
+//! Writes `shared/tests/vectors/v2.json`, `v3.json` or `v4.json`, the
+//! sealed-image test vectors of format version 2 (headers without anatomy),
+//! 3 (headers with anatomy) or 4 (the whitened Henon variant, any header).
 //!
 //! Run once when the format changes on purpose:
-//! `cargo run -p medgate-shared --example write_test_vectors -- v3`.
+//! `cargo run -p medgate-shared --example write_test_vectors -- v4`.
 //! The RSA key and the gateway's Ed25519 key in the files are throwaway test
 //! keys, published on purpose; the RSA-OAEP wrap is randomised, so the
 //! wrapped key is recorded, not derived (Ed25519 signatures are
@@ -113,12 +114,78 @@ const V3_CASES: [Case; 3] = [
     ),
 ];
 
+/// Format 4: runs of 1, 2, 4 and 8 bytes in the permutation (row byte
+/// counts 13, 18, 12 and 40), with and without anatomy, both pixel formats.
+const V4_CASES: [Case; 6] = [
+    (
+        "v4-gray8-13x7",
+        13,
+        7,
+        PixelFormat::Gray8,
+        Modality::Dx,
+        None,
+        None,
+        None,
+    ),
+    (
+        "v4-gray16-9x5",
+        9,
+        5,
+        PixelFormat::Gray16,
+        Modality::Ct,
+        None,
+        Some("HEAD"),
+        None,
+    ),
+    (
+        "v4-chest-pa-12x10",
+        12,
+        10,
+        PixelFormat::Gray8,
+        Modality::Dx,
+        None,
+        Some("CHEST"),
+        Some("PA"),
+    ),
+    (
+        "v4-gray8-40x30",
+        40,
+        30,
+        PixelFormat::Gray8,
+        Modality::Cr,
+        Some("pneumonia-cnn"),
+        None,
+        None,
+    ),
+    (
+        "v4-gray16-20x6",
+        20,
+        6,
+        PixelFormat::Gray16,
+        Modality::Mr,
+        None,
+        Some("SHOULDER"),
+        Some("AP"),
+    ),
+    (
+        "v4-gray8-1x1",
+        1,
+        1,
+        PixelFormat::Gray8,
+        Modality::Ot,
+        None,
+        None,
+        None,
+    ),
+];
+
 fn main() {
-    let version = std::env::args().nth(1).unwrap_or_else(|| "v3".into());
-    let cases: &[Case] = match version.as_str() {
-        "v2" => &V2_CASES,
-        "v3" => &V3_CASES,
-        other => panic!("usage: write_test_vectors v2|v3 (not {other:?})"),
+    let version = std::env::args().nth(1).unwrap_or_else(|| "v4".into());
+    let (cases, number, variant): (&[Case], u8, henon::Variant) = match version.as_str() {
+        "v2" => (&V2_CASES, 2, henon::Variant::Original),
+        "v3" => (&V3_CASES, 3, henon::Variant::Original),
+        "v4" => (&V4_CASES, 4, henon::Variant::Whitened),
+        other => panic!("usage: write_test_vectors v2|v3|v4 (not {other:?})"),
     };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
     let out = dir.join(format!("{version}.json"));
@@ -140,8 +207,8 @@ fn main() {
     for (i, &(name, width, height, format, modality, hint, body_part, view)) in
         cases.iter().enumerate()
     {
-        // v3 cases draw other session keys and ids than v2's.
-        let i = i as u8 + if version == "v3" { 8 } else { 0 };
+        // Each version's cases draw other session keys and ids.
+        let i = i as u8 + 8 * (number - 2);
         let session =
             SessionKey::from_bytes(std::array::from_fn(|j| (j as u8).wrapping_mul(7) ^ i));
         let recorded = earlier.as_ref().and_then(|doc| {
@@ -160,7 +227,9 @@ fn main() {
             None => key.public().wrap(&session).unwrap(),
         };
         let meta = ImageMeta {
-            message_id: MessageId(std::array::from_fn(|j| 0xa0 ^ j as u8 ^ (i << 4))),
+            message_id: MessageId(std::array::from_fn(|j| {
+                0xa0 ^ j as u8 ^ (i << 4) ^ (i >> 4)
+            })),
             site: "st-example".parse().unwrap(),
             gateway: "gw-01".parse().unwrap(),
             device: format!("sensor-{i}").parse().unwrap(),
@@ -180,7 +249,7 @@ fn main() {
             .collect();
         let pixels = Pixels::new(width, height, format, data).unwrap();
         let keys = MessageKeys::derive(&session, &meta.message_id);
-        let sealed = envelope::seal_with(&session, &wrapped, &identity, &meta, &pixels)
+        let sealed = envelope::seal_as(number, &session, &wrapped, &identity, &meta, &pixels)
             .unwrap()
             .bytes;
         let parsed = envelope::parse(&sealed).unwrap();
@@ -240,7 +309,7 @@ fn main() {
             "aead_key": hex::encode(keys.aead_key),
             "aead_nonce": hex::encode(keys.nonce),
             "henon_key": hex::encode(keys.henon.as_bytes()),
-            "henon_ciphertext": hex::encode(henon::encrypt(&keys.henon, &pixels).data()),
+            "henon_ciphertext": hex::encode(henon::encrypt(variant, &keys.henon, &pixels).data()),
             "header": hex::encode(&sealed[7..7 + header_len]),
             "sha512": hex::encode(sha512),
             "signer": parsed.header.signer.to_string(),

@@ -1,12 +1,14 @@
-//! The sealed-image envelope, versions 2 and 3: layout, parsing of untrusted
+//! The sealed-image envelope, versions 2 to 4: layout, parsing of untrusted
 //! bytes, sealing and opening. `shared/FORMAT.md` is the normative
-//! description. The versions differ only in the header's layout (version 3
-//! adds what the image shows, see [`crate::header`]).
+//! description. Version 3 adds what the image shows to the header (see
+//! [`crate::header`]); version 4 keeps version 3's header layout and uses
+//! the Henon cipher's whitened variant ([`henon::Variant`]). Gateways write
+//! version 4; receivers read all three.
 //!
 //! ```text
 //! offset    size  field
 //! 0         4     magic "MGSI"
-//! 4         1     format version (2 or 3)
+//! 4         1     format version (2, 3 or 4)
 //! 5         2     header length H, u16 little-endian, 1..=1024
 //! 7         H     header (postcard, see header.rs)
 //! 7+H       2     wrapped-key length K, u16 little-endian, 384..=1024
@@ -46,10 +48,10 @@ pub const MAX_OVERHEAD: usize =
 
 /// The first four bytes of every sealed image.
 pub const MAGIC: [u8; 4] = *b"MGSI";
-/// The newest format version this code writes and reads.
-pub const VERSION: u8 = 3;
-/// The oldest format version this code reads (and writes, for headers that
-/// need nothing newer).
+/// The newest format version this code reads, and the one it writes.
+pub const VERSION: u8 = 4;
+/// The oldest format version this code reads (test vectors are still
+/// written in it).
 pub const OLDEST_VERSION: u8 = 2;
 /// The largest encoded header accepted.
 pub const MAX_HEADER_LEN: usize = 1024;
@@ -131,6 +133,8 @@ fn version_message(version: u8) -> String {
 /// A sealed image split into its parts, checked for form but not opened.
 #[derive(Debug, Clone)]
 pub struct Envelope<'a> {
+    /// The format version.
+    pub version: u8,
     /// The decoded header.
     pub header: Header,
     /// The canonical header bytes covered by the SHA-512 tag.
@@ -216,6 +220,7 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
         return Err(FormatError::BodyLength { expected, actual });
     }
     Ok(Envelope {
+        version,
         header,
         canonical_header: &bytes[4..key_at],
         wrapped_key,
@@ -229,12 +234,16 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, FormatError> {
 /// Why sealing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
+    /// The format version cannot carry this header (version 2 with a body
+    /// part or view, version 3 without), or is not one this code writes.
+    #[error("a sealed image of format version {0} cannot carry this header")]
+    Version(u8),
     /// The header could not be encoded within [`MAX_HEADER_LEN`].
     #[error("header encodes to {0} bytes, over the {MAX_HEADER_LEN}-byte limit")]
     HeaderTooLong(usize),
     /// The header could not be encoded.
     #[error("header does not encode: {0}")]
-    Encode(postcard::Error),
+    Encode(String),
     /// The wrapped key has a length the format does not carry.
     #[error("wrapped key length {0} is outside {MIN_WRAPPED_KEY_LEN}..={MAX_WRAPPED_KEY_LEN}")]
     WrappedKeyLength(usize),
@@ -257,9 +266,10 @@ pub struct Sealed {
     pub answer_key: AnswerKey,
 }
 
-/// Seals `image` under an already wrapped session key and signs it as
-/// `identity`. Deterministic: the same inputs give the same bytes (used for
-/// test vectors); see [`crate::seal::Sealer`] for the rotating front end.
+/// Seals `image` in format [`VERSION`] under an already wrapped session key
+/// and signs it as `identity`. Deterministic: the same inputs give the same
+/// bytes (used for test vectors); see [`crate::seal::Sealer`] for the
+/// rotating front end.
 ///
 /// # Errors
 /// [`SealError`] if the header or wrapped key do not fit the format.
@@ -270,6 +280,26 @@ pub fn seal_with(
     meta: &ImageMeta,
     image: &Pixels,
 ) -> Result<Sealed, SealError> {
+    seal_as(VERSION, session, wrapped, identity, meta, image)
+}
+
+/// [`seal_with`] in an older format `version`, as gateways before version
+/// 4 wrote it: what the test vectors of versions 2 and 3 are made with.
+///
+/// # Errors
+/// [`SealError::Version`] for a version this code does not read or that
+/// cannot carry the header, else as [`seal_with`].
+pub fn seal_as(
+    version: u8,
+    session: &SessionKey,
+    wrapped: &WrappedKey,
+    identity: &GatewayIdentity,
+    meta: &ImageMeta,
+    image: &Pixels,
+) -> Result<Sealed, SealError> {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        return Err(SealError::Version(version));
+    }
     let header = Header {
         meta: meta.clone(),
         width: image.width(),
@@ -279,7 +309,10 @@ pub fn seal_with(
         key_id: wrapped.key_id(),
         signer: identity.public().id(),
     };
-    let header_bytes = header.encode().map_err(SealError::Encode)?;
+    let header_bytes = header.encode(version).map_err(|e| match e {
+        HeaderError::Decode(reason) => SealError::Encode(reason),
+        HeaderError::NonCanonical | HeaderError::Version(_) => SealError::Version(version),
+    })?;
     if header_bytes.len() > MAX_HEADER_LEN {
         return Err(SealError::HeaderTooLong(header_bytes.len()));
     }
@@ -293,7 +326,7 @@ pub fn seal_with(
     let pixel_len = image.data().len();
     let mut out = Vec::with_capacity(body_at + pixel_len + TAG_LEN + AEAD_TAG_LEN);
     out.extend_from_slice(&MAGIC);
-    out.push(header.version());
+    out.push(version);
     out.extend_from_slice(&(header_bytes.len() as u16).to_le_bytes());
     out.extend_from_slice(&header_bytes);
     out.extend_from_slice(&(key_len as u16).to_le_bytes());
@@ -304,7 +337,12 @@ pub fn seal_with(
     let tag = integrity_tag(&out[4..PREFIX_LEN + header_bytes.len()], image.data());
     let keys = MessageKeys::derive(session, &meta.message_id);
     out.resize(body_at + pixel_len, 0);
-    henon::encrypt_into(&keys.henon, image, &mut out[body_at..]);
+    henon::encrypt_into(
+        henon_variant(version),
+        &keys.henon,
+        image,
+        &mut out[body_at..],
+    );
     out.extend_from_slice(&tag);
 
     let aead = ChaCha20Poly1305::new((&keys.aead_key).into());
@@ -431,7 +469,7 @@ pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened
     // map it anyway rather than trust that at a distance.
     let cipher = Pixels::new(header.width, header.height, header.pixel_format, plain)
         .map_err(|e| OpenError::Malformed(FormatError::Image(e)))?;
-    let pixels = henon::decrypt(&keys.henon, &cipher);
+    let pixels = henon::decrypt_owned(henon_variant(envelope.version), &keys.henon, cipher);
     if integrity_tag(envelope.canonical_header, pixels.data()) != tag {
         return Err(OpenError::TagMismatch);
     }
@@ -441,6 +479,15 @@ pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened
         sha512: tag,
         answer_key: AnswerKey::derive(session, &header.meta.message_id),
     })
+}
+
+/// The Henon variant of format `version`.
+fn henon_variant(version: u8) -> henon::Variant {
+    if version >= 4 {
+        henon::Variant::Whitened
+    } else {
+        henon::Variant::Original
+    }
 }
 
 /// SHA-512 of the canonical header followed by the plaintext pixels.

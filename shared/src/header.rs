@@ -5,12 +5,12 @@
 //! given header is unique, and parsing rejects any other encoding of it, so
 //! the received bytes are the canonical header that the SHA-512 tag covers.
 //!
-//! Two layouts exist: version 3 carries what the image shows ([`Anatomy`]:
-//! body part and view position) after the model hint; version 2 does not.
-//! A header is written in version 2 when it has no anatomy, so gateways
-//! that know none interoperate with receivers that only read version 2,
-//! and in version 3 otherwise; a version-3 header without anatomy is not
-//! canonical.
+//! Two layouts exist: versions 3 and 4 carry what the image shows
+//! ([`Anatomy`]: body part and view position) after the model hint;
+//! version 2 does not. Format 4 (the Henon cipher's whitened variant) is
+//! what gateways write. Readers of formats 2 and 3 keep their rule: a
+//! version-2 header has no anatomy and a version-3 header has some, so every
+//! header still has exactly one accepted encoding in each version.
 
 use serde::{Deserialize, Serialize};
 
@@ -94,7 +94,8 @@ pub struct ImageMeta {
     pub modality: Modality,
     /// A hint for which model should classify it, if the device knows.
     pub model_hint: Option<Name>,
-    /// What the image shows, as far as the device knows (format version 3).
+    /// What the image shows, as far as the device knows (format versions 3
+    /// and 4).
     pub anatomy: Anatomy,
 }
 
@@ -112,7 +113,7 @@ pub struct Anatomy {
 
 impl Anatomy {
     /// Whether the device knows neither body part nor view position (such
-    /// a header is written in format version 2).
+    /// a header could be written in format version 2).
     pub fn is_unknown(&self) -> bool {
         self.body_part.is_none() && self.view_position.is_none()
     }
@@ -206,6 +207,8 @@ pub enum HeaderError {
     Decode(String),
     /// They decode, but are not the one encoding of what they hold (extra
     /// bytes, non-minimal varints, or version 3 without anatomy).
+    /// Also returned by [`Header::encode`] for a header its version cannot
+    /// carry (version 2 with anatomy, version 3 without).
     #[error("header is not canonically encoded")]
     NonCanonical,
     /// The version has no header layout.
@@ -214,38 +217,56 @@ pub enum HeaderError {
 }
 
 impl Header {
-    /// The format version this header is written in: 2 without anatomy,
-    /// 3 with.
-    pub fn version(&self) -> u8 {
-        if self.meta.anatomy.is_unknown() { 2 } else { 3 }
+    /// Whether format `version` can carry this header: version 2 only
+    /// headers without anatomy, version 3 only headers with some, version 4
+    /// any.
+    pub fn fits(&self, version: u8) -> bool {
+        match version {
+            2 => self.meta.anatomy.is_unknown(),
+            3 => !self.meta.anatomy.is_unknown(),
+            4 => true,
+            _ => false,
+        }
     }
 
-    /// The header's bytes in its [`version`](Self::version)'s layout.
+    /// The header's bytes in format `version`'s layout.
     ///
     /// # Errors
-    /// Only if postcard cannot encode it (it always can).
-    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        if self.version() == 3 {
-            return postcard::to_allocvec(self);
+    /// [`HeaderError::Version`] for a version without a header layout,
+    /// [`HeaderError::NonCanonical`] if the version cannot carry this
+    /// header (see [`fits`](Self::fits)).
+    pub fn encode(&self, version: u8) -> Result<Vec<u8>, HeaderError> {
+        if !(2..=4).contains(&version) {
+            return Err(HeaderError::Version(version));
         }
-        let m = &self.meta;
-        postcard::to_allocvec(&HeaderV2 {
-            message_id: m.message_id,
-            site: m.site.clone(),
-            gateway: m.gateway.clone(),
-            device: m.device.clone(),
-            epoch: m.epoch,
-            sequence: m.sequence,
-            captured_at_ms: m.captured_at_ms,
-            modality: m.modality,
-            model_hint: m.model_hint.clone(),
-            width: self.width,
-            height: self.height,
-            pixel_format: self.pixel_format,
-            recipient: self.recipient,
-            key_id: self.key_id,
-            signer: self.signer,
-        })
+        if !self.fits(version) {
+            return Err(HeaderError::NonCanonical);
+        }
+        let encoded = if version == 2 {
+            let m = &self.meta;
+            postcard::to_allocvec(&HeaderV2 {
+                message_id: m.message_id,
+                site: m.site.clone(),
+                gateway: m.gateway.clone(),
+                device: m.device.clone(),
+                epoch: m.epoch,
+                sequence: m.sequence,
+                captured_at_ms: m.captured_at_ms,
+                modality: m.modality,
+                model_hint: m.model_hint.clone(),
+                width: self.width,
+                height: self.height,
+                pixel_format: self.pixel_format,
+                recipient: self.recipient,
+                key_id: self.key_id,
+                signer: self.signer,
+            })
+        } else {
+            postcard::to_allocvec(self)
+        };
+        // Postcard encodes every value of these types; an error would be a
+        // bug, reported rather than panicked on.
+        encoded.map_err(|e| HeaderError::Decode(e.to_string()))
     }
 
     /// Decodes the header of a `version` envelope, and refuses any bytes
@@ -256,10 +277,10 @@ impl Header {
     pub fn decode(version: u8, bytes: &[u8]) -> Result<Self, HeaderError> {
         let header = match version {
             2 => Self::from(whole::<HeaderV2>(bytes)?),
-            3 => whole::<Self>(bytes)?,
+            3 | 4 => whole::<Self>(bytes)?,
             other => return Err(HeaderError::Version(other)),
         };
-        if header.version() != version || header.encode().as_deref() != Ok(bytes) {
+        if header.encode(version).as_deref() != Ok(bytes) {
             return Err(HeaderError::NonCanonical);
         }
         Ok(header)
@@ -336,39 +357,47 @@ mod tests {
     }
 
     #[test]
-    fn a_header_without_anatomy_is_version_2_and_with_it_version_3() {
+    fn version_2_carries_no_anatomy_version_3_only_anatomy_and_version_4_both() {
         let plain = header(Anatomy::default());
         let chest = header(Anatomy {
             body_part: Some("CHEST".parse().unwrap()),
             view_position: None,
         });
-        assert_eq!((plain.version(), chest.version()), (2, 3));
-        for h in [&plain, &chest] {
-            let bytes = h.encode().unwrap();
-            assert_eq!(&Header::decode(h.version(), &bytes).unwrap(), h);
+        let fits = |h: &Header| [2, 3, 4].map(|v| h.fits(v));
+        assert_eq!(fits(&plain), [true, false, true]);
+        assert_eq!(fits(&chest), [false, true, true]);
+        for (h, version) in [(&plain, 2), (&plain, 4), (&chest, 3), (&chest, 4)] {
+            let bytes = h.encode(version).unwrap();
+            assert_eq!(&Header::decode(version, &bytes).unwrap(), h, "v{version}");
         }
-        // Version 3 is version 2 with two options after the model hint.
-        let (v2, v3) = (plain.encode().unwrap(), chest.encode().unwrap());
+        assert_eq!(plain.encode(3), Err(HeaderError::NonCanonical));
+        assert_eq!(chest.encode(2), Err(HeaderError::NonCanonical));
+        // Version 3 is version 2 with two options after the model hint, and
+        // version 4 has version 3's layout.
+        let (v2, v3) = (plain.encode(2).unwrap(), chest.encode(3).unwrap());
         assert_eq!(v3.len(), v2.len() + 2 + 6);
         assert_eq!(v2[..v2.len() - 48 - 3], v3[..v2.len() - 48 - 3]);
+        assert_eq!(chest.encode(4).unwrap(), v3);
+        assert_eq!(plain.encode(4).unwrap().len(), v2.len() + 2);
     }
 
     #[test]
     fn a_header_in_the_wrong_version_or_with_extra_bytes_is_refused() {
         let plain = header(Anatomy::default());
-        let v3_layout = postcard::to_allocvec(&plain).unwrap();
-        assert_eq!(
-            Header::decode(3, &v3_layout),
-            Err(HeaderError::NonCanonical)
-        );
-        let mut longer = plain.encode().unwrap();
+        let v4 = plain.encode(4).unwrap();
+        assert_eq!(Header::decode(3, &v4), Err(HeaderError::NonCanonical));
+        assert!(Header::decode(2, &v4).is_err());
+        let mut longer = plain.encode(2).unwrap();
         longer.push(0);
         assert_eq!(Header::decode(2, &longer), Err(HeaderError::NonCanonical));
         assert!(matches!(
             Header::decode(2, &longer[..10]),
             Err(HeaderError::Decode(_))
         ));
-        assert_eq!(Header::decode(4, &[]), Err(HeaderError::Version(4)));
+        let mut longer = v4;
+        longer.push(0);
+        assert_eq!(Header::decode(4, &longer), Err(HeaderError::NonCanonical));
+        assert_eq!(Header::decode(5, &[]), Err(HeaderError::Version(5)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use common::{bytes, test_identity, test_key, trust, vectors};
 use medgate_shared::envelope::{self, AEAD_TAG_LEN, FormatError, OpenError, TAG_LEN};
-use medgate_shared::header::{ImageMeta, Modality};
+use medgate_shared::header::{Anatomy, ImageMeta, Modality};
 use medgate_shared::identity::GatewayIdentity;
 use medgate_shared::identity::GatewayPublicKey;
 use medgate_shared::ids::MessageId;
@@ -96,6 +96,50 @@ fn sealer_and_opener_round_trip_both_formats() {
     }
     // One session key, unwrapped once.
     assert_eq!(opener.cached_keys(), 1);
+}
+
+#[test]
+fn gateways_seal_version_4_and_older_versions_only_for_headers_they_carry() {
+    let session = SessionKey::from_bytes([3; 32]);
+    let wrapped = test_key().public().wrap(&session).unwrap();
+    let px = image(20, 10, PixelFormat::Gray8);
+    let plain = meta(1);
+    let chest = ImageMeta {
+        anatomy: Anatomy {
+            body_part: Some("CHEST".parse().unwrap()),
+            view_position: None,
+        },
+        ..meta(2)
+    };
+    let opener = Opener::new(test_key(), 4);
+    for m in [&plain, &chest] {
+        let sealed = envelope::seal_with(&session, &wrapped, &test_identity(), m, &px).unwrap();
+        assert_eq!(sealed.bytes[4], envelope::VERSION);
+        assert_eq!(envelope::VERSION, 4);
+        let opened = open_trusted(&opener, &sealed.bytes);
+        assert_eq!((opened.pixels, opened.header.meta), (px.clone(), m.clone()));
+    }
+    // What a gateway before version 4 wrote still opens...
+    for (version, m) in [(2, &plain), (3, &chest)] {
+        let sealed =
+            envelope::seal_as(version, &session, &wrapped, &test_identity(), m, &px).unwrap();
+        assert_eq!(sealed.bytes[4], version);
+        assert_eq!(open_trusted(&opener, &sealed.bytes).pixels, px);
+    }
+    // ...but version 2 has no place for anatomy, version 3 none for its
+    // absence, and no other version is written.
+    for (version, m) in [(2, &chest), (3, &plain), (1, &plain), (5, &plain)] {
+        let refused = envelope::seal_as(version, &session, &wrapped, &test_identity(), m, &px);
+        assert!(
+            matches!(refused, Err(envelope::SealError::Version(v)) if v == version),
+            "v{version}: {refused:?}"
+        );
+    }
+}
+
+/// Opens `bytes` sealed by the test identity for site/gw.
+fn open_trusted(opener: &Opener, bytes: &[u8]) -> envelope::Opened {
+    opener.open(bytes, trusted().as_slice()).unwrap()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! header alone (before any pixel work): the device's model hint when it
 //! gives one, else the first model, in the configured order, whose card
 //! accepts the image's modality, pixel format and, when the header names
-//! them (format version 3), body part and view position. An image no model
+//! them (format versions 3 and 4), body part and view position. An image no model
 //! accepts gets no class: the receiver answers "not classified: no model"
 //! with what was missing ("no model for MR/SHOULDER"), which frees the
 //! gateway's spool entry and tells the device, and nobody is notified.

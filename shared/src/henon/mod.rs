@@ -18,8 +18,20 @@
 //! diffusion alone changes about 99.6 % of the output when one pixel changes
 //! under the same key.
 //!
-//! Pixels move as whole pixels (one byte for 8-bit, two for 16-bit images);
-//! diffusion works on the bytes.
+//! Two [`Variant`]s exist, one per generation of the sealed-image format:
+//!
+//! | | Original (formats 2, 3) | Whitened (format 4) |
+//! |---|---|---|
+//! | keystream | 4 raw mantissa bytes per iterate (measurably biased) | 8 bytes per iterate through a keyed bijective mixer |
+//! | permutation unit | one pixel | a run of up to 8 bytes of a row (8 pixels of 8 bits, 4 of 16) |
+//!
+//! Moving pixels one at a time cost more than the rest of the cipher
+//! together (three dependent table reads per byte); moving runs of a row
+//! costs one eighth of that. What the permutation is for, scattering the
+//! image's spatial structure before diffusion, does not need single pixels:
+//! runs still land in keyed, unrelated rows and columns, and the diffusion
+//! that follows makes every output byte depend on every input byte either
+//! way. Pixels move as whole pixels in both; diffusion works on the bytes.
 
 mod diffuse;
 mod keystream;
@@ -27,10 +39,25 @@ mod permute;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::pixels::{PixelFormat, Pixels};
+use crate::pixels::Pixels;
 use diffuse::DiffusionKeys;
-use keystream::Keystream;
+pub use keystream::Keystream;
 use permute::Permutation;
+
+/// Which generation of the cipher: the keystream it draws and the unit its
+/// permutation moves (see the module's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Formats 2 and 3.
+    Original,
+    /// Format 4.
+    Whitened,
+}
+
+impl Variant {
+    /// The variant that images are sealed with today.
+    pub const CURRENT: Self = Self::Whitened;
+}
 
 /// A 256-bit key of the Henon cipher. Wiped from memory when dropped; its
 /// `Debug` output is redacted.
@@ -63,8 +90,44 @@ impl std::fmt::Debug for HenonKey {
     }
 }
 
+/// How a variant cuts an image into the units its permutation moves: a
+/// grid of `columns` units of `unit` bytes per row.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    unit: usize,
+    columns: usize,
+}
+
+impl Layout {
+    fn of(variant: Variant, image: &Pixels) -> Self {
+        let pixel = image.format().bytes_per_pixel();
+        let width = image.width() as usize;
+        match variant {
+            Variant::Original => Self {
+                unit: pixel,
+                columns: width,
+            },
+            Variant::Whitened => {
+                // The longest run of 8, 4, 2 or 1 bytes that tiles a row
+                // (a whole number of pixels, since a row's byte count is a
+                // multiple of the pixel size).
+                let row = width * pixel;
+                let unit = [8, 4, 2, 1]
+                    .into_iter()
+                    .find(|&unit| row.is_multiple_of(unit))
+                    .unwrap_or(1);
+                Self {
+                    unit,
+                    columns: row / unit,
+                }
+            }
+        }
+    }
+}
+
 /// The tables and states of one key for one image size, drawn once.
 struct Schedule {
+    layout: Layout,
     permutation: Permutation,
     diffusion: DiffusionKeys,
     /// Positioned at the forward pass's first keystream byte.
@@ -72,22 +135,70 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn new(key: &HenonKey, width: u32, height: u32) -> Self {
-        let mut stream = Keystream::new(key);
-        let permutation = Permutation::new(width as usize, height as usize, &mut stream);
+    fn new(variant: Variant, key: &HenonKey, image: &Pixels) -> Self {
+        let layout = Layout::of(variant, image);
+        let mut stream = Keystream::new(key, variant);
+        let permutation = Permutation::new(layout.columns, image.height() as usize, &mut stream);
         let diffusion = DiffusionKeys::new(&mut stream);
         Self {
+            layout,
             permutation,
             diffusion,
             stream,
         }
     }
+
+    /// Permutes `input` into `out` in the layout's units.
+    fn permute(&self, input: &[u8], out: &mut [u8]) {
+        fn units<const U: usize>(permutation: &Permutation, input: &[u8], out: &mut [u8])
+        where
+            [u8; U]: Default,
+        {
+            let (input, _) = input.as_chunks::<U>();
+            let (out, _) = out.as_chunks_mut::<U>();
+            permutation.apply(input, out);
+        }
+        match self.layout.unit {
+            1 => self.permutation.apply(input, out),
+            2 => units::<2>(&self.permutation, input, out),
+            4 => units::<4>(&self.permutation, input, out),
+            _ => units::<8>(&self.permutation, input, out),
+        }
+    }
+
+    /// Undoes [`permute`](Self::permute): an image that fits the cache
+    /// through a second buffer (one pass of scattered reads), a larger one
+    /// in its own buffer.
+    fn unpermute(&self, data: Vec<u8>) -> Vec<u8> {
+        fn units<const U: usize>(permutation: &Permutation, mut data: Vec<u8>) -> Vec<u8>
+        where
+            [u8; U]: Default,
+        {
+            if permutation.fits_cache::<[u8; U]>() {
+                let mut out = vec![0u8; data.len()];
+                let (input, _) = data.as_chunks::<U>();
+                let (output, _) = out.as_chunks_mut::<U>();
+                permutation.invert(input, output);
+                out
+            } else {
+                let (units, _) = data.as_chunks_mut::<U>();
+                permutation.invert_in_place(units);
+                data
+            }
+        }
+        match self.layout.unit {
+            1 => units::<1>(&self.permutation, data),
+            2 => units::<2>(&self.permutation, data),
+            4 => units::<4>(&self.permutation, data),
+            _ => units::<8>(&self.permutation, data),
+        }
+    }
 }
 
 /// Encrypts an image; the result has the same size and format.
-pub fn encrypt(key: &HenonKey, plain: &Pixels) -> Pixels {
+pub fn encrypt(variant: Variant, key: &HenonKey, plain: &Pixels) -> Pixels {
     let mut data = vec![0u8; plain.data().len()];
-    encrypt_into(key, plain, &mut data);
+    encrypt_into(variant, key, plain, &mut data);
     plain.with_data(data)
 }
 
@@ -97,75 +208,31 @@ pub fn encrypt(key: &HenonKey, plain: &Pixels) -> Pixels {
 ///
 /// # Panics
 /// If `out` is not as long as the image's data.
-pub fn encrypt_into(key: &HenonKey, plain: &Pixels, out: &mut [u8]) {
+pub fn encrypt_into(variant: Variant, key: &HenonKey, plain: &Pixels, out: &mut [u8]) {
     assert_eq!(
         out.len(),
         plain.data().len(),
         "ciphertext buffer must match the image"
     );
-    let Schedule {
-        permutation,
-        diffusion,
-        mut stream,
-    } = Schedule::new(key, plain.width(), plain.height());
-    match plain.format() {
-        PixelFormat::Gray8 => permutation.apply(plain.data(), out),
-        PixelFormat::Gray16 => {
-            let (input, _) = plain.data().as_chunks::<2>();
-            let (output, _) = out.as_chunks_mut::<2>();
-            permutation.apply(input, output);
-        }
-    }
-    diffuse::forward_encrypt(out, &diffusion, &mut stream);
-    diffuse::backward_encrypt(out, &diffusion);
+    let mut schedule = Schedule::new(variant, key, plain);
+    schedule.permute(plain.data(), out);
+    diffuse::forward_encrypt(out, &schedule.diffusion, &mut schedule.stream);
+    diffuse::backward_encrypt(out, &schedule.diffusion);
 }
 
-/// Decrypts an image made by [`encrypt`] under the same key.
-pub fn decrypt(key: &HenonKey, cipher: &Pixels) -> Pixels {
-    decrypt_owned(key, cipher.clone())
+/// Decrypts an image made by [`encrypt`] under the same key and variant.
+pub fn decrypt(variant: Variant, key: &HenonKey, cipher: &Pixels) -> Pixels {
+    decrypt_owned(variant, key, cipher.clone())
 }
 
 /// [`decrypt`], undoing the diffusion in the ciphertext's own buffer (an
 /// opener owns it already, so a large image is not copied first).
-pub fn decrypt_owned(key: &HenonKey, mut cipher: Pixels) -> Pixels {
-    let Schedule {
-        permutation,
-        diffusion,
-        mut stream,
-    } = Schedule::new(key, cipher.width(), cipher.height());
-    let mixed = cipher.data_mut();
-    diffuse::backward_decrypt(mixed, &diffusion);
-    diffuse::forward_decrypt(mixed, &diffusion, &mut stream);
-    match cipher.format() {
-        PixelFormat::Gray8 => cipher.map_data(|data| unpermute(&permutation, data)),
-        PixelFormat::Gray16 => cipher.map_data(|mut data| {
-            if permutation.fits_cache::<[u8; 2]>() {
-                let mut out = vec![0u8; data.len()];
-                let (input, _) = data.as_chunks::<2>();
-                let (output, _) = out.as_chunks_mut::<2>();
-                permutation.invert(input, output);
-                out
-            } else {
-                let (units, _) = data.as_chunks_mut::<2>();
-                permutation.invert_in_place(units);
-                data
-            }
-        }),
-    }
-}
-
-/// Undoes the permutation of 8-bit pixels: an image that fits the cache
-/// through a second buffer (one pass of scattered reads), a larger one in
-/// its own buffer.
-fn unpermute(permutation: &Permutation, mut data: Vec<u8>) -> Vec<u8> {
-    if permutation.fits_cache::<u8>() {
-        let mut out = vec![0u8; data.len()];
-        permutation.invert(&data, &mut out);
-        out
-    } else {
-        permutation.invert_in_place(&mut data);
-        data
-    }
+pub fn decrypt_owned(variant: Variant, key: &HenonKey, mut cipher: Pixels) -> Pixels {
+    let mut schedule = Schedule::new(variant, key, &cipher);
+    let data = cipher.data_mut();
+    diffuse::backward_decrypt(data, &schedule.diffusion);
+    diffuse::forward_decrypt(data, &schedule.diffusion, &mut schedule.stream);
+    cipher.map_data(|data| schedule.unpermute(data))
 }
 
 #[cfg(test)]
@@ -173,6 +240,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::pixels::PixelFormat;
 
     fn image(width: u32, height: u32, format: PixelFormat, seed: u8) -> Pixels {
         let len = width as usize * height as usize * format.bytes_per_pixel();
@@ -192,9 +260,12 @@ mod tests {
         changed as f64 / a.data().len() as f64
     }
 
+    const VARIANTS: [Variant; 2] = [Variant::Original, Variant::Whitened];
+
     #[test]
     fn round_trips_awkward_sizes() {
         let key = HenonKey::from_bytes([42; 32]);
+        // Widths whose rows tile in runs of 1, 2, 4 and 8 bytes.
         for (w, h) in [
             (1, 1),
             (1, 9),
@@ -204,12 +275,21 @@ mod tests {
             (13, 7),
             (64, 1),
             (100, 37),
+            (6, 5),
+            (12, 3),
+            (2000, 600),
         ] {
             for format in [PixelFormat::Gray8, PixelFormat::Gray16] {
-                let plain = image(w, h, format, 5);
-                let cipher = encrypt(&key, &plain);
-                assert_ne!(cipher, plain, "{w}x{h} {format:?} unchanged");
-                assert_eq!(decrypt(&key, &cipher), plain, "{w}x{h} {format:?}");
+                for variant in VARIANTS {
+                    let plain = image(w, h, format, 5);
+                    let cipher = encrypt(variant, &key, &plain);
+                    assert_ne!(cipher, plain, "{w}x{h} {format:?} {variant:?} unchanged");
+                    assert_eq!(
+                        decrypt(variant, &key, &cipher),
+                        plain,
+                        "{w}x{h} {format:?} {variant:?}"
+                    );
+                }
             }
         }
     }
@@ -217,16 +297,22 @@ mod tests {
     #[test]
     fn one_changed_pixel_changes_almost_every_byte() {
         let key = HenonKey::from_bytes([1; 32]);
-        for format in [PixelFormat::Gray8, PixelFormat::Gray16] {
+        for (format, variant) in [PixelFormat::Gray8, PixelFormat::Gray16]
+            .into_iter()
+            .flat_map(|f| VARIANTS.map(|v| (f, v)))
+        {
             let plain = image(128, 96, format, 0);
-            let base = encrypt(&key, &plain);
+            let base = encrypt(variant, &key, &plain);
             // First, middle and last pixel: each must reach everything.
             let len = plain.data().len();
             for at in [0, len / 2 + 3, len - 1] {
                 let mut other = plain.clone();
                 other.data_mut()[at] ^= 1;
-                let changed = fraction_changed(&base, &encrypt(&key, &other));
-                assert!(changed > 0.99, "{format:?} pixel byte {at}: {changed}");
+                let changed = fraction_changed(&base, &encrypt(variant, &key, &other));
+                assert!(
+                    changed > 0.99,
+                    "{format:?} {variant:?} byte {at}: {changed}"
+                );
             }
         }
     }
@@ -235,19 +321,24 @@ mod tests {
     fn one_flipped_key_bit_changes_almost_every_byte() {
         let key = HenonKey::from_bytes([77; 32]);
         let plain = image(64, 64, PixelFormat::Gray8, 9);
-        let base = encrypt(&key, &plain);
-        for bit in [0, 100, 255] {
-            let changed = fraction_changed(&base, &encrypt(&key.with_bit_flipped(bit), &plain));
-            assert!(changed > 0.99, "bit {bit}: {changed}");
+        for variant in VARIANTS {
+            let base = encrypt(variant, &key, &plain);
+            for bit in [0, 100, 255] {
+                let flipped = encrypt(variant, &key.with_bit_flipped(bit), &plain);
+                let changed = fraction_changed(&base, &flipped);
+                assert!(changed > 0.99, "{variant:?} bit {bit}: {changed}");
+            }
         }
     }
 
     #[test]
     fn wrong_key_does_not_decrypt() {
         let plain = image(32, 32, PixelFormat::Gray8, 3);
-        let cipher = encrypt(&HenonKey::from_bytes([5; 32]), &plain);
-        let wrong = decrypt(&HenonKey::from_bytes([6; 32]), &cipher);
-        assert!(fraction_changed(&wrong, &plain) > 0.95);
+        for variant in VARIANTS {
+            let cipher = encrypt(variant, &HenonKey::from_bytes([5; 32]), &plain);
+            let wrong = decrypt(variant, &HenonKey::from_bytes([6; 32]), &cipher);
+            assert!(fraction_changed(&wrong, &plain) > 0.95, "{variant:?}");
+        }
     }
 
     #[test]
@@ -266,12 +357,14 @@ mod tests {
             width in 1u32..40,
             height in 1u32..40,
             wide in any::<bool>(),
+            whitened in any::<bool>(),
             seed in any::<u8>(),
         ) {
+            let variant = if whitened { Variant::Whitened } else { Variant::Original };
             let format = if wide { PixelFormat::Gray16 } else { PixelFormat::Gray8 };
             let key = HenonKey::from_bytes(key);
             let plain = image(width, height, format, seed);
-            prop_assert_eq!(decrypt(&key, &encrypt(&key, &plain)), plain);
+            prop_assert_eq!(decrypt(variant, &key, &encrypt(variant, &key, &plain)), plain);
         }
     }
 }

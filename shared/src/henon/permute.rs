@@ -267,13 +267,13 @@ fn shuffled(n: usize, stream: &mut Keystream) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::henon::HenonKey;
+    use crate::henon::{HenonKey, Variant};
 
     fn permutation(width: usize, height: usize) -> Permutation {
         Permutation::new(
             width,
             height,
-            &mut Keystream::new(&HenonKey::from_bytes([3; 32])),
+            &mut Keystream::new(&HenonKey::from_bytes([3; 32]), Variant::Original),
         )
     }
 

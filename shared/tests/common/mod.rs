@@ -13,13 +13,18 @@ pub fn vectors() -> Value {
 }
 
 /// Every vector document with its format version: 2 (headers without
-/// anatomy) and 3. Both use the same test keys.
+/// anatomy), 3 (with) and 4 (the whitened Henon variant). All use the same
+/// test keys.
 pub fn vector_documents() -> Vec<(u8, Value)> {
     vec![
         (2, vectors()),
         (
             3,
             serde_json::from_str(include_str!("../vectors/v3.json")).unwrap(),
+        ),
+        (
+            4,
+            serde_json::from_str(include_str!("../vectors/v4.json")).unwrap(),
         ),
     ]
 }

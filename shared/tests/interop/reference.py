@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""A second implementation of the medgate sealed-image format (versions 2 and
-3), written from
+"""A second implementation of the medgate sealed-image format (versions 2, 3
+and 4), written from
 shared/FORMAT.md (not from the Rust code), checked against the test vectors.
 
 It covers everything the standard library can: the envelope layout, the
@@ -9,7 +9,8 @@ the curve arithmetic written out below), HKDF-SHA-256, the Henon cipher
 (both directions), the SHA-512 tag and the answer MACs. ChaCha20-Poly1305
 and RSA-OAEP are standard primitives checked by the Rust tests.
 
-Usage: reference.py shared/tests/vectors/v2.json shared/tests/vectors/v3.json
+Usage: reference.py shared/tests/vectors/v2.json shared/tests/vectors/v3.json \
+           shared/tests/vectors/v4.json
 """
 import hashlib
 import hmac
@@ -71,10 +72,10 @@ def parse_header(raw, version):
         "body_part": None,
         "view_position": None,
     }
-    if version == 3:
+    if version in (3, 4):
         h["body_part"] = option_name(r)
         h["view_position"] = option_name(r)
-        if h["body_part"] is None and h["view_position"] is None:
+        if version == 3 and h["body_part"] is None and h["view_position"] is None:
             raise ValueError("a version 3 header must carry a body part or a view position")
     h.update({
         "width": r.varint(),
@@ -90,7 +91,7 @@ def parse_header(raw, version):
 
 
 def parse_envelope(data):
-    assert data[:4] == b"MGSI" and data[4] in (2, 3)
+    assert data[:4] == b"MGSI" and data[4] in (2, 3, 4)
     (hlen,) = struct.unpack_from("<H", data, 5)
     header = data[7:7 + hlen]
     (klen,) = struct.unpack_from("<H", data, 7 + hlen)
@@ -228,8 +229,9 @@ def unit(v):
 
 
 class Keystream:
-    def __init__(self, key):
-        s = 0x6D65646761746531
+    def __init__(self, key, whitened):
+        self.whitened = whitened
+        s = 0x6D65646761746534 if whitened else 0x6D65646761746531
         for i in range(4):
             (k,) = struct.unpack_from("<Q", key, 8 * i)
             s = mix64(((s ^ k) + GAMMA) & M64)
@@ -240,6 +242,11 @@ class Keystream:
             self.x.append(unit(mix64(t)) * 0.2 - 0.1)
             t = (t + GAMMA) & M64
             self.y.append(unit(mix64(t)) * 0.2 - 0.1)
+        self.counter = []
+        if whitened:
+            for _ in range(16):
+                t = (t + GAMMA) & M64
+                self.counter.append(mix64(t))
         for _ in range(128):
             self.step()
         self.buf = b""
@@ -260,9 +267,15 @@ class Keystream:
     def bytes(self, n):
         while len(self.buf) < n:
             self.step()
-            for x in self.x:
+            for i, x in enumerate(self.x):
                 bits = struct.unpack("<Q", struct.pack("<d", x))[0]
-                self.buf += struct.pack("<I", (bits >> 6) & 0xFFFFFFFF)
+                if self.whitened:
+                    self.counter[i] = (self.counter[i] + 0xA0761D6478BD642F) & M64
+                    z = (self.counter[i] + bits) & M64
+                    product = z * (z ^ 0xE7037ED1A0B428DB)
+                    self.buf += struct.pack("<Q", (product >> 64) ^ (product & M64))
+                else:
+                    self.buf += struct.pack("<I", (bits >> 6) & 0xFFFFFFFF)
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
@@ -302,8 +315,15 @@ def store(data, at, n, value):
     data[at:at + n] = (value & M64).to_bytes(8, "little")[:n]
 
 
-def henon(key, width, height, bpp, data, encrypt=True):
-    ks = Keystream(key)
+def henon(key, width, height, bpp, data, whitened, encrypt=True):
+    # The permutation moves units of `bpp` bytes on a width x height grid
+    # (original), or runs of 8, 4, 2 or 1 bytes, the longest that tiles a row
+    # (whitened): the grid then has row_bytes / unit columns.
+    if whitened:
+        row = width * bpp
+        bpp = next(u for u in (8, 4, 2, 1) if row % u == 0)
+        width = row // bpp
+    ks = Keystream(key, whitened)
     sigma = shuffled(height, ks)
     pi = shuffled(width, ks)
     rho = [ks.below(width) for _ in range(height)]
@@ -391,7 +411,9 @@ def check(v, gateway_public):
         assert h[field] == v[field], (field, h[field], v[field])
     for field in ["body_part", "view_position"]:
         assert h[field] == v.get(field), (field, h[field], v.get(field))
-    assert env["version"] == (2 if h["body_part"] is None and h["view_position"] is None else 3)
+    if env["version"] < 4:
+        assert env["version"] == (2 if h["body_part"] is None and h["view_position"] is None else 3)
+    whitened = env["version"] >= 4
     assert env["header_bytes"].hex() == v["header"]
     assert hashlib.sha256(env["wrapped"]).digest()[:16].hex() == v["key_id"]
     assert env["wrapped"].hex() == v["wrapped_key"]
@@ -413,9 +435,9 @@ def check(v, gateway_public):
     bpp = 2 if h["pixel_format"] == "Gray16" else 1
     n = h["width"] * h["height"] * bpp
     assert len(pixels) == n and len(env["body"]) == n + 64 + 16
-    cipher = henon(key, h["width"], h["height"], bpp, pixels, True)
+    cipher = henon(key, h["width"], h["height"], bpp, pixels, whitened, True)
     assert cipher.hex() == v["henon_ciphertext"], "henon ciphertext differs"
-    assert henon(key, h["width"], h["height"], bpp, cipher, False) == pixels
+    assert henon(key, h["width"], h["height"], bpp, cipher, whitened, False) == pixels
     tag = hashlib.sha512(env["canonical"] + pixels).hexdigest()
     assert tag == v["sha512"]
 

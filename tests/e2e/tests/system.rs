@@ -669,7 +669,7 @@ fn frames_that_are_no_chest_xrays_come_back_not_classified_and_leave_the_spool_u
 #[test]
 fn chest_x_rays_configured_as_shoulders_are_sealed_as_such_and_answered_no_model() {
     // Real chest X-rays, from sensors whose config says they image
-    // shoulders: the header says so (format version 3), the receiver has
+    // shoulders: the header says so, the receiver has
     // no shoulder model and answers so, before any inference.
     let mut rig = Rig::without_gateway(3, Duration::from_millis(30), 1);
     rig.configure_gateway(|config| {
@@ -694,7 +694,7 @@ fn chest_x_rays_configured_as_shoulders_are_sealed_as_such_and_answered_no_model
         .block_on(observer.expect("medgate/v1/site-a/gw-1/images/", 2, WAIT))
         .unwrap();
     for image in &images {
-        assert_eq!(image.payload[4], 3, "format version 3");
+        assert_eq!(image.payload[4], envelope::VERSION, "the current format");
         let meta = envelope::parse(&image.payload).unwrap().header.meta;
         assert_eq!(meta.anatomy.to_string(), "SHOULDER/AP");
         assert_eq!(meta.modality, Modality::Dx);
