@@ -22,7 +22,7 @@
 //!
 //! | | Original (formats 2, 3) | Whitened (format 4) |
 //! |---|---|---|
-//! | keystream | 4 raw mantissa bytes per iterate (measurably biased) | 8 bytes per iterate through a keyed bijective mixer |
+//! | keystream | 4 raw mantissa bytes per iterate (measurably biased) | 8 bytes per iterate, added to a keyed counter and folded through a 128-bit multiply |
 //! | permutation unit | one pixel | a run of up to 8 bytes of a row (8 pixels of 8 bits, 4 of 16) |
 //!
 //! Moving pixels one at a time cost more than the rest of the cipher
