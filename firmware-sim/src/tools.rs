@@ -2,6 +2,7 @@
 //! raw Henon keystream, for test batteries) and `xray` (export a real chest
 //! X-ray from a MedMNIST file as PNG).
 
+use std::convert::Infallible;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,18 +48,11 @@ pub struct SealRequest {
 
 /// The per-position bias of the first `bytes` bytes of `key`'s keystream.
 pub fn keystream_bias(key: &HenonKey, variant: Variant, bytes: u64) -> BiasReport {
-    let mut stream = Keystream::new(key, variant);
     let mut bias = StreamBias::default();
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut left = bytes;
-    while left > 0 {
-        let n = buffer
-            .len()
-            .min(usize::try_from(left).unwrap_or(usize::MAX));
-        stream.fill(&mut buffer[..n]);
-        bias.update(&buffer[..n]);
-        left -= n as u64;
-    }
+    let Ok(()) = each_keystream_piece(key, variant, Some(bytes), |piece| {
+        bias.update(piece);
+        Ok::<(), Infallible>(())
+    });
     bias.report()
 }
 
@@ -74,6 +68,24 @@ pub fn write_keystream(
     limit: Option<u64>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let written = each_keystream_piece(key, variant, limit, |piece| out.write_all(piece))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the keystream"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Hands `limit` bytes (without one, until `use_piece` fails) of `key`'s
+/// keystream to `use_piece`, 64 KiB at a time.
+fn each_keystream_piece<E>(
+    key: &HenonKey,
+    variant: Variant,
+    limit: Option<u64>,
+    mut use_piece: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     let mut stream = Keystream::new(key, variant);
     let mut buffer = vec![0u8; 1 << 16];
     let mut left = limit.unwrap_or(u64::MAX);
@@ -82,18 +94,10 @@ pub fn write_keystream(
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
         stream.fill(&mut buffer[..n]);
-        match out.write_all(&buffer[..n]) {
-            Ok(()) => left -= n as u64,
-            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(anyhow::Error::new(e).context("writing the keystream")),
-        }
+        use_piece(&buffer[..n])?;
+        left -= n as u64;
     }
-    match out.flush() {
-        Err(e) if e.kind() != ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing the keystream"))
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// Writes a new receiver key pair into `dir`.
