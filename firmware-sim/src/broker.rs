@@ -109,6 +109,15 @@ impl Broker {
         }
     }
 
+    /// Its own process, for a broker that runs as one (mosquitto); the
+    /// embedded broker's CPU counts to this process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Embedded(_) => None,
+            Self::Mosquitto(broker) => broker.pid(),
+        }
+    }
+
     /// What it is, for people.
     pub fn describe(&self) -> &'static str {
         match self {

@@ -3,7 +3,8 @@
 //! rumqttd, or mosquitto with the shipped access rules; mutual TLS either
 //! way) and in-process receivers; it reports the images answered
 //! per second end to end, capture→result latency percentiles, the gateway
-//! process's memory and CPU, and, in the same run and through the same
+//! process's memory, the CPU of each process per answered image, and, in the
+//! same run and through the same
 //! broker, the ceiling: plain TLS QoS 1 publication of the same sealed
 //! payloads from one client to another, with the ratio of the two.
 
@@ -101,6 +102,11 @@ pub struct LoadReport {
     pub latency_ms: Option<Percentiles>,
     /// The gateway process.
     pub gateway: GatewayFootprint,
+    /// CPU of every process of the run over the measured time: the
+    /// gateway, the broker when it is a process of its own (mosquitto), and
+    /// this simulator (the receivers, the simulated sensors and an embedded
+    /// broker).
+    pub processes: Vec<ProcessCpu>,
     /// The same broker's plain TLS QoS 1 delivery of the same payloads.
     pub ceiling: Ceiling,
     /// `images_per_s / ceiling.messages_per_s`.
@@ -122,6 +128,17 @@ pub struct GatewayFootprint {
     pub rss_peak_mb: f64,
     /// CPU time over wall time, percent of one core.
     pub cpu_percent: f64,
+}
+
+/// One process's CPU over the measured time.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCpu {
+    /// What runs in it.
+    pub name: String,
+    /// CPU time over wall time, percent of one core.
+    pub cpu_percent: f64,
+    /// CPU milliseconds per image answered in that time (0 if none was).
+    pub cpu_ms_per_image: f64,
 }
 
 /// The ceiling measurement.
@@ -214,7 +231,27 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         None
     };
     let before: Vec<_> = system.sensors().iter().map(|s| s.log()).collect();
-    let ticks_before = procstat::cpu_ticks(pid);
+    let mut measured = vec![(
+        format!("gateway ({})", program.display()),
+        pid,
+        procstat::cpu_ticks(pid),
+    )];
+    if let Some(broker) = system.broker().pid() {
+        measured.push((
+            system.broker().describe().to_owned(),
+            broker,
+            procstat::cpu_ticks(broker),
+        ));
+    }
+    let me = std::process::id();
+    measured.push((
+        match system.broker().pid() {
+            Some(_) => "simulator (receivers, sensors)".to_owned(),
+            None => "simulator (receivers, sensors, embedded broker)".to_owned(),
+        },
+        me,
+        procstat::cpu_ticks(me),
+    ));
     let started = Instant::now();
     let mut rss = Vec::new();
     while started.elapsed() < options.duration {
@@ -231,8 +268,12 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             .map_err(|_| anyhow::anyhow!("the junk thread panicked"))??,
         None => 0,
     };
-    let cpu_seconds =
-        procstat::cpu_ticks(pid).saturating_sub(ticks_before) as f64 / procstat::clock_ticks();
+    let cpu_seconds: Vec<f64> = measured
+        .iter()
+        .map(|(_, pid, before)| {
+            procstat::cpu_ticks(*pid).saturating_sub(*before) as f64 / procstat::clock_ticks()
+        })
+        .collect();
     let peak_kb = procstat::status_kb(pid, "VmHWM:");
     rss.sort_unstable();
 
@@ -293,8 +334,21 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             program: program.display().to_string(),
             rss_median_mb: rss.get(rss.len() / 2).copied().unwrap_or(0) as f64 / 1024.0,
             rss_peak_mb: peak_kb as f64 / 1024.0,
-            cpu_percent: 100.0 * cpu_seconds / seconds,
+            cpu_percent: 100.0 * cpu_seconds[0] / seconds,
         },
+        processes: measured
+            .into_iter()
+            .zip(&cpu_seconds)
+            .map(|((name, _, _), &cpu)| ProcessCpu {
+                name,
+                cpu_percent: 100.0 * cpu / seconds,
+                cpu_ms_per_image: if answered > 0 {
+                    1000.0 * cpu / answered as f64
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
         junk_offered_per_s: options.junk_rate,
         junk_sent,
         ratio_of_ceiling: if ceiling.messages_per_s > 0.0 {
@@ -589,6 +643,7 @@ pub fn render_text(report: &LoadReport) -> String {
          end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks; {} unanswered after {} s of drain)\n\
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
+         {}\
          ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, at most {} undelivered, same broker, same payloads; {} of {} lost), {}\n\
          ratio:        {:.2} of the ceiling\n\
          junk:         {:.0} messages/s offered, {} published during the measured time\n",
@@ -612,6 +667,14 @@ pub fn render_text(report: &LoadReport) -> String {
         report.gateway.rss_peak_mb,
         report.gateway.cpu_percent,
         report.gateway.program,
+        report
+            .processes
+            .iter()
+            .map(|p| format!(
+                "cpu:          {:.1} ms per answered image, {:.1}% of one core: {}\n",
+                p.cpu_ms_per_image, p.cpu_percent, p.name
+            ))
+            .collect::<String>(),
         report.ceiling.messages_per_s,
         report.ceiling.in_flight,
         report.ceiling.window,

@@ -260,6 +260,24 @@ fn load_report(broker: &str, receivers: u8, extra: &[&str]) -> serde_json::Value
     assert!(number("/gateway/rss_median_mb") > 1.0, "{report}");
     assert!(number("/gateway/rss_peak_mb") >= number("/gateway/rss_median_mb"));
     assert!(number("/gateway/cpu_percent") > 0.0, "{report}");
+    // Each process's CPU per answered image: the gateway's and this
+    // simulator's always, the broker's when it is mosquitto.
+    let processes = report["processes"].as_array().unwrap();
+    assert_eq!(
+        processes.len(),
+        if broker == "mosquitto" { 3 } else { 2 },
+        "{report}"
+    );
+    assert!(
+        processes[0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("gateway")
+    );
+    for process in processes {
+        let ms = process["cpu_ms_per_image"].as_f64().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{report}");
+    }
     assert!(number("/ceiling/messages") > 0.0, "{report}");
     let ceiling = number("/ceiling/messages_per_s");
     assert!(ceiling > 0.0, "{report}");

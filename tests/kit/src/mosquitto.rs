@@ -121,6 +121,11 @@ impl Mosquitto {
         self.port
     }
 
+    /// The broker process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the broker (SIGKILL): clients see the connection drop.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
