@@ -282,34 +282,20 @@ pub fn report(
     let cipher_key = henon::encrypt(Variant::CURRENT, &key.with_bit_flipped(0), plain);
     let decrypted = henon::decrypt(Variant::CURRENT, key, &cipher);
 
-    let measured = match plain.format() {
-        PixelFormat::Gray8 => measure(
-            [plain, &cipher, &cipher_pixel, &cipher_key, &decrypted].map(|p| p.data().to_vec()),
-            w,
-            h,
-        ),
+    let images = [plain, &cipher, &cipher_pixel, &cipher_key, &decrypted];
+    let exact = decrypted == *plain;
+    let report = match plain.format() {
+        PixelFormat::Gray8 => measure(plain, images.map(|p| p.data().to_vec()), exact),
         PixelFormat::Gray16 => measure(
-            [plain, &cipher, &cipher_pixel, &cipher_key, &decrypted].map(|p| {
+            plain,
+            images.map(|p| {
                 p.data()
                     .chunks_exact(2)
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))
                     .collect()
             }),
-            w,
-            h,
+            exact,
         ),
-    };
-    let report = CipherReport {
-        depth: if plain.format() == PixelFormat::Gray16 {
-            16
-        } else {
-            8
-        },
-        ideal: Ideal::of(plain.format()),
-        width,
-        height,
-        decrypt_exact: decrypted == *plain,
-        ..measured
     };
     Ok((
         report,
@@ -320,16 +306,17 @@ pub fn report(
     ))
 }
 
-/// The metrics of `[plain, cipher, cipher of the changed pixel, cipher
-/// under the flipped key, decrypted]`; size, depth and exactness are the
-/// caller's to fill in.
-fn measure<T: Sample>(images: [Vec<T>; 5], w: usize, h: usize) -> CipherReport {
+/// The report of `plain` from its samples `[plain, cipher, cipher of the
+/// changed pixel, cipher under the flipped key, decrypted]`, and whether
+/// decryption gave back every byte.
+fn measure<T: Sample>(plain: &Pixels, images: [Vec<T>; 5], decrypt_exact: bool) -> CipherReport {
+    let (w, h) = (plain.width() as usize, plain.height() as usize);
     let [p, c, c_pixel, c_key, d] = &images;
     CipherReport {
-        depth: 0,
-        ideal: Ideal::of(PixelFormat::Gray8),
-        width: 0,
-        height: 0,
+        depth: (8 * plain.format().bytes_per_pixel()) as u8,
+        ideal: Ideal::of(plain.format()),
+        width: plain.width(),
+        height: plain.height(),
         npcr_pixel: npcr(c, c_pixel),
         uaci_pixel: uaci(c, c_pixel),
         npcr_key: npcr(c, c_key),
@@ -341,7 +328,7 @@ fn measure<T: Sample>(images: [Vec<T>; 5], w: usize, h: usize) -> CipherReport {
         psnr_cipher_db: psnr(p, c),
         mse_cipher: mse(p, c),
         mse_decrypted: mse(p, d),
-        decrypt_exact: false,
+        decrypt_exact,
     }
 }
 
