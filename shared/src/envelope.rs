@@ -481,8 +481,8 @@ pub fn open_with(envelope: &Envelope<'_>, session: &SessionKey) -> Result<Opened
     })
 }
 
-/// The Henon variant of format `version`.
-fn henon_variant(version: u8) -> henon::Variant {
+/// The Henon variant format `version` encrypts with.
+pub fn henon_variant(version: u8) -> henon::Variant {
     if version >= 4 {
         henon::Variant::Whitened
     } else {

@@ -60,7 +60,8 @@ pub struct Keystream {
     /// The whitening counters (Whitened only).
     counter: [u64; ORBITS],
     block: [u8; MAX_BLOCK],
-    /// Next unread byte in `block`; the block's length means empty.
+    /// Next unread byte in `block`; the variant's block length or more
+    /// means empty.
     used: usize,
 }
 
@@ -100,19 +101,10 @@ impl Keystream {
             block: [0; MAX_BLOCK],
             used: MAX_BLOCK,
         };
-        stream.used = stream.block_len();
         for _ in 0..BURN_IN {
             stream.step();
         }
         stream
-    }
-
-    /// Keystream bytes per step of all orbits.
-    fn block_len(&self) -> usize {
-        match self.variant {
-            Variant::Original => ORBITS * 4,
-            Variant::Whitened => ORBITS * 8,
-        }
     }
 
     /// Fills `out` with the next keystream bytes.
