@@ -75,6 +75,10 @@ enum Command {
         /// Unmeasured seconds first.
         #[arg(long, default_value_t = 3)]
         warm_up: u64,
+        /// Seconds before those in which the gateway's CPU at rest is measured: every sensor
+        /// attached, none capturing.
+        #[arg(long, default_value_t = 5)]
+        idle: u64,
         /// Image side in pixels.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=4096))]
         size: u32,
@@ -357,6 +361,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             rate,
             duration,
             warm_up,
+            idle,
             size,
             receivers,
             backend,
@@ -372,6 +377,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate,
                 duration: std::time::Duration::from_secs(duration.max(1)),
                 warm_up: std::time::Duration::from_secs(warm_up),
+                idle: std::time::Duration::from_secs(idle),
                 size,
                 data,
                 backend,

@@ -57,8 +57,8 @@ pub fn run(options: &DemoOptions) -> anyhow::Result<()> {
         backend: options.backend,
         max_batch: 16,
         gateway: GatewayMode::InProcess,
-        poll_ms: 1,
         broker: BrokerKind::Embedded,
+        paused: false,
         junk_gateway: false,
     })?;
     eprintln!(

@@ -44,6 +44,9 @@ pub struct LoadOptions {
     pub duration: Duration,
     /// Unmeasured time first (connections, first batches).
     pub warm_up: Duration,
+    /// Before that, how long the gateway's CPU is measured with every
+    /// sensor attached and none capturing.
+    pub idle: Duration,
     /// Image side in pixels.
     pub size: u32,
     /// The PneumoniaMNIST file, if not the default place.
@@ -102,10 +105,11 @@ pub struct LoadReport {
     pub latency_ms: Option<Percentiles>,
     /// The gateway process.
     pub gateway: GatewayFootprint,
-    /// CPU of every process of the run over the measured time: the
-    /// gateway, the broker when it is a process of its own (mosquitto), and
-    /// this simulator (the receivers, the simulated sensors and an embedded
-    /// broker).
+    /// CPU over the measured time of every process of the run, and of
+    /// this simulator's two halves: the gateway, the broker when it is a
+    /// process of its own (mosquitto), the simulated sensors (this
+    /// simulator's threads named `sensor-…`), and the rest of this
+    /// simulator (the receivers, their runtime, an embedded broker).
     pub processes: Vec<ProcessCpu>,
     /// The same broker's plain TLS QoS 1 delivery of the same payloads.
     pub ceiling: Ceiling,
@@ -128,6 +132,14 @@ pub struct GatewayFootprint {
     pub rss_peak_mb: f64,
     /// CPU time over wall time, percent of one core.
     pub cpu_percent: f64,
+    /// Its CPU at rest, percent of one core: every sensor attached, no
+    /// frame, before the load starts.
+    pub idle_cpu_percent: f64,
+    /// How long that was measured, s.
+    pub idle_seconds: f64,
+    /// Bus requests per second and sensor at rest (a host polling
+    /// data-ready every 5 ms would make 200).
+    pub idle_bus_requests_per_s: f64,
 }
 
 /// One process's CPU over the measured time.
@@ -171,6 +183,9 @@ const LOST_AFTER: Duration = Duration::from_secs(1);
 /// How often the gateway's memory is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// How long the gateway may take to attach to every sensor.
+const ATTACH: Duration = Duration::from_secs(30);
+
 /// How long results of frames captured before the end may still arrive.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -209,13 +224,39 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             program: program.clone(),
             args,
         },
-        poll_ms: 1,
         broker: options.broker,
         junk_gateway: options.junk_rate > 0.0,
+        paused: true,
     })?;
     let pid = system
         .gateway_pid()
         .context("the gateway runs as a process")?;
+
+    // At rest: the gateway attached to every sensor, no frame.
+    let attached = Instant::now() + ATTACH;
+    while !system.sensors().iter().all(|s| s.watched()) {
+        ensure_running(&mut system)?;
+        anyhow::ensure!(
+            Instant::now() < attached,
+            "the gateway did not attach to every sensor within {} s",
+            ATTACH.as_secs()
+        );
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    let requests = |system: &System| system.sensors().iter().map(|s| s.requests()).sum::<u64>();
+    let (idle_from, idle_ticks, idle_requests) =
+        (Instant::now(), procstat::cpu_ticks(pid), requests(&system));
+    while idle_from.elapsed() < options.idle {
+        ensure_running(&mut system)?;
+        std::thread::sleep(SAMPLE_EVERY);
+    }
+    let idle_seconds = idle_from.elapsed().as_secs_f64();
+    let idle_requests = requests(&system) - idle_requests;
+    let idle_cpu_seconds =
+        procstat::cpu_ticks(pid).saturating_sub(idle_ticks) as f64 / procstat::clock_ticks();
+    for sensor in system.sensors() {
+        sensor.start_capturing();
+    }
 
     // Warm-up: connections, the first batches, page cache.
     let until = Instant::now() + options.warm_up;
@@ -244,14 +285,8 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         ));
     }
     let me = std::process::id();
-    measured.push((
-        match system.broker().pid() {
-            Some(_) => "simulator (receivers, sensors)".to_owned(),
-            None => "simulator (receivers, sensors, embedded broker)".to_owned(),
-        },
-        me,
-        procstat::cpu_ticks(me),
-    ));
+    let simulator = procstat::cpu_ticks(me);
+    let threads = procstat::thread_cpu_ticks(me);
     let started = Instant::now();
     let mut rss = Vec::new();
     while started.elapsed() < options.duration {
@@ -268,12 +303,41 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             .map_err(|_| anyhow::anyhow!("the junk thread panicked"))??,
         None => 0,
     };
-    let cpu_seconds: Vec<f64> = measured
-        .iter()
-        .map(|(_, pid, before)| {
-            procstat::cpu_ticks(*pid).saturating_sub(*before) as f64 / procstat::clock_ticks()
+    let hz = procstat::clock_ticks();
+    // Seconds of CPU over the measured time, by process and part.
+    let mut cpu_seconds: Vec<(String, f64)> = measured
+        .into_iter()
+        .map(|(name, pid, before)| {
+            let seconds = procstat::cpu_ticks(pid).saturating_sub(before) as f64 / hz;
+            (name, seconds)
         })
         .collect();
+    let gateway_cpu = cpu_seconds.first().map_or(0.0, |(_, s)| *s);
+    // This simulator, split by thread: the sensors' threads, and the rest.
+    let simulator = procstat::cpu_ticks(me).saturating_sub(simulator) as f64 / hz;
+    let sensors = procstat::thread_cpu_ticks(me)
+        .iter()
+        .filter(|t| t.name.starts_with("sensor-"))
+        .map(|t| {
+            let before = threads
+                .iter()
+                .find(|b| b.tid == t.tid)
+                .map_or(0, |b| b.ticks);
+            t.ticks.saturating_sub(before)
+        })
+        .sum::<u64>() as f64
+        / hz;
+    cpu_seconds.push((
+        "simulated sensors (the simulator's threads sensor-…)".to_owned(),
+        sensors,
+    ));
+    cpu_seconds.push((
+        match system.broker().pid() {
+            Some(_) => "receivers (the rest of the simulator)".to_owned(),
+            None => "receivers and embedded broker (the rest of the simulator)".to_owned(),
+        },
+        (simulator - sensors).max(0.0),
+    ));
     let peak_kb = procstat::status_kb(pid, "VmHWM:");
     rss.sort_unstable();
 
@@ -334,12 +398,14 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             program: program.display().to_string(),
             rss_median_mb: rss.get(rss.len() / 2).copied().unwrap_or(0) as f64 / 1024.0,
             rss_peak_mb: peak_kb as f64 / 1024.0,
-            cpu_percent: 100.0 * cpu_seconds[0] / seconds,
+            cpu_percent: 100.0 * gateway_cpu / seconds,
+            idle_cpu_percent: 100.0 * idle_cpu_seconds / idle_seconds,
+            idle_seconds,
+            idle_bus_requests_per_s: idle_requests as f64 / idle_seconds / options.sensors as f64,
         },
-        processes: measured
+        processes: cpu_seconds
             .into_iter()
-            .zip(&cpu_seconds)
-            .map(|((name, _, _), &cpu)| ProcessCpu {
+            .map(|(name, cpu)| ProcessCpu {
                 name,
                 cpu_percent: 100.0 * cpu / seconds,
                 cpu_ms_per_image: if answered > 0 {
@@ -643,6 +709,7 @@ pub fn render_text(report: &LoadReport) -> String {
          end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks; {} unanswered after {} s of drain)\n\
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
+         at rest:      gateway CPU {:.2}% of one core over {:.1} s, every sensor attached, no frame; {:.1} bus requests/s per sensor\n\
          {}\
          ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, at most {} undelivered, same broker, same payloads; {} of {} lost), {}\n\
          ratio:        {:.2} of the ceiling\n\
@@ -667,6 +734,9 @@ pub fn render_text(report: &LoadReport) -> String {
         report.gateway.rss_peak_mb,
         report.gateway.cpu_percent,
         report.gateway.program,
+        report.gateway.idle_cpu_percent,
+        report.gateway.idle_seconds,
+        report.gateway.idle_bus_requests_per_s,
         report
             .processes
             .iter()

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::imageops::FilterType;
 use medgate_gateway::sources::spi::registers::{self as reg, FrameInfo, ResultRecord};
-use medgate_gateway::sources::spi::virtual_bus::{self, SpiTarget};
+use medgate_gateway::sources::spi::virtual_bus::{self, SharedTarget, SpiTarget};
 use medgate_medmnist::{self as dataset, SplitName};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
@@ -333,7 +333,7 @@ impl SpiTarget for Machine {
 pub struct Sensor {
     name: String,
     socket: PathBuf,
-    state: Arc<(Mutex<Machine>, Condvar)>,
+    state: Arc<SharedTarget<Machine>>,
 }
 
 impl Sensor {
@@ -359,11 +359,13 @@ impl Sensor {
         period: Duration,
         limit: Option<u32>,
     ) -> std::io::Result<Self> {
-        Self::start_phased(name, socket, feed, period, Duration::ZERO, limit)
+        Self::start_phased(name, socket, feed, period, Duration::ZERO, limit, true)
     }
 
     /// As [`start_limited`](Self::start_limited), with the first frame
-    /// `phase` after the start (sensors of one site do not tick together).
+    /// `phase` after the start (sensors of one site do not tick together),
+    /// and without capturing until [`start_capturing`](Self::start_capturing)
+    /// unless `capturing`.
     ///
     /// # Errors
     /// If the socket cannot be bound.
@@ -374,6 +376,7 @@ impl Sensor {
         period: Duration,
         phase: Duration,
         limit: Option<u32>,
+        capturing: bool,
     ) -> std::io::Result<Self> {
         if socket.exists() {
             std::fs::remove_file(socket)?;
@@ -382,21 +385,18 @@ impl Sensor {
         let sensor = Self {
             name: name.to_owned(),
             socket: socket.to_path_buf(),
-            state: Arc::new((
-                Mutex::new(Machine {
-                    boot: new_boot(),
-                    since_boot: 0,
-                    frame: None,
-                    offset: 0,
-                    command: None,
-                    written: Vec::new(),
-                    log: SensorLog::default(),
-                    captured: HashMap::new(),
-                    capturing: true,
-                    present: true,
-                }),
-                Condvar::new(),
-            )),
+            state: Arc::new(SharedTarget::new(Machine {
+                boot: new_boot(),
+                since_boot: 0,
+                frame: None,
+                offset: 0,
+                command: None,
+                written: Vec::new(),
+                log: SensorLog::default(),
+                captured: HashMap::new(),
+                capturing,
+                present: true,
+            })),
         };
         let state = sensor.state.clone();
         std::thread::Builder::new()
@@ -405,9 +405,7 @@ impl Sensor {
                 std::thread::sleep(phase);
                 let mut tick = Instant::now();
                 loop {
-                    {
-                        let (lock, _) = &*state;
-                        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                    state.with(|machine| {
                         let more =
                             machine.capturing && limit.is_none_or(|l| machine.since_boot < l);
                         if machine.frame.is_some() && more {
@@ -415,7 +413,7 @@ impl Sensor {
                         } else if more {
                             machine.capture(feed.take());
                         }
-                    }
+                    });
                     // The frame clock of the simulated device: fixed ticks,
                     // so that the rate holds however long a capture takes.
                     tick += period;
@@ -428,19 +426,19 @@ impl Sensor {
                 }
             })?;
         let state = sensor.state.clone();
+        let link = format!("sensor-{name}-link");
         std::thread::Builder::new()
             .name(format!("sensor-{name}-bus"))
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
                     let state = state.clone();
-                    std::thread::spawn(move || {
-                        let _ = virtual_bus::serve(stream, |f| {
-                            let (lock, changed) = &*state;
-                            let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                            f(&mut *machine);
-                            changed.notify_all();
+                    // Named as the sensor's: the load report counts the
+                    // threads named `sensor-…` as the simulated sensors.
+                    let _ = std::thread::Builder::new()
+                        .name(link.clone())
+                        .spawn(move || {
+                            let _ = virtual_bus::serve(stream, &state);
                         });
-                    });
                 }
             })?;
         Ok(sensor)
@@ -456,65 +454,62 @@ impl Sensor {
         &self.socket
     }
 
+    /// Starts (again) capturing a frame at every tick of its clock.
+    pub fn start_capturing(&self) {
+        self.state.with(|machine| machine.capturing = true);
+    }
+
+    /// Whether a host (the gateway) is attached and waits for its
+    /// data-ready edges.
+    pub fn watched(&self) -> bool {
+        self.state.watched()
+    }
+
+    /// Bus requests the host has made so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests()
+    }
+
     /// Captures no more frames (a frame already waiting stays readable, and
     /// results are still taken).
     pub fn stop_capturing(&self) {
-        let (lock, _) = &*self.state;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .capturing = false;
+        self.state.with(|machine| machine.capturing = false);
     }
 
     /// Pulls the sensor off its bus (`false`) or plugs it back (`true`): it
     /// keeps capturing, but while unplugged the host reads zeros and its
     /// writes are lost.
     pub fn plug(&self, present: bool) {
-        let (lock, changed) = &*self.state;
-        lock.lock().unwrap_or_else(PoisonError::into_inner).present = present;
-        changed.notify_all();
+        self.state.with(|machine| machine.present = present);
     }
 
     /// Simulates a power cycle: a new boot id, the frame counter back to
     /// 0 (the next frame is 1 again), the waiting frame and the memory of
     /// captured frames lost, as a real sensor's RAM is.
     pub fn power_cycle(&self) {
-        let (lock, changed) = &*self.state;
-        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        machine.boot = new_boot();
-        machine.since_boot = 0;
-        machine.frame = None;
-        machine.offset = 0;
-        machine.captured.clear();
-        machine.log.boots += 1;
-        changed.notify_all();
+        self.state.with(|machine| {
+            machine.boot = new_boot();
+            machine.since_boot = 0;
+            machine.frame = None;
+            machine.offset = 0;
+            machine.captured.clear();
+            machine.log.boots += 1;
+        });
     }
 
     /// A copy of what it has seen.
     pub fn log(&self) -> SensorLog {
-        let (lock, _) = &*self.state;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .log
-            .clone()
+        self.state.with(|machine| machine.log.clone())
     }
 
     /// Waits until `count` results have been written or `timeout` passes;
     /// returns the results so far.
     pub fn wait_for_results(&self, count: usize, timeout: Duration) -> Vec<ResultRecord> {
-        let (lock, changed) = &*self.state;
-        let deadline = Instant::now() + timeout;
-        let mut machine = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        while machine.log.results.len() < count {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            machine = changed
-                .wait_timeout(machine, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        machine.log.results.clone()
+        self.state.wait_until(
+            timeout,
+            |machine| machine.log.results.len() >= count,
+            |machine| machine.log.results.clone(),
+        )
     }
 }
 

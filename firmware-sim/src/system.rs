@@ -78,10 +78,11 @@ pub struct Options {
     pub max_batch: usize,
     /// Where the gateway runs.
     pub gateway: GatewayMode,
-    /// How often the gateway polls a sensor's data-ready line, ms.
-    pub poll_ms: u64,
     /// The broker.
     pub broker: BrokerKind,
+    /// Sensors start without capturing (until each is told
+    /// [`Sensor::start_capturing`]).
+    pub paused: bool,
     /// Also enrol [`JUNK_GATEWAY`] (for the load generator's junk).
     pub junk_gateway: bool,
 }
@@ -195,13 +196,13 @@ impl System {
             // Spread over the feed and over the frame period.
             let feed = options.feed.clone().starting_at(k * 37);
             let phase = period.mul_f64((k - 1) as f64 / options.sensors as f64);
-            let sensor = Sensor::start_phased(&name, &socket, feed, period, phase, None)
-                .with_context(|| format!("sensor {name} on {}", socket.display()))?;
+            let sensor =
+                Sensor::start_phased(&name, &socket, feed, period, phase, None, !options.paused)
+                    .with_context(|| format!("sensor {name} on {}", socket.display()))?;
             system.sensors.push(sensor);
             sensors.push(SpiSensorSection {
                 modality: "DX".to_owned(),
                 body_part: Some("CHEST".to_owned()),
-                poll_ms: options.poll_ms,
                 ..SpiSensorSection::new(&name, &format!("unix:{}", socket.display()))
             });
         }

@@ -23,8 +23,10 @@ async fn sensor_images_reach_the_broker_sealed_and_results_reach_the_right_senso
     for name in ["xr-1", "xr-2"] {
         let socket = sockets.path().join(format!("{name}.sock"));
         let sensor = Sensor::start(name, &socket, Feed::generated(64, 4), period).unwrap();
+        // Never re-read on a timer within the test: each frame's edge
+        // must wake the gateway (as must each verdict, in the tests below).
         sections.push(SpiSensorSection {
-            poll_ms: 2,
+            poll_ms: 60_000,
             ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
         });
         sensors.insert(name.to_owned(), sensor);
@@ -95,7 +97,7 @@ async fn a_result_for_a_frame_from_before_a_sensor_restart_is_never_written_into
     )
     .unwrap();
     let section = SpiSensorSection {
-        poll_ms: 2,
+        poll_ms: 60_000,
         ..SpiSensorSection::new("xr-1", &format!("unix:{}", socket.display()))
     };
     let world = World::with(64 << 20, 60, |config| config.spi_sensor = vec![section]);
@@ -171,7 +173,7 @@ async fn an_unplugged_sensor_with_pending_results_stops_no_other_device_and_gets
         )
         .unwrap();
         let section = SpiSensorSection {
-            poll_ms: 1,
+            poll_ms: 60_000,
             ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
         };
         (sensor, section)

@@ -202,7 +202,8 @@ pub struct SpiSensorSection {
     /// SPI clock of a real sensor, Hz.
     #[serde(default = "default_speed_hz")]
     pub speed_hz: u32,
-    /// Data-ready polling period, ms.
+    /// The longest the gateway goes without reading the data-ready level,
+    /// ms, should an edge be lost (each rise of the line wakes it at once).
     #[serde(default = "default_poll_ms")]
     pub poll_ms: u64,
 }
@@ -392,7 +393,7 @@ fn default_speed_hz() -> u32 {
     8_000_000
 }
 fn default_poll_ms() -> u64 {
-    5
+    1000
 }
 fn default_ae_title() -> String {
     "MEDGATE".into()
@@ -665,7 +666,7 @@ pub fn check(raw: GatewayConfig, file: &Path) -> Result<Settings, SettingsError>
                 ));
             }
         };
-        settings::in_range(file, &key("poll_ms"), sensor.poll_ms, 1..=10_000)?;
+        settings::in_range(file, &key("poll_ms"), sensor.poll_ms, 1..=60_000)?;
         let frames_dir = raw.gateway.state_dir.join("frames").join(device.as_str());
         let anatomy = anatomy_at(
             file,

@@ -232,10 +232,10 @@ impl Rig {
             sensors.push(
                 Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap(),
             );
-            gateway.spi_sensor.push(SpiSensorSection {
-                poll_ms: 2,
-                ..SpiSensorSection::new(name, &format!("unix:{}", socket.display()))
-            });
+            gateway.spi_sensor.push(SpiSensorSection::new(
+                name,
+                &format!("unix:{}", socket.display()),
+            ));
         }
         let gateway_config = dir.path().join("gateway.toml");
         write_config(&gateway_config, &gateway).unwrap();

@@ -17,8 +17,47 @@ pub fn status_kb(pid: u32, field: &str) -> u64 {
 /// (see [`clock_ticks`]).
 pub fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    stat_cpu(&stat).1
+}
+
+/// One thread of a process: its id, its name (`comm`: at most 15 bytes)
+/// and its user plus system CPU time so far, in clock ticks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCpu {
+    /// The thread id.
+    pub tid: u32,
+    /// Its name.
+    pub name: String,
+    /// CPU time in clock ticks.
+    pub ticks: u64,
+}
+
+/// Every thread of the process now (threads that have ended are not
+/// listed; their time stays in [`cpu_ticks`]).
+pub fn thread_cpu_ticks(pid: u32) -> Vec<ThreadCpu> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (name, ticks) = stat_cpu(&stat);
+            Some(ThreadCpu {
+                tid,
+                name: name.to_owned(),
+                ticks,
+            })
+        })
+        .collect()
+}
+
+/// The command name and utime + stime of a `stat` line.
+fn stat_cpu(stat: &str) -> (&str, u64) {
+    // The name is in parentheses and may hold anything, ')' included.
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = head.split_once('(').map_or("", |(_, n)| n);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| {
         fields
@@ -27,7 +66,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
-    field(11) + field(12)
+    (name, field(11) + field(12))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`, 100 when unknown).
@@ -39,4 +78,28 @@ pub fn clock_ticks() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_even_with_parentheses_in_the_name() {
+        let line = "42 (sensor-(x)-l) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
+        assert_eq!(stat_cpu(line), ("sensor-(x)-l", 12));
+        assert_eq!(stat_cpu(""), ("", 0));
+    }
+
+    #[test]
+    fn this_process_lists_its_threads_with_their_names() {
+        let named = std::thread::Builder::new()
+            .name("procstat-probe".into())
+            .spawn(|| {
+                let me = thread_cpu_ticks(std::process::id());
+                me.iter().any(|t| t.name == "procstat-probe")
+            })
+            .map(|t| t.join());
+        assert!(matches!(named, Ok(Ok(true))));
+    }
 }

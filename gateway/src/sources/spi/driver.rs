@@ -3,11 +3,14 @@
 //! these are linux-embedded-hal's spidev and GPIO; in tests and the demo,
 //! the virtual bus to firmware-sim's simulated sensor.
 
+use std::time::Duration;
+
 use embedded_hal::digital::InputPin;
 use embedded_hal::spi::{Operation, SpiDevice};
 use medgate_shared::pixels::{MAX_DIMENSION, MAX_PIXEL_BYTES, PixelFormat, Pixels};
 
 use super::registers::{self as reg, FrameInfo, ResultRecord};
+use super::virtual_bus::VirtualEdges;
 
 /// Bytes per FRAME_DATA read transaction.
 const CHUNK: usize = 4096;
@@ -46,6 +49,26 @@ pub enum SensorError {
         /// What the link carries.
         budget: u64,
     },
+}
+
+/// The data-ready line's rising edges as events: a GPIO edge on a Pi, a
+/// notification on the virtual bus. The gateway sleeps until one comes
+/// instead of polling the line (embedded-hal 1.0's `InputPin` only reads a
+/// level, so this is the one piece of hardware access beyond it).
+pub trait ReadyEdges: Send + 'static {
+    /// Waits until the line rises or `timeout` passes; true when it rose.
+    /// A rise between two calls is not lost: the next call reports it.
+    ///
+    /// # Errors
+    /// [`SensorError::Pin`] when the line can no longer be watched.
+    fn wait_rise(&mut self, timeout: Duration) -> Result<bool, SensorError>;
+}
+
+impl ReadyEdges for VirtualEdges {
+    fn wait_rise(&mut self, timeout: Duration) -> Result<bool, SensorError> {
+        self.wait(timeout)
+            .map_err(|e| SensorError::Pin(e.to_string()))
+    }
 }
 
 /// A frame read from the sensor.

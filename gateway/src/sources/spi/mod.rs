@@ -1,9 +1,13 @@
 //! An SPI image sensor as a source: the embedded-hal driver runs on its own
-//! thread (it is blocking, as embedded-hal 1.0 drivers are), polls the
-//! data-ready line, reads each frame, waits until intake has it durably in
-//! the spool and only then tells the sensor `FRAME_DONE`; when the spool is
-//! full the sensor keeps its frame. Results go back into the sensor's
-//! RESULT register.
+//! thread (it is blocking, as embedded-hal 1.0 drivers are), sleeps until
+//! the data-ready line rises (an edge event: a GPIO edge on a Pi, a
+//! notification on the virtual bus; a second thread waits for it), a
+//! verdict arrives or the gateway stops, reads each frame, waits until
+//! intake has it durably in the spool and only then tells the sensor
+//! `FRAME_DONE`; when the spool is full the sensor keeps its frame. Results
+//! go back into the sensor's RESULT register. A sensor with nothing to send
+//! costs the gateway a wake-up a second, not a poll every few
+//! milliseconds.
 //!
 //! - [`registers`]: the sensor's register map.
 //! - [`driver`]: the driver, generic over `SpiDevice` + `InputPin`.
@@ -25,7 +29,7 @@ use medgate_shared::ids::{MessageId, Name};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::driver::{SensorError, SpiSensor};
+use self::driver::{ReadyEdges, SensorError, SpiSensor};
 use self::frames::FrameMap;
 use self::registers::ResultRecord;
 use self::virtual_bus::VirtualBus;
@@ -65,7 +69,8 @@ pub struct SpiSensorConfig {
     pub anatomy: Anatomy,
     /// How to reach it.
     pub bus: SensorBus,
-    /// Data-ready polling period.
+    /// The longest the loop goes without reading the data-ready level
+    /// should an edge be lost (edges wake it at once).
     pub poll: Duration,
     /// Where the frame map lives (`{state_dir}/frames/{device}`).
     pub frames_dir: PathBuf,
@@ -157,17 +162,21 @@ fn drive(
     let mut results = Inbox {
         queue: results,
         held: None,
+        open: true,
     };
     while !stop.is_cancelled() {
         let session = match &config.bus {
             SensorBus::Virtual(path) => VirtualBus::connect(path)
-                .and_then(|bus| Ok((bus, VirtualBus::pin(path)?)))
+                .and_then(|bus| Ok((bus, VirtualBus::pin(path)?, VirtualBus::edges(path)?)))
                 .map_err(|e| SensorError::Bus(e.to_string()))
-                .and_then(|(bus, pin)| SpiSensor::new(bus, pin))
-                .map(|mut sensor| {
+                .and_then(|(bus, pin, edges)| {
+                    Ok((SpiSensor::new(bus, pin)?, watch(edges, &config.device)?))
+                })
+                .map(|(mut sensor, mut edges)| {
                     health.set(&config.device, None);
                     session(
                         &mut sensor,
+                        &mut edges,
                         config,
                         link,
                         metrics,
@@ -184,20 +193,23 @@ fn drive(
                 chip,
                 line,
                 speed_hz,
-            } => linux::open(device, chip, *line, *speed_hz).map(|mut sensor| {
-                health.set(&config.device, None);
-                session(
-                    &mut sensor,
-                    config,
-                    link,
-                    metrics,
-                    runtime,
-                    intake,
-                    &mut results,
-                    &mut frames,
-                    stop,
-                )
-            }),
+            } => linux::open(device, chip, *line, *speed_hz)
+                .and_then(|(sensor, edges)| Ok((sensor, watch(edges, &config.device)?)))
+                .map(|(mut sensor, mut edges)| {
+                    health.set(&config.device, None);
+                    session(
+                        &mut sensor,
+                        &mut edges,
+                        config,
+                        link,
+                        metrics,
+                        runtime,
+                        intake,
+                        &mut results,
+                        &mut frames,
+                        stop,
+                    )
+                }),
             #[cfg(not(feature = "linux-spi"))]
             SensorBus::Spidev { .. } => Err(SensorError::Bus(
                 "spidev needs a build with the `linux-spi` feature".into(),
@@ -221,10 +233,97 @@ fn drive(
     }
 }
 
+/// How long the edge thread waits at a time: after each wait it checks
+/// whether its session has ended.
+const EDGE_WAIT: Duration = Duration::from_secs(1);
+
+/// Rises of the data-ready line, from the thread that waits for them; an
+/// `Err` when the line can no longer be watched (the thread has ended).
+type Edges = mpsc::Receiver<Result<(), SensorError>>;
+
+/// Starts a thread that waits for `edges` and reports each rise; it ends
+/// when the returned receiver is dropped (within [`EDGE_WAIT`]) or the line
+/// fails.
+fn watch<E: ReadyEdges>(mut edges: E, device: &Name) -> Result<Edges, SensorError> {
+    // One wait first, on this thread: the other end now counts rises from
+    // here, before the session reads the level for the first time.
+    edges.wait_rise(Duration::ZERO)?;
+    let (tx, rx) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name(format!("spi-{device}-ready"))
+        .spawn(move || {
+            while !tx.is_closed() {
+                match edges.wait_rise(EDGE_WAIT) {
+                    // One wake-up pending is enough: the loop reads the
+                    // level when it wakes.
+                    Ok(true) => {
+                        let _ = tx.try_send(Ok(()));
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| {
+            SensorError::Pin(format!(
+                "cannot start the thread that waits for data-ready: {e}"
+            ))
+        })?;
+    Ok(rx)
+}
+
+/// What ended an idle wait.
+enum Wake {
+    /// Data-ready rose, or it is time to read its level again anyway.
+    Look,
+    /// A verdict for the sensor.
+    Verdict(Delivery),
+    /// The gateway stops.
+    Stop,
+    /// The data-ready line cannot be watched any more.
+    Lost(SensorError),
+}
+
+/// Sleeps until data-ready rises, a verdict arrives, the gateway stops, or
+/// `recheck` passes.
+fn idle(
+    runtime: &tokio::runtime::Handle,
+    edges: &mut Edges,
+    results: &mut Inbox,
+    stop: &CancellationToken,
+    recheck: Duration,
+) -> Wake {
+    let open = results.open;
+    let wake = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => Wake::Stop,
+            delivery = results.queue.recv(), if open => match delivery {
+                Some(delivery) => Wake::Verdict(delivery),
+                None => Wake::Look,
+            },
+            edge = edges.recv() => match edge {
+                Some(Ok(())) => Wake::Look,
+                Some(Err(e)) => Wake::Lost(e),
+                None => Wake::Lost(SensorError::Pin("the thread that waits for data-ready ended".into())),
+            },
+            () = tokio::time::sleep(recheck) => Wake::Look,
+        }
+    });
+    if open && results.queue.is_closed() && results.queue.is_empty() {
+        results.open = false;
+    }
+    wake
+}
+
 /// One connected session; `Ok` when stopped, `Err` when the link failed.
 #[allow(clippy::too_many_arguments)]
 fn session<S: SpiDevice, P: InputPin>(
     sensor: &mut SpiSensor<S, P>,
+    edges: &mut Edges,
     config: &SpiSensorConfig,
     link: &LinkLimit,
     metrics: &Metrics,
@@ -255,7 +354,12 @@ fn session<S: SpiDevice, P: InputPin>(
             }
         }
         if !sensor.frame_ready()? {
-            std::thread::sleep(config.poll);
+            match idle(runtime, edges, results, stop, config.poll) {
+                Wake::Look => {}
+                Wake::Verdict(delivery) => results.hold(delivery),
+                Wake::Stop => return Ok(()),
+                Wake::Lost(e) => return Err(e),
+            }
             continue;
         }
         let frame = match sensor.read_frame(pixel_budget(link.get())) {
@@ -353,6 +457,8 @@ fn session<S: SpiDevice, P: InputPin>(
 struct Inbox {
     queue: mpsc::Receiver<Delivery>,
     held: Option<Delivery>,
+    /// False once the core has closed the queue and it is drained.
+    open: bool,
 }
 
 impl Inbox {
@@ -462,16 +568,94 @@ fn write_back<S: SpiDevice, P: InputPin>(
     Ok(true)
 }
 
-/// Real hardware: spidev and a GPIO line (Raspberry Pi and alike).
+/// Real hardware: spidev and a GPIO line (Raspberry Pi and alike). The
+/// line is requested for rising-edge events: its level is read through the
+/// event handle, and a duplicate of the handle's descriptor is polled for
+/// the kernel's queued edges.
 #[cfg(feature = "linux-spi")]
 mod linux {
+    use std::fs::File;
+    use std::io::Read;
     use std::path::Path;
+    use std::time::Duration;
 
-    use linux_embedded_hal::gpio_cdev::{Chip, LineRequestFlags};
+    use embedded_hal::digital::{self, InputPin};
+    use linux_embedded_hal::SpidevDevice;
+    use linux_embedded_hal::gpio_cdev::{
+        Chip, EventRequestFlags, LineEventHandle, LineRequestFlags,
+    };
     use linux_embedded_hal::spidev::{SpiModeFlags, SpidevOptions};
-    use linux_embedded_hal::{CdevPin, SpidevDevice};
+    use nix::poll::{PollFd, PollFlags, poll};
 
-    use super::driver::{SensorError, SpiSensor};
+    use super::driver::{ReadyEdges, SensorError, SpiSensor};
+
+    /// The data-ready level, read from the line's event handle.
+    pub struct EventPin(LineEventHandle);
+
+    /// A failed read of the line (its debug form is the message alone,
+    /// which is what the driver reports).
+    pub struct PinError(String);
+
+    impl std::fmt::Debug for PinError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl digital::Error for PinError {
+        fn kind(&self) -> digital::ErrorKind {
+            digital::ErrorKind::Other
+        }
+    }
+
+    impl digital::ErrorType for EventPin {
+        type Error = PinError;
+    }
+
+    impl InputPin for EventPin {
+        fn is_high(&mut self) -> Result<bool, PinError> {
+            self.0
+                .get_value()
+                .map(|v| v != 0)
+                .map_err(|e| PinError(e.to_string()))
+        }
+
+        fn is_low(&mut self) -> Result<bool, PinError> {
+            self.is_high().map(|high| !high)
+        }
+    }
+
+    /// The line's queued rising edges.
+    pub struct GpioEdges {
+        events: File,
+        name: String,
+    }
+
+    /// Bytes of one `gpioevent_data` record (a u64 timestamp, a u32 id,
+    /// padding); a read returns whole records only.
+    const EVENT_LEN: usize = 16;
+
+    impl ReadyEdges for GpioEdges {
+        fn wait_rise(&mut self, timeout: Duration) -> Result<bool, SensorError> {
+            let fail = |e: String| SensorError::Pin(format!("{}: {e}", self.name));
+            let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            let mut fds = [PollFd::new(&self.events, PollFlags::POLLIN)];
+            let ready = poll(&mut fds, millis).map_err(|e| fail(e.to_string()))?;
+            if ready == 0 {
+                return Ok(false);
+            }
+            // Every queued edge at once (up to 16): one wake-up for them all.
+            let mut records = [0u8; EVENT_LEN * 16];
+            let read = self
+                .events
+                .read(&mut records)
+                .map_err(|e| fail(e.to_string()))?;
+            if read < EVENT_LEN {
+                return Err(fail(format!("short edge event ({read} bytes)")));
+            }
+            Ok(true)
+        }
+    }
 
     /// Opens the sensor on `device` with data-ready on `chip`:`line`.
     pub fn open(
@@ -479,9 +663,10 @@ mod linux {
         chip: &Path,
         line: u32,
         speed_hz: u32,
-    ) -> Result<SpiSensor<SpidevDevice, CdevPin>, SensorError> {
+    ) -> Result<(SpiSensor<SpidevDevice, EventPin>, GpioEdges), SensorError> {
+        let name = format!("{}:{line}", chip.display());
         let bus = |e: String| SensorError::Bus(format!("{}: {e}", device.display()));
-        let pin = |e: String| SensorError::Pin(format!("{}:{line}: {e}", chip.display()));
+        let pin = |e: String| SensorError::Pin(format!("{name}: {e}"));
         let mut spi = SpidevDevice::open(device).map_err(|e| bus(format!("{e:?}")))?;
         spi.configure(
             &SpidevOptions::new()
@@ -493,9 +678,16 @@ mod linux {
         .map_err(|e| bus(e.to_string()))?;
         let handle = Chip::new(chip)
             .and_then(|mut c| c.get_line(line))
-            .and_then(|l| l.request(LineRequestFlags::INPUT, 0, "medgate-gateway"))
+            .and_then(|l| {
+                l.events(
+                    LineRequestFlags::INPUT,
+                    EventRequestFlags::RISING_EDGE,
+                    "medgate-gateway",
+                )
+            })
             .map_err(|e| pin(e.to_string()))?;
-        let ready = CdevPin::new(handle).map_err(|e| pin(e.to_string()))?;
-        SpiSensor::new(spi, ready)
+        let events = handle.file().try_clone().map_err(|e| pin(e.to_string()))?;
+        let sensor = SpiSensor::new(spi, EventPin(handle))?;
+        Ok((sensor, GpioEdges { events, name }))
     }
 }

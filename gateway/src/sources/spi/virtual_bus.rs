@@ -9,15 +9,23 @@
 //!   bytes; DelayNs `4` `ns u32`. The target sees chip select fall, every
 //!   byte clocked in order (zeros while only reading), chip select rise.
 //! - pin request: `0x02`.
+//! - edge request: `0x03`, `timeout_ms u32`: answered as soon as the
+//!   data-ready line has risen since the previous edge request on this
+//!   connection (or since the connection opened), else after the timeout;
+//!   the reply byte is 1 when it rose, 0 when the time ran out. Rises are
+//!   counted, never lost between two requests, as a GPIO character device
+//!   queues its edge events.
 //! - reply: status `u8` (0 ok, 1 error), `len u32`, then the bytes read by
-//!   the transaction in op order, the pin level (one byte), or an error
-//!   message.
+//!   the transaction in op order, the pin level (one byte), whether the line
+//!   rose (one byte), or an error message.
 //!
 //! Lengths are checked before anything is allocated.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use embedded_hal::digital::{self, InputPin};
 use embedded_hal::spi::{self, Operation, SpiDevice};
@@ -27,8 +35,16 @@ pub const MAX_OPS: usize = 64;
 /// Most bytes in one operation.
 pub const MAX_OP_LEN: usize = 1 << 20;
 
+/// The longest an edge request waits.
+pub const MAX_EDGE_WAIT: Duration = Duration::from_secs(60);
+
 const TRANSACTION: u8 = 0x01;
 const PIN: u8 = 0x02;
+const EDGE: u8 = 0x03;
+
+/// How much longer than its own timeout the gateway waits for the answer
+/// to an edge request before it calls the link dead.
+const EDGE_GRACE: Duration = Duration::from_secs(5);
 
 /// An error on the virtual bus.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +80,12 @@ pub struct VirtualPin {
     bus: VirtualBus,
 }
 
+/// The data-ready line's rising edges (a third connection, owned by the
+/// thread that waits for them).
+pub struct VirtualEdges {
+    bus: VirtualBus,
+}
+
 impl VirtualBus {
     /// Connects to a simulated sensor's socket.
     ///
@@ -81,6 +103,16 @@ impl VirtualBus {
     /// If the socket cannot be reached.
     pub fn pin(path: &Path) -> Result<VirtualPin, BusError> {
         Ok(VirtualPin {
+            bus: Self::connect(path)?,
+        })
+    }
+
+    /// Connects to the rising edges of the same sensor's data-ready line.
+    ///
+    /// # Errors
+    /// If the socket cannot be reached.
+    pub fn edges(path: &Path) -> Result<VirtualEdges, BusError> {
+        Ok(VirtualEdges {
             bus: Self::connect(path)?,
         })
     }
@@ -188,6 +220,26 @@ impl InputPin for VirtualPin {
     }
 }
 
+impl VirtualEdges {
+    /// Waits until the line rises or `timeout` (at most
+    /// [`MAX_EDGE_WAIT`]) passes; true when it rose.
+    ///
+    /// # Errors
+    /// A socket error, or no answer within the timeout and a grace period.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool, BusError> {
+        let timeout = timeout.min(MAX_EDGE_WAIT);
+        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        let mut request = vec![EDGE];
+        request.extend_from_slice(&millis.to_le_bytes());
+        self.bus
+            .stream
+            .set_read_timeout(Some(timeout + EDGE_GRACE))?;
+        self.bus.stream.write_all(&request)?;
+        let rose = self.bus.reply()?;
+        Ok(rose.first().copied().unwrap_or(0) != 0)
+    }
+}
+
 /// The target's side: what a simulated SPI device implements.
 pub trait SpiTarget {
     /// Chip select falls: a transaction starts.
@@ -200,16 +252,142 @@ pub trait SpiTarget {
     fn data_ready(&self) -> bool;
 }
 
-/// Serves one connection for `target` until the peer hangs up. `with`
-/// gives exclusive access to the target for one request (it is shared by
-/// the bus and pin connections).
+/// A simulated device shared by its bus, pin and edge connections (and
+/// by whatever drives it, such as its frame clock): every access goes
+/// through [`with`](Self::with), which afterwards reads the data-ready line
+/// and counts its rises, so that edge requests see every one of them.
+pub struct SharedTarget<T> {
+    state: Mutex<Tracked<T>>,
+    changed: Condvar,
+}
+
+struct Tracked<T> {
+    target: T,
+    /// The data-ready level after the last access.
+    level: bool,
+    /// Rises of data-ready so far.
+    rises: u64,
+    /// Open connections that have asked for edges.
+    watchers: usize,
+    /// Requests served so far, on every connection.
+    requests: u64,
+}
+
+impl<T: SpiTarget> SharedTarget<T> {
+    /// Shares `target`.
+    pub fn new(target: T) -> Self {
+        let level = target.data_ready();
+        Self {
+            state: Mutex::new(Tracked {
+                target,
+                level,
+                rises: 0,
+                watchers: 0,
+                requests: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tracked<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` with the device to itself; then a rise of data-ready is
+    /// counted and everyone waiting is woken.
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut state = self.lock();
+        let out = f(&mut state.target);
+        let level = state.target.data_ready();
+        if level && !state.level {
+            state.rises += 1;
+        }
+        state.level = level;
+        drop(state);
+        self.changed.notify_all();
+        out
+    }
+
+    /// Waits until `done` holds for the device or `timeout` passes, then
+    /// reads it with `read`.
+    pub fn wait_until<R>(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&T) -> bool,
+        read: impl FnOnce(&T) -> R,
+    ) -> R {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !done(&state.target) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        read(&state.target)
+    }
+
+    /// Whether a host is watching the data-ready line (an open connection
+    /// has asked for its edges): a gateway is attached and waiting.
+    pub fn watched(&self) -> bool {
+        self.lock().watchers > 0
+    }
+
+    /// Requests the host has made so far (transactions, level reads, edge
+    /// waits): what a host that polls pays for, and one that waits for
+    /// edges does not.
+    pub fn requests(&self) -> u64 {
+        self.lock().requests
+    }
+
+    fn rises(&self) -> u64 {
+        self.lock().rises
+    }
+
+    /// Waits until more than `seen` rises were counted or `timeout` passes;
+    /// the count then.
+    fn wait_rise(&self, seen: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.rises <= seen {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state.rises
+    }
+}
+
+/// Serves one connection for `target` until the peer hangs up.
 ///
 /// # Errors
 /// A socket error other than the peer closing.
-pub fn serve<F>(mut stream: UnixStream, mut with: F) -> io::Result<()>
-where
-    F: FnMut(&mut dyn FnMut(&mut dyn SpiTarget)),
-{
+pub fn serve<T: SpiTarget>(mut stream: UnixStream, target: &SharedTarget<T>) -> io::Result<()> {
+    /// Counts the connection among the watchers from its first edge
+    /// request until it ends, however it ends.
+    struct Watching<'a, T>(&'a SharedTarget<T>, bool);
+    impl<T> Drop for Watching<'_, T> {
+        fn drop(&mut self) {
+            if self.1 {
+                let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.watchers = state.watchers.saturating_sub(1);
+            }
+        }
+    }
+    let mut watching = Watching(target, false);
+    // Edge requests report the rises after this point.
+    let mut seen = target.rises();
     loop {
         let mut kind = [0u8; 1];
         match stream.read_exact(&mut kind) {
@@ -217,17 +395,26 @@ where
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
+        target.lock().requests += 1;
         let outcome = match kind[0] {
-            PIN => {
-                let mut level = 0u8;
-                with(&mut |t: &mut dyn SpiTarget| level = u8::from(t.data_ready()));
-                Ok(vec![level])
+            PIN => Ok(vec![u8::from(target.with(|t| t.data_ready()))]),
+            TRANSACTION => {
+                read_transaction(&mut stream).map(|ops| target.with(|t| run_transaction(t, &ops)))
             }
-            TRANSACTION => read_transaction(&mut stream).map(|ops| {
-                let mut out = Vec::new();
-                with(&mut |t: &mut dyn SpiTarget| out = run_transaction(t, &ops));
-                out
-            }),
+            EDGE => {
+                let mut millis = [0u8; 4];
+                stream.read_exact(&mut millis)?;
+                let timeout =
+                    Duration::from_millis(u64::from(u32::from_le_bytes(millis))).min(MAX_EDGE_WAIT);
+                if !watching.1 {
+                    watching.1 = true;
+                    target.lock().watchers += 1;
+                }
+                let now = target.wait_rise(seen, timeout);
+                let rose = now > seen;
+                seen = now;
+                Ok(vec![u8::from(rose)])
+            }
             other => Err(format!("unknown request {other:#04x}")),
         };
         let (status, body) = match outcome {
@@ -322,4 +509,76 @@ fn run_transaction(target: &mut dyn SpiTarget, ops: &[ClockedOp]) -> Vec<u8> {
     }
     target.deselect();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::net::UnixListener;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A device that is nothing but its data-ready line.
+    struct Line {
+        high: bool,
+    }
+
+    impl SpiTarget for Line {
+        fn select(&mut self) {}
+        fn clock(&mut self, _mosi: u8) -> u8 {
+            0
+        }
+        fn deselect(&mut self) {}
+        fn data_ready(&self) -> bool {
+            self.high
+        }
+    }
+
+    #[test]
+    fn rises_wake_the_waiter_are_never_lost_between_requests_and_a_quiet_line_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("line.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let line = Arc::new(SharedTarget::new(Line { high: false }));
+        let served = line.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let served = served.clone();
+                std::thread::spawn(move || serve(stream, &served));
+            }
+        });
+        let mut edges = VirtualBus::edges(&path).unwrap();
+        let mut pin = VirtualBus::pin(&path).unwrap();
+        assert!(!line.watched());
+        assert!(!edges.wait(Duration::ZERO).unwrap(), "no rise yet");
+        assert!(line.watched(), "a host waits for its edges");
+
+        // Two rises while nobody waits: the next request reports them.
+        line.with(|l| l.high = true);
+        line.with(|l| l.high = false);
+        line.with(|l| l.high = true);
+        assert!(edges.wait(MAX_EDGE_WAIT).unwrap());
+        assert!(pin.is_high().unwrap());
+        // A line that stays high has not risen again.
+        assert!(!edges.wait(Duration::from_millis(20)).unwrap());
+
+        // A rise while the request waits answers it.
+        let toggler = line.clone();
+        let rise = std::thread::spawn(move || {
+            toggler.with(|l| l.high = false);
+            toggler.with(|l| l.high = true);
+        });
+        assert!(edges.wait(MAX_EDGE_WAIT).unwrap());
+        rise.join().unwrap();
+
+        // The host hangs up: nobody watches any more.
+        drop(edges);
+        let deadline = Instant::now() + MAX_EDGE_WAIT;
+        while line.watched() {
+            assert!(Instant::now() < deadline, "the watcher is gone");
+            std::thread::yield_now();
+        }
+    }
 }
