@@ -82,6 +82,9 @@ enum Command {
         /// Image side in pixels.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=4096))]
         size: u32,
+        /// Bits per pixel of the frames: 8, or 16 (the same X-rays widened).
+        #[arg(long, default_value_t = 8, value_parser = parse_depth)]
+        depth: u8,
         /// Receivers in the shared subscription group (in this process).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         receivers: u16,
@@ -363,6 +366,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             warm_up,
             idle,
             size,
+            depth,
             receivers,
             backend,
             data,
@@ -379,6 +383,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 warm_up: std::time::Duration::from_secs(warm_up),
                 idle: std::time::Duration::from_secs(idle),
                 size,
+                depth,
                 data,
                 backend,
                 receivers: usize::from(receivers),

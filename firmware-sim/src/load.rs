@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub idle: Duration,
     /// Image side in pixels.
     pub size: u32,
+    /// Bits per pixel of the sensors' frames (8 or 16).
+    pub depth: u8,
     /// The PneumoniaMNIST file, if not the default place.
     pub data: Option<PathBuf>,
     /// The receiver's backend.
@@ -80,6 +82,8 @@ pub struct LoadReport {
     pub backend: String,
     /// Image side.
     pub size: u32,
+    /// Bits per pixel.
+    pub depth: u8,
     /// Bytes of one sealed image.
     pub sealed_bytes: usize,
     /// Images per second offered.
@@ -211,6 +215,11 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
     let feed = match tools::dataset_path(options.data.clone()) {
         Ok(path) if path.exists() => Feed::from_npz(&path, SplitName::Val, options.size, 64)?,
         _ => Feed::generated(options.size, 16),
+    };
+    let feed = match options.depth {
+        8 => feed,
+        16 => feed.widened()?,
+        other => anyhow::bail!("--depth {other}: give 8 or 16"),
     };
     let (program, args) = options.gateway.clone();
     let mut system = System::start(&Options {
@@ -385,6 +394,7 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         receivers: options.receivers,
         backend: system.backend().to_owned(),
         size: options.size,
+        depth: options.depth,
         sealed_bytes,
         offered_per_s: options.rate,
         seconds,
@@ -705,7 +715,7 @@ pub fn render_text(report: &LoadReport) -> String {
         )
     };
     format!(
-        "load: {} sensor(s), {:.1} images/s offered, {}×{} ({} bytes sealed), {} receiver(s) on {}, broker {}\n\
+        "load: {} sensor(s), {:.1} images/s offered, {}×{} at {} bits ({} bytes sealed), {} receiver(s) on {}, broker {}\n\
          end to end:   {:.1} images/s answered ({} of {} captured in {:.1} s; {} missed clock ticks; {} unanswered after {} s of drain)\n\
          latency:      capture→result {}\n\
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
@@ -718,6 +728,7 @@ pub fn render_text(report: &LoadReport) -> String {
         report.offered_per_s,
         report.size,
         report.size,
+        report.depth,
         report.sealed_bytes,
         report.receivers,
         report.backend,

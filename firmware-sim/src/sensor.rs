@@ -124,6 +124,32 @@ impl Feed {
         self
     }
 
+    /// The same images at 16 bits per pixel, each 8-bit value v spread
+    /// over the whole range as v × 257 (little-endian), as a 16-bit
+    /// detector's frames are sized.
+    ///
+    /// # Errors
+    /// Never for images this feed holds.
+    pub fn widened(self) -> anyhow::Result<Self> {
+        let images = self
+            .images
+            .into_iter()
+            .map(|image| {
+                let (w, h) = (image.width(), image.height());
+                let wide = match image.format() {
+                    PixelFormat::Gray16 => image.into_data(),
+                    _ => image
+                        .into_data()
+                        .into_iter()
+                        .flat_map(|v| (u16::from(v) * 257).to_le_bytes())
+                        .collect(),
+                };
+                Ok(Pixels::new(w, h, PixelFormat::Gray16, wide)?)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { images, ..self })
+    }
+
     /// Its images.
     pub fn images(&self) -> &[Pixels] {
         &self.images

@@ -206,8 +206,13 @@ fn the_load_generator_reports_throughput_latency_footprint_and_ceiling() {
 #[test]
 fn the_load_generator_runs_through_mosquitto_with_the_shipped_access_rules() {
     // Three receivers, with rules from the ACL generator for each, on the
-    // shipped broker config.
-    let report = load_report("mosquitto", 3, &[]);
+    // shipped broker config; 16-bit frames, sealed and answered as such.
+    let report = load_report("mosquitto", 3, &["--depth", "16"]);
+    assert_eq!(report["depth"].as_u64(), Some(16), "{report}");
+    assert!(
+        report["sealed_bytes"].as_u64().unwrap() > 2 * 64 * 64,
+        "two bytes a pixel: {report}"
+    );
     assert!(
         report["broker"].as_str().unwrap().contains("mosquitto"),
         "{report}"
