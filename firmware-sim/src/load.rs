@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use medgate_gateway::spool::Spool;
 use medgate_medmnist::SplitName;
 use medgate_receiver::model::backend::BackendChoice;
 use medgate_shared::header::{ImageMeta, Modality};
@@ -115,6 +116,12 @@ pub struct LoadReport {
     /// simulator's threads named `sensor-…`), and the rest of this
     /// simulator (the receivers, their runtime, an embedded broker).
     pub processes: Vec<ProcessCpu>,
+    /// What the gateway's own work on an image costs, measured in this run
+    /// on the same machine: sealing it and storing it durably.
+    pub reference: Reference,
+    /// The gateway's CPU per answered image ÷ the reference's seal plus
+    /// spool write (the goal is at most 2).
+    pub gateway_ratio_of_reference: f64,
     /// The same broker's plain TLS QoS 1 delivery of the same payloads.
     pub ceiling: Ceiling,
     /// `images_per_s / ceiling.messages_per_s`.
@@ -156,6 +163,31 @@ pub struct ProcessCpu {
     /// CPU milliseconds per image answered in that time (0 if none was).
     pub cpu_ms_per_image: f64,
 }
+
+/// The gateway's unavoidable work on one image, as its own code does it:
+/// [`Sealer::seal`] and [`Spool::put`] (write, fsync, rename, fsync of the
+/// folder) into a spool on the same file system, on one thread of this
+/// process, CPU time per image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reference {
+    /// Images sealed.
+    pub images: usize,
+    /// Of those, stored.
+    pub stored: usize,
+    /// CPU ms to seal one.
+    pub seal_ms: f64,
+    /// CPU ms to store one durably.
+    pub spool_put_ms: f64,
+    /// Wall ms to store one durably (the disk's fsync included).
+    pub spool_put_wall_ms: f64,
+}
+
+/// Images the reference seals, at least.
+const REFERENCE_IMAGES: usize = 16;
+/// How long the reference seals, at least.
+const REFERENCE_SEALING: Duration = Duration::from_secs(1);
+/// Bytes of sealed images the reference keeps to store, at most.
+const REFERENCE_BYTES: usize = 256 << 20;
 
 /// The ceiling measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -384,10 +416,17 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         .sum();
     system.stop_gateway_process();
 
+    let reference = reference(&system, &feed)?;
     let payloads = sealed_payloads(&system, &feed)?;
     let sealed_bytes = payloads.first().map_or(0, Vec::len);
     let ceiling = ceiling(&system, payloads, options.ceiling_duration)?;
     let images_per_s = answered as f64 / seconds;
+    let gateway_ms_per_image = if answered > 0 {
+        1000.0 * gateway_cpu / answered as f64
+    } else {
+        0.0
+    };
+    let reference_ms = reference.seal_ms + reference.spool_put_ms;
     let report = LoadReport {
         broker: system.broker().describe().to_owned(),
         sensors: options.sensors,
@@ -427,6 +466,12 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
             .collect(),
         junk_offered_per_s: options.junk_rate,
         junk_sent,
+        gateway_ratio_of_reference: if reference_ms > 0.0 {
+            gateway_ms_per_image / reference_ms
+        } else {
+            0.0
+        },
+        reference,
         ratio_of_ceiling: if ceiling.messages_per_s > 0.0 {
             images_per_s / ceiling.messages_per_s
         } else {
@@ -446,6 +491,76 @@ fn ensure_running(system: &mut System) -> anyhow::Result<()> {
         Some(failure) => Err(anyhow::anyhow!("{failure}")),
         None => Ok(()),
     }
+}
+
+/// Seals the feed's images for [`REFERENCE_SEALING`] (at least
+/// [`REFERENCE_IMAGES`] of them), keeping the first up to
+/// [`REFERENCE_BYTES`], then stores those in a spool beside the gateway's,
+/// as the gateway does: the two phases timed apart, each by this thread's
+/// CPU time (which lags by up to a scheduler tick while the thread runs:
+/// nothing over a second of sealing, and nothing for the spool writes,
+/// each of which ends asleep in an fsync).
+fn reference(system: &System, feed: &Feed) -> anyhow::Result<Reference> {
+    let public = ReceiverPublicKey::read(system.receiver_public_key())?;
+    let mut sealer = Sealer::new(
+        public,
+        GatewayIdentity::generate(),
+        RotationPolicy::default(),
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("medgate-reference-spool-")
+        .tempdir()
+        .context("the reference spool's folder")?;
+    let (mut spool, _) = Spool::open(dir.path(), u64::MAX)?;
+    let name = |text: &str| Name::new(text).map_err(anyhow::Error::from);
+    let mut meta = ImageMeta {
+        message_id: MessageId::random(),
+        site: name("bench")?,
+        gateway: name("reference")?,
+        device: name("raw")?,
+        epoch: 0,
+        sequence: 0,
+        captured_at_ms: 0,
+        modality: Modality::Dx,
+        model_hint: None,
+        anatomy: Default::default(),
+    };
+    // The first seal draws and wraps the session key (once per rotation
+    // in the gateway too): untimed.
+    let first = feed.images().first().context("the feed has no image")?;
+    sealer.seal(&meta, first)?;
+
+    let (mut kept, mut kept_bytes, mut sealed) = (Vec::new(), 0usize, 0usize);
+    let (wall, cpu) = (Instant::now(), procstat::thread_cpu_ns());
+    for image in feed.images().iter().cycle() {
+        if sealed >= REFERENCE_IMAGES && wall.elapsed() >= REFERENCE_SEALING {
+            break;
+        }
+        meta.message_id = MessageId::random();
+        meta.sequence += 1;
+        let image = sealer.seal(&meta, image)?;
+        sealed += 1;
+        if kept_bytes + image.bytes.len() <= REFERENCE_BYTES || kept.is_empty() {
+            kept_bytes += image.bytes.len();
+            kept.push(image);
+        }
+    }
+    let seal_ns = procstat::thread_cpu_ns().saturating_sub(cpu);
+
+    let (wall, cpu) = (Instant::now(), procstat::thread_cpu_ns());
+    for image in &kept {
+        spool.put(image)?;
+    }
+    let put_ns = procstat::thread_cpu_ns().saturating_sub(cpu);
+    let put_wall = wall.elapsed();
+    let ms = |ns: u64, n: usize| ns as f64 / 1e6 / n as f64;
+    Ok(Reference {
+        images: sealed,
+        stored: kept.len(),
+        seal_ms: ms(seal_ns, sealed),
+        spool_put_ms: ms(put_ns, kept.len()),
+        spool_put_wall_ms: ms(put_wall.as_nanos() as u64, kept.len()),
+    })
 }
 
 /// The feed's images sealed as the gateway seals them.
@@ -721,6 +836,7 @@ pub fn render_text(report: &LoadReport) -> String {
          gateway:      RSS median {:.1} MB, peak {:.1} MB, CPU {:.1}% of one core ({})\n\
          at rest:      gateway CPU {:.2}% of one core over {:.1} s, every sensor attached, no frame; {:.1} bus requests/s per sensor\n\
          {}\
+         reference:    sealing {:.2} ms + spool write {:.2} ms CPU per image ({:.2} ms wall with fsync; {} sealed, {} stored, one thread of this process); the gateway's CPU per answered image is {:.1}× that\n\
          ceiling:      {:.1} messages/s (TLS QoS 1, {} in flight, at most {} undelivered, same broker, same payloads; {} of {} lost), {}\n\
          ratio:        {:.2} of the ceiling\n\
          junk:         {:.0} messages/s offered, {} published during the measured time\n",
@@ -756,6 +872,12 @@ pub fn render_text(report: &LoadReport) -> String {
                 p.cpu_ms_per_image, p.cpu_percent, p.name
             ))
             .collect::<String>(),
+        report.reference.seal_ms,
+        report.reference.spool_put_ms,
+        report.reference.spool_put_wall_ms,
+        report.reference.images,
+        report.reference.stored,
+        report.gateway_ratio_of_reference,
         report.ceiling.messages_per_s,
         report.ceiling.in_flight,
         report.ceiling.window,

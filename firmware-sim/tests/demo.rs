@@ -303,6 +303,18 @@ fn load_report(broker: &str, receivers: u8, extra: &[&str]) -> serde_json::Value
         assert!(ms >= 0.0 && ms.is_finite(), "{report}");
     }
     assert!(processes[0]["cpu_ms_per_image"].as_f64().unwrap() > 0.0);
+    // The reference the gateway's cost is judged by, from the same run.
+    assert!(number("/reference/images") > 0.0, "{report}");
+    assert!(number("/reference/stored") > 0.0, "{report}");
+    assert!(number("/reference/seal_ms") > 0.0, "{report}");
+    assert!(number("/reference/spool_put_ms") > 0.0, "{report}");
+    assert!(number("/reference/spool_put_wall_ms") > 0.0, "{report}");
+    let ratio = number("/gateway_ratio_of_reference");
+    let reference = number("/reference/seal_ms") + number("/reference/spool_put_ms");
+    assert!(
+        (ratio - processes[0]["cpu_ms_per_image"].as_f64().unwrap() / reference).abs() < 1e-9,
+        "{report}"
+    );
     assert!(number("/ceiling/messages") > 0.0, "{report}");
     let ceiling = number("/ceiling/messages_per_s");
     assert!(ceiling > 0.0, "{report}");

@@ -53,6 +53,19 @@ pub fn thread_cpu_ticks(pid: u32) -> Vec<ThreadCpu> {
         .collect()
 }
 
+/// CPU time of the calling thread so far, in nanoseconds (the first field
+/// of `/proc/thread-self/schedstat`; 0 when unreadable). The kernel brings
+/// it up to date when the thread is switched out and at each scheduler
+/// tick, so a running thread's figure lags by up to a tick: time a phase of
+/// work long enough that a tick does not matter, or one that sleeps (an
+/// fsync) at its end.
+pub fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The command name and utime + stime of a `stat` line.
 fn stat_cpu(stat: &str) -> (&str, u64) {
     // The name is in parentheses and may hold anything, ')' included.
@@ -89,6 +102,19 @@ mod tests {
         let line = "42 (sensor-(x)-l) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
         assert_eq!(stat_cpu(line), ("sensor-(x)-l", 12));
         assert_eq!(stat_cpu(""), ("", 0));
+    }
+
+    #[test]
+    fn thread_cpu_time_grows_with_work() {
+        let before = thread_cpu_ns();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut x = 1u64;
+        while thread_cpu_ns() <= before {
+            assert!(std::time::Instant::now() < deadline, "no CPU time counted");
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+            }
+        }
     }
 
     #[test]
