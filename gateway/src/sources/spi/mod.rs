@@ -585,6 +585,7 @@ mod linux {
         Chip, EventRequestFlags, LineEventHandle, LineRequestFlags,
     };
     use linux_embedded_hal::spidev::{SpiModeFlags, SpidevOptions};
+    use nix::errno::Errno;
     use nix::poll::{PollFd, PollFlags, poll};
 
     use super::driver::{ReadyEdges, SensorError, SpiSensor};
@@ -640,16 +641,23 @@ mod linux {
             let fail = |e: String| SensorError::Pin(format!("{}: {e}", self.name));
             let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
             let mut fds = [PollFd::new(&self.events, PollFlags::POLLIN)];
-            let ready = poll(&mut fds, millis).map_err(|e| fail(e.to_string()))?;
+            let ready = match poll(&mut fds, millis) {
+                Ok(ready) => ready,
+                // A signal cut the wait short: the caller waits again.
+                Err(Errno::EINTR) => 0,
+                Err(e) => return Err(fail(e.to_string())),
+            };
             if ready == 0 {
                 return Ok(false);
             }
             // Every queued edge at once (up to 16): one wake-up for them all.
             let mut records = [0u8; EVENT_LEN * 16];
-            let read = self
-                .events
-                .read(&mut records)
-                .map_err(|e| fail(e.to_string()))?;
+            let read = match self.events.read(&mut records) {
+                Ok(read) => read,
+                // The edge stays queued; the next wait finds it at once.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(false),
+                Err(e) => return Err(fail(e.to_string())),
+            };
             if read < EVENT_LEN {
                 return Err(fail(format!("short edge event ({read} bytes)")));
             }
