@@ -258,7 +258,11 @@ pub trait SpiTarget {
 /// and counts its rises, so that edge requests see every one of them.
 pub struct SharedTarget<T> {
     state: Mutex<Tracked<T>>,
+    /// Woken after every access.
     changed: Condvar,
+    /// Woken when data-ready rises (the edge requests wait on it alone, so
+    /// that a frame's many transactions do not wake them).
+    rose: Condvar,
 }
 
 struct Tracked<T> {
@@ -286,6 +290,7 @@ impl<T: SpiTarget> SharedTarget<T> {
                 requests: 0,
             }),
             changed: Condvar::new(),
+            rose: Condvar::new(),
         }
     }
 
@@ -299,11 +304,15 @@ impl<T: SpiTarget> SharedTarget<T> {
         let mut state = self.lock();
         let out = f(&mut state.target);
         let level = state.target.data_ready();
-        if level && !state.level {
+        let rose = level && !state.level;
+        if rose {
             state.rises += 1;
         }
         state.level = level;
         drop(state);
+        if rose {
+            self.rose.notify_all();
+        }
         self.changed.notify_all();
         out
     }
@@ -360,7 +369,7 @@ impl<T: SpiTarget> SharedTarget<T> {
                 break;
             }
             state = self
-                .changed
+                .rose
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
