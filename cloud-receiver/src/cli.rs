@@ -67,7 +67,8 @@ enum Command {
         bits: usize,
     },
     /// Print the broker's access rules from the trust list and the site's
-    /// other roles (install as mosquitto's acl_file or EMQX's acl.conf).
+    /// other roles (install as mosquitto's acl_file, EMQX's acl.conf or
+    /// rmqtt's plugins/rmqtt-acl.toml).
     BrokerAcl {
         /// The trust list (`receiver.trusted_gateways`): one rule block per gateway.
         #[arg(long, value_name = "GATEWAYS.toml")]
@@ -81,6 +82,10 @@ enum Command {
         /// Security staff certificate names.
         #[arg(long, value_delimiter = ',')]
         security: Vec<Name>,
+        /// Sites whose brokers bridge to this one (certificates bridge-SITE):
+        /// each carries its own site's images up and results down.
+        #[arg(long, value_delimiter = ',')]
+        bridged_sites: Vec<Name>,
         /// Broker syntax.
         #[arg(long, value_enum, default_value_t = AclSyntax::Mosquitto)]
         broker: AclSyntax,
@@ -208,6 +213,8 @@ enum AclSyntax {
     Mosquitto,
     /// EMQX 5's file authorization source.
     Emqx,
+    /// rmqtt's `plugins/rmqtt-acl.toml`.
+    Rmqtt,
 }
 
 /// `train`'s arguments.
@@ -369,6 +376,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             receivers,
             clinician_wards,
             security,
+            bridged_sites,
             broker,
         } => {
             let list = TrustList::read(&trust)?;
@@ -376,10 +384,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 receivers,
                 clinician_wards,
                 security,
+                bridged_sites,
             };
             let broker = match broker {
                 AclSyntax::Mosquitto => Broker::Mosquitto,
                 AclSyntax::Emqx => Broker::Emqx,
+                AclSyntax::Rmqtt => Broker::Rmqtt,
             };
             print!("{}", acl::render(&list, &roles, broker)?);
         }

@@ -172,11 +172,17 @@ fn environment_overrides_apply_and_are_checked() {
 fn the_shipped_broker_rules_are_what_broker_acl_writes_from_the_example_trust_list() {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
     let trust = configs.join("mosquitto/example-gateways.toml");
-    for (broker, shipped) in [
-        ("mosquitto", "mosquitto/medgate.acl"),
-        ("emqx", "emqx/medgate-acl.conf"),
+    // The cloud cluster also takes site-a's broker as a bridge.
+    for (broker, shipped, more) in [
+        ("mosquitto", "mosquitto/medgate.acl", &[][..]),
+        ("emqx", "emqx/medgate-acl.conf", &[]),
+        (
+            "rmqtt",
+            "rmqtt/plugins/rmqtt-acl.toml",
+            &["--bridged-sites", "site-a"],
+        ),
     ] {
-        let out = receiver(&[
+        let mut args = vec![
             "broker-acl",
             "--trust",
             trust.to_str().unwrap(),
@@ -188,7 +194,9 @@ fn the_shipped_broker_rules_are_what_broker_acl_writes_from_the_example_trust_li
             "security",
             "--broker",
             broker,
-        ]);
+        ];
+        args.extend_from_slice(more);
+        let out = receiver(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let expected = std::fs::read_to_string(configs.join(shipped)).unwrap();
         assert_eq!(

@@ -1,17 +1,24 @@
 //! The broker's access rules, written from the trust list and the site's
 //! other roles, so that nobody edits them by hand: `medgate-receiver
-//! broker-acl` prints them for mosquitto (`acl_file`) or EMQX (file
-//! authorization source).
+//! broker-acl` prints them for mosquitto (`acl_file`), EMQX (file
+//! authorization source) or rmqtt (the `rmqtt-acl` plugin's rules).
 //!
 //! Every client's user name is the common name of its certificate (and, with
-//! `use_username_as_clientid`, its client id too):
+//! mosquitto's `use_username_as_clientid`, its client id too; rmqtt cannot
+//! set the client id, so its rules let a certificate connect only under its
+//! own name as client id):
 //! - a gateway's is its gateway name; it may publish only its own images and
 //!   status, under its own site, and read only its own results;
 //! - a receiver's is its receiver name; it reads images and writes results,
 //!   notifications and audit records, and nothing else;
 //! - a clinician app's is `clinician-{ward}`; it reads that ward's
 //!   notifications only;
-//! - security staff read audit records and gateway status only.
+//! - security staff read audit records and gateway status only;
+//! - a site broker bridged to this one (certificate `bridge-{site}`) carries
+//!   its site's images and status up and its site's results and
+//!   notifications down, and nothing of another site. Within its site the
+//!   site broker's own rules keep gateways apart, and receivers verify each
+//!   image's origin signature against the gateway it names.
 //!
 //! There are no patterns that apply to every user: a certificate not named
 //! here can do nothing. Gateway names must therefore be unique on a broker
@@ -32,6 +39,8 @@ pub struct Roles {
     pub clinician_wards: Vec<Name>,
     /// Security staff certificate names.
     pub security: Vec<Name>,
+    /// Sites whose brokers bridge to this one (certificates `bridge-{site}`).
+    pub bridged_sites: Vec<Name>,
 }
 
 /// Which broker the rules are for.
@@ -41,6 +50,8 @@ pub enum Broker {
     Mosquitto,
     /// EMQX 5's file authorization source (`acl.conf`, Erlang terms).
     Emqx,
+    /// rmqtt's `plugins/rmqtt-acl.toml` (the `rmqtt-acl` plugin, TOML).
+    Rmqtt,
 }
 
 /// Why no rules were written.
@@ -130,6 +141,20 @@ fn grants(trust: &TrustList, roles: &Roles) -> Result<Vec<Grant>, AclError> {
             ],
         });
     }
+    for site in &roles.bridged_sites {
+        out.push(Grant {
+            user: format!("bridge-{site}"),
+            role: format!("broker of site {site}, bridged"),
+            publish: vec![
+                format!("medgate/v1/{site}/+/images/+"),
+                format!("medgate/v1/{site}/+/status"),
+            ],
+            subscribe: vec![
+                format!("medgate/v1/{site}/+/results/+"),
+                format!("medgate/v1/{site}/notify/+"),
+            ],
+        });
+    }
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for grant in &out {
         if let Some(first) = seen.insert(&grant.user, &grant.role) {
@@ -204,6 +229,40 @@ pub fn render(trust: &TrustList, roles: &Roles, broker: Broker) -> Result<String
             }
             out.push_str("\n{deny, all}.\n");
         }
+        Broker::Rmqtt => {
+            out.push_str(
+                "# medgate access rules for rmqtt (plugins/rmqtt-acl.toml), written by\n\
+                 # `medgate-receiver broker-acl --broker rmqtt` from the trust list: do not\n\
+                 # edit, run it again. User names are client-certificate common names\n\
+                 # (cert_cn_as_username on the TLS listener). rmqtt cannot make the client\n\
+                 # id the user name, so a certificate may connect only with its own name as\n\
+                 # client id: no certificate can take over another client's session.\n\
+                 # Rules are read top to bottom; the first that matches decides, and the\n\
+                 # last refuses everything else. A publish outside a client's rules closes\n\
+                 # its connection (disconnect_if_pub_rejected).\n\
+                 \n\
+                 disconnect_if_pub_rejected = true\n\
+                 rules = [\n",
+            );
+            for grant in &grants {
+                let user = &grant.user;
+                out.push_str(&format!("    # {}\n", grant.role));
+                out.push_str(&format!(
+                    "    [\"allow\", {{ user = \"{user}\", clientid = \"{user}\" }}, \"connect\"],\n"
+                ));
+                if !grant.publish.is_empty() {
+                    out.push_str(&format!(
+                        "    [\"allow\", {{ user = \"{user}\" }}, \"publish\", [{}]],\n",
+                        quoted(&grant.publish)
+                    ));
+                }
+                out.push_str(&format!(
+                    "    [\"allow\", {{ user = \"{user}\" }}, \"subscribe\", [{}]],\n",
+                    quoted(&grant.subscribe)
+                ));
+            }
+            out.push_str("    [\"deny\", \"all\"],\n]\n");
+        }
     }
     Ok(out)
 }
@@ -236,6 +295,7 @@ mod tests {
             receivers: vec!["receiver-1".parse().unwrap()],
             clinician_wards: vec!["radiology".parse().unwrap()],
             security: vec!["security".parse().unwrap()],
+            bridged_sites: Vec::new(),
         }
     }
 
@@ -270,6 +330,42 @@ mod tests {
             "{allow, {username, \"receiver-1\"}, subscribe, [\"$share/receivers/medgate/v1/+/+/images/+\"]}."
         ));
         assert!(emqx.trim_end().ends_with("{deny, all}."));
+        let rmqtt = render(&trust, &roles(), Broker::Rmqtt).unwrap();
+        assert!(rmqtt.contains(
+            "    [\"allow\", { user = \"gw-2\", clientid = \"gw-2\" }, \"connect\"],\n    [\"allow\", { user = \"gw-2\" }, \"publish\", [\"medgate/v1/st-mary/gw-2/images/+\", \"medgate/v1/st-mary/gw-2/status\"]],\n"
+        ), "{rmqtt}");
+        assert!(
+            rmqtt.trim_end().ends_with("    [\"deny\", \"all\"],\n]"),
+            "{rmqtt}"
+        );
+        let parsed: toml::Table = rmqtt.parse().expect("rmqtt rules are TOML");
+        let rules = parsed["rules"].as_array().unwrap();
+        // Per client: connect, then publish (not for readers), then subscribe.
+        assert_eq!(rules.len(), 3 * 2 + 3 + 2 + 2 + 1, "{rmqtt}");
+    }
+
+    #[test]
+    fn a_bridged_site_broker_carries_its_own_site_only() {
+        let trust = TrustList::new([enrolled("st-mary", "gw-1")]);
+        let roles = Roles {
+            bridged_sites: vec!["st-mary".parse().unwrap()],
+            ..roles()
+        };
+        let acl = render(&trust, &roles, Broker::Mosquitto).unwrap();
+        assert!(
+            acl.contains(
+                "user bridge-st-mary\n\
+             topic write medgate/v1/st-mary/+/images/+\n\
+             topic write medgate/v1/st-mary/+/status\n\
+             topic read medgate/v1/st-mary/+/results/+\n\
+             topic read medgate/v1/st-mary/notify/+\n"
+            ),
+            "{acl}"
+        );
+        let rmqtt = render(&trust, &roles, Broker::Rmqtt).unwrap();
+        assert!(rmqtt.contains(
+            "[\"allow\", { user = \"bridge-st-mary\", clientid = \"bridge-st-mary\" }, \"connect\"]"
+        ), "{rmqtt}");
     }
 
     #[test]
