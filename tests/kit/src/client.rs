@@ -60,12 +60,26 @@ pub struct TestClient {
 /// # Errors
 /// If the client certificate cannot be made.
 pub fn settings(pki: &Pki, broker: &Mosquitto, name: &str) -> Result<BrokerSettings, ClientError> {
+    settings_at(pki, "127.0.0.1", broker.port(), name)
+}
+
+/// Broker settings for a client named `name` of `pki` on the broker at
+/// `host` and `port` (a node of a cluster, say).
+///
+/// # Errors
+/// If the client certificate cannot be made.
+pub fn settings_at(
+    pki: &Pki,
+    host: &str,
+    port: u16,
+    name: &str,
+) -> Result<BrokerSettings, ClientError> {
     let files = pki
         .client(name)
         .map_err(|e| ClientError::Setup(e.to_string()))?;
     Ok(BrokerSettings {
-        host: "127.0.0.1".into(),
-        port: broker.port(),
+        host: host.into(),
+        port,
         ca_file: pki.ca_file(),
         cert_file: files.cert,
         key_file: files.key,

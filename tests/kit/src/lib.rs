@@ -16,11 +16,14 @@
 pub mod client;
 pub mod forge;
 pub mod identity;
+pub mod link;
+pub mod logs;
 pub mod metrics;
 pub mod mosquitto;
 pub mod orthanc;
 pub mod pki;
 pub mod procstat;
+pub mod rmqtt;
 
 /// Why a config file could not be written.
 #[derive(Debug, thiserror::Error)]

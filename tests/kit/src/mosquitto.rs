@@ -36,7 +36,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     /// The broker did not log what was waited for.
-    #[error("mosquitto did not log {needle:?} within {timeout:?}; its log:\n{log}")]
+    #[error("the broker did not log {needle:?} within {timeout:?}; its log:\n{log}")]
     Timeout {
         /// The awaited text.
         needle: String,
@@ -57,6 +57,20 @@ pub struct BrokerOptions {
     /// Run the shipped `configs/mosquitto/medgate.conf` (only its paths,
     /// port and logging changed) instead of a minimal test config.
     pub shipped_config: bool,
+    /// With `shipped_config`: the shipped site→cloud bridge too
+    /// (`configs/mosquitto/bridge-to-cloud.conf`), to this address.
+    pub bridge: Option<Bridge>,
+}
+
+/// Where the shipped bridge connects, and with which files.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    /// The cloud broker (or a [`Link`](crate::link::Link) to it).
+    pub address: std::net::SocketAddr,
+    /// The CA of the cloud's certificates.
+    pub ca: PathBuf,
+    /// The site broker's own client certificate (`bridge-{site}`) and key.
+    pub client: CertFiles,
 }
 
 impl Default for BrokerOptions {
@@ -65,6 +79,7 @@ impl Default for BrokerOptions {
             acl: None,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             shipped_config: false,
+            bridge: None,
         }
     }
 }
@@ -362,6 +377,25 @@ user root
         };
         text.push_str(&replaced);
         text.push('\n');
+    }
+    if let Some(bridge) = &options.bridge {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs/mosquitto/bridge-to-cloud.conf");
+        let original = std::fs::read_to_string(&shipped)
+            .map_err(io(format!("reading {}", shipped.display())))?;
+        text.push_str("\n# configs/mosquitto/bridge-to-cloud.conf, address and files changed\n");
+        for line in original.lines() {
+            let key = line.split_whitespace().next().unwrap_or("");
+            let replaced = match key {
+                "address" => format!("address {}", bridge.address),
+                "bridge_cafile" => format!("bridge_cafile {}", bridge.ca.display()),
+                "bridge_certfile" => format!("bridge_certfile {}", bridge.client.cert.display()),
+                "bridge_keyfile" => format!("bridge_keyfile {}", bridge.client.key.display()),
+                _ => line.to_owned(),
+            };
+            text.push_str(&replaced);
+            text.push('\n');
+        }
     }
     let path = dir.join("mosquitto.conf");
     std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;

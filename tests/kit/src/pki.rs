@@ -70,8 +70,17 @@ impl Pki {
     /// # Errors
     /// [`PkiError`].
     pub fn server(&self, name: &str) -> Result<CertFiles, PkiError> {
+        self.server_for(name, &["127.0.0.1", "localhost"])
+    }
+
+    /// A server certificate for `hosts` (addresses or names), written as
+    /// `{name}.pem` and `{name}.key`.
+    ///
+    /// # Errors
+    /// [`PkiError`].
+    pub fn server_for(&self, name: &str, hosts: &[&str]) -> Result<CertFiles, PkiError> {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+            CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(name, params)
