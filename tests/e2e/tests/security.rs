@@ -10,16 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use medgate_daemon::mqtt;
 use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto, shipped_acl};
 use medgate_testkit::pki::Pki;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -250,70 +245,18 @@ async fn no_certificate_takes_another_clients_id() {
     );
 }
 
-/// Whether the broker accepts a client: its CONNACK says success, or the
-/// TLS handshake or connection fails.
-async fn connects(options: MqttOptions) -> bool {
-    let (_client, mut eventloop) = AsyncClient::new(options, 8);
-    loop {
-        match tokio::time::timeout(WAIT, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                return ack.code == ConnectReturnCode::Success;
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return false,
-            Err(_) => panic!("no answer from the broker within {WAIT:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_without_a_certificate_of_the_site_cannot_connect() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path(), "site CA").unwrap();
     let broker = Mosquitto::start(&pki, dir.path(), &BrokerOptions::default()).unwrap();
-    let roots = mqtt::read_roots(&pki.ca_file()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-    // No client certificate at all.
-    let anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    let mut options = MqttOptions::new("anonymous", "127.0.0.1", broker.port());
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(anonymous),
-    )));
-    assert!(
-        !connects(options).await,
-        "a client without a certificate connected"
-    );
-
-    // A certificate from another CA.
-    let other_dir = dir.path().join("other");
-    std::fs::create_dir_all(&other_dir).unwrap();
-    let other = Pki::new(&other_dir, "some other CA").unwrap();
-    let files = other.client("gw-1").unwrap();
-    let foreign = mqtt::client_config(
-        roots,
-        mqtt::read_chain(&files.cert).unwrap(),
-        mqtt::read_key(&files.key).unwrap(),
-    )
-    .unwrap();
-    let mut options = MqttOptions::new("gw-1", "127.0.0.1", broker.port());
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(foreign),
-    )));
-    assert!(
-        !connects(options).await,
-        "a client with a foreign certificate connected"
-    );
+    medgate_e2e::strangers_are_refused(&pki, dir.path(), "127.0.0.1", broker.port()).await;
 
     // A certificate of the site CA connects (the control case).
     let settings = client::settings(&pki, &broker, "gw-1").unwrap();
     let tls = settings.check(Path::new("<test>"), "mqtt").unwrap();
     assert!(
-        connects(settings.options("gw-1", &tls)).await,
+        medgate_e2e::connects(settings.options("gw-1", &tls)).await,
         "the site's own certificate works"
     );
 }

@@ -13,7 +13,6 @@
 //! stream goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
+use medgate_e2e::{WAIT, binary, data_file};
 use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
 use medgate_gateway::sources::spi::registers::{FLAG_NOT_CLASSIFIED, FLAG_REJECTED};
 use medgate_gateway::spool::Spool;
@@ -41,28 +41,6 @@ use medgate_testkit::client::{self, TestClient};
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::Pki;
 use medgate_testkit::{forge, free_port, metrics, write_config};
-
-const WAIT: Duration = Duration::from_secs(180);
-
-/// A workspace binary built beside this test (`cargo test --workspace`).
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built (run cargo test --workspace)",
-        path.display()
-    );
-    path
-}
-
-fn data_file() -> PathBuf {
-    std::env::var_os("MEDGATE_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
-        .join("pneumoniamnist.npz")
-}
 
 struct Killed(Child);
 
@@ -345,39 +323,12 @@ impl Rig {
 
     /// Waits until the first sensor has `count` results.
     fn results_flow(&self, count: usize) {
-        let results = self.sensors[0].wait_for_results(count, WAIT);
-        assert!(
-            results.len() >= count,
-            "results flow: {} of {count}",
-            results.len()
-        );
+        medgate_e2e::results_flow(&self.sensors[0], count);
     }
 
     /// Every frame of every sensor answered exactly once.
     fn every_frame_answered_once(&self) {
-        for sensor in &self.sensors {
-            let results = sensor.wait_for_results(self.frames as usize, WAIT);
-            let frames: Vec<u32> = results.iter().map(|r| r.frame).collect();
-            let unique: BTreeSet<u32> = frames.iter().copied().collect();
-            assert_eq!(
-                unique.len(),
-                frames.len(),
-                "{}: a frame answered twice: {frames:?}",
-                sensor.name()
-            );
-            assert_eq!(
-                unique,
-                (1..=self.frames).collect(),
-                "{}: every frame answered",
-                sensor.name()
-            );
-            assert_eq!(sensor.log().released, self.frames);
-            assert!(
-                results.iter().all(|r| r.flags & FLAG_REJECTED == 0),
-                "{}: every frame classified, none rejected",
-                sensor.name()
-            );
-        }
+        medgate_e2e::every_frame_answered_once(&self.sensors, self.frames);
     }
 
     /// Replaces the sensors with new ones on the same sockets, each with

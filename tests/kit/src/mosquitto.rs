@@ -7,15 +7,14 @@
 //! Not a way to run a production broker: that is `configs/mosquitto/`, whose
 //! access rules [`shipped_acl`] reads for tests that run them.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use medgate_daemon::mqtt::DEFAULT_MAX_PACKET_BYTES;
 
 use crate::free_port;
+use crate::logs::ProcessLog;
 use crate::pki::{CertFiles, Pki};
 
 /// How long a broker may take to start before the test fails.
@@ -84,18 +83,12 @@ impl Default for BrokerOptions {
     }
 }
 
-#[derive(Default)]
-struct Log {
-    lines: Vec<String>,
-    closed: bool,
-}
-
 /// A running mosquitto; killed when dropped.
 pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     config: PathBuf,
-    log: Arc<(Mutex<Log>, Condvar)>,
+    log: ProcessLog,
 }
 
 impl Mosquitto {
@@ -118,7 +111,7 @@ impl Mosquitto {
                 child: None,
                 port,
                 config,
-                log: Arc::default(),
+                log: ProcessLog::default(),
             };
             match broker.launch() {
                 Ok(()) => return Ok(broker),
@@ -169,44 +162,23 @@ impl Mosquitto {
         from: usize,
         timeout: Duration,
     ) -> Result<usize, BrokerError> {
-        let deadline = Instant::now() + timeout;
-        let (lock, changed) = &*self.log;
-        let mut log = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(i) = log.lines.iter().skip(from).position(|l| l.contains(needle)) {
-                return Ok(from + i);
-            }
-            let now = Instant::now();
-            if now >= deadline || log.closed {
-                return Err(BrokerError::Timeout {
-                    needle: needle.to_owned(),
-                    timeout,
-                    log: log.lines.join("\n"),
-                });
-            }
-            log = changed
-                .wait_timeout(log, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.log
+            .wait_for(needle, from, timeout)
+            .map_err(|e| BrokerError::Timeout {
+                needle: e.needle,
+                timeout,
+                log: e.log,
+            })
     }
 
     /// Number of log lines so far (a starting point for `wait_for_log`).
     pub fn log_len(&self) -> usize {
-        let (lock, _) = &*self.log;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines
-            .len()
+        self.log.len()
     }
 
     /// The whole log so far.
     pub fn log_text(&self) -> String {
-        let (lock, _) = &*self.log;
-        lock.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines
-            .join("\n")
+        self.log.text()
     }
 
     fn launch(&mut self) -> Result<(), BrokerError> {
@@ -223,36 +195,7 @@ impl Mosquitto {
                 ),
                 source,
             })?;
-        self.log = Arc::default();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = self.log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    let (lock, changed) = &*log;
-                    lock.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .lines
-                        .push(line);
-                    changed.notify_all();
-                }
-                let (lock, changed) = &*log;
-                lock.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
-                changed.notify_all();
-            });
-        }
+        self.log = ProcessLog::attach(&mut child);
         self.child = Some(child);
         match self.wait_for_log(" running", 0, START_TIMEOUT) {
             Ok(_) => Ok(()),
