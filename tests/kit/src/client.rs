@@ -53,6 +53,8 @@ pub struct TestClient {
     inbox: mpsc::UnboundedReceiver<Received>,
     /// Messages received but not yet taken by `expect` (other prefixes).
     held: Vec<Received>,
+    /// How many times the connection has failed or been closed so far.
+    drops: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Broker settings for a client named `name` of `pki` on `broker`.
@@ -111,6 +113,7 @@ impl TestClient {
         let (client, mut eventloop) = AsyncClient::new(settings.options(name, &tls), 1024);
         let (tx, inbox) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = oneshot::channel::<Result<(), String>>();
+        let (drops_tx, drops) = tokio::sync::watch::channel(0u64);
         let wanted = filters.len();
         tokio::spawn(async move {
             let mut subscribed_tx = Some(subscribed_tx);
@@ -142,6 +145,7 @@ impl TestClient {
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(e) => {
+                        drops_tx.send_modify(|n| *n += 1);
                         if let Some(s) = subscribed_tx.take() {
                             let _ = s.send(Err(e.to_string()));
                             return;
@@ -163,6 +167,7 @@ impl TestClient {
                 client,
                 inbox,
                 held: Vec::new(),
+                drops,
             }),
             Ok(Ok(Err(e))) => Err(ClientError::Mqtt(e)),
             _ => Err(ClientError::Mqtt(format!(
@@ -223,6 +228,25 @@ impl TestClient {
             }
         }
         Ok(got)
+    }
+
+    /// Waits until the connection has failed or been closed by the broker
+    /// `count` times in all (it reconnects after each, as a real client
+    /// does).
+    ///
+    /// # Errors
+    /// [`ClientError::Mqtt`] when that does not happen within `timeout`.
+    pub async fn wait_for_drops(
+        &mut self,
+        count: u64,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        match tokio::time::timeout(timeout, self.drops.wait_for(|&n| n >= count)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ClientError::Mqtt(format!(
+                "the connection was not closed {count} time(s) within {timeout:?}"
+            ))),
+        }
     }
 
     /// Messages that arrived and match `prefix`, without waiting.
