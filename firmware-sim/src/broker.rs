@@ -10,6 +10,10 @@
 //!   install-deps` does) running the shipped `configs/mosquitto/medgate.conf`
 //!   with the rules the ACL generator writes for this run's trust list, as a
 //!   site runs it.
+//! - [`Broker::RmqttCluster`]: three rmqtt nodes (`scripts/install-rmqtt`)
+//!   running the shipped `configs/rmqtt/` files with the rules written for
+//!   rmqtt; the gateway connects to node 1 and the receivers to the other
+//!   nodes in turn, so that every image and result crosses the cluster.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -22,6 +26,7 @@ use medgate_daemon::trust::TrustList;
 use medgate_shared::ids::Name;
 use medgate_testkit::mosquitto::{BrokerOptions, Mosquitto};
 use medgate_testkit::pki::{CertFiles, Pki};
+use medgate_testkit::rmqtt::RmqttCluster;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
 /// Largest publication the broker accepts: the daemons' default packet limit.
@@ -54,7 +59,12 @@ pub enum BrokerKind {
     Embedded,
     /// A mosquitto process with the shipped access rules.
     Mosquitto,
+    /// Three rmqtt processes in one raft cluster, the shipped configuration.
+    RmqttCluster,
 }
+
+/// Nodes of the simulator's rmqtt cluster.
+const CLUSTER_NODES: usize = 3;
 
 /// A running broker of either kind.
 pub enum Broker {
@@ -62,6 +72,8 @@ pub enum Broker {
     Embedded(EmbeddedBroker),
     /// A mosquitto child process; killed when dropped.
     Mosquitto(Mosquitto),
+    /// rmqtt child processes; killed when dropped.
+    RmqttCluster(RmqttCluster),
 }
 
 impl Broker {
@@ -81,14 +93,23 @@ impl Broker {
         trust: &TrustList,
         receivers: usize,
     ) -> anyhow::Result<Self> {
+        if kind == BrokerKind::RmqttCluster {
+            let rules = access_rules(trust, receivers, acl::Broker::Rmqtt)?;
+            return Ok(Self::RmqttCluster(RmqttCluster::start(
+                pki,
+                dir,
+                CLUSTER_NODES,
+                &rules,
+            )?));
+        }
         let use_mosquitto = match kind {
             BrokerKind::Auto => medgate_testkit::mosquitto::installed(),
             BrokerKind::Embedded => false,
-            BrokerKind::Mosquitto => true,
+            BrokerKind::Mosquitto | BrokerKind::RmqttCluster => true,
         };
         Ok(if use_mosquitto {
             let options = BrokerOptions {
-                acl: Some(access_rules(trust, receivers)?),
+                acl: Some(access_rules(trust, receivers, acl::Broker::Mosquitto)?),
                 shipped_config: true,
                 ..BrokerOptions::default()
             };
@@ -101,20 +122,48 @@ impl Broker {
         })
     }
 
-    /// Where it listens.
+    /// Where the gateway connects (node 1 of a cluster).
     pub fn address(&self) -> SocketAddr {
+        self.address_for("")
+    }
+
+    /// Where the client `identity` connects: on a cluster, `receiver-K` to
+    /// node 2, 3, 2, … and the ceiling's reader to node 2; everyone else
+    /// (the gateway, the ceiling's publisher) to node 1.
+    pub fn address_for(&self, identity: &str) -> SocketAddr {
         match self {
             Self::Embedded(broker) => broker.address(),
             Self::Mosquitto(broker) => SocketAddr::from((Ipv4Addr::LOCALHOST, broker.port())),
+            Self::RmqttCluster(cluster) => {
+                let others = cluster.len().saturating_sub(1).max(1);
+                let node = match identity.strip_prefix("receiver-") {
+                    Some(k) => 1 + k.parse::<usize>().unwrap_or(1).saturating_sub(1) % others,
+                    None if identity == "ceiling-sub" => 1,
+                    None => 0,
+                }
+                .min(cluster.len() - 1);
+                SocketAddr::new(cluster.host(node), cluster.port(node))
+            }
         }
     }
 
-    /// Its own process, for a broker that runs as one (mosquitto); the
-    /// embedded broker's CPU counts to this process.
-    pub fn pid(&self) -> Option<u32> {
+    /// Its own processes, named, for a broker that runs as such (mosquitto,
+    /// rmqtt's nodes); the embedded broker's CPU counts to this process.
+    pub fn processes(&self) -> Vec<(String, u32)> {
         match self {
-            Self::Embedded(_) => None,
-            Self::Mosquitto(broker) => broker.pid(),
+            Self::Embedded(_) => Vec::new(),
+            Self::Mosquitto(broker) => broker
+                .pid()
+                .map(|pid| (self.describe().to_owned(), pid))
+                .into_iter()
+                .collect(),
+            Self::RmqttCluster(cluster) => (0..cluster.len())
+                .filter_map(|node| {
+                    cluster
+                        .pid(node)
+                        .map(|pid| (format!("rmqtt node {}", node + 1), pid))
+                })
+                .collect(),
         }
     }
 
@@ -123,23 +172,46 @@ impl Broker {
         match self {
             Self::Embedded(_) => "rumqttd (embedded)",
             Self::Mosquitto(_) => "mosquitto (shipped ACL)",
+            Self::RmqttCluster(_) => {
+                "rmqtt cluster of 3 nodes (shipped configs/rmqtt; gateway on node 1, receivers on nodes 2 and 3)"
+            }
         }
     }
 }
 
 /// The rules `medgate-receiver broker-acl` writes for `trust` and the
-/// receivers, and the ceiling's clients.
-fn access_rules(trust: &TrustList, receivers: usize) -> anyhow::Result<String> {
+/// receivers, and the ceiling's clients, in `syntax`.
+fn access_rules(
+    trust: &TrustList,
+    receivers: usize,
+    syntax: acl::Broker,
+) -> anyhow::Result<String> {
     let roles = Roles {
         receivers: (1..=receivers)
             .map(|k| Name::new(format!("receiver-{k}")))
             .collect::<Result<_, _>>()?,
         ..Roles::default()
     };
-    let mut rules = acl::render(trust, &roles, acl::Broker::Mosquitto)?;
-    rules.push_str(
-        "\n# medgate-sim load: the raw ceiling's clients\nuser ceiling-pub\ntopic write medgate-bench/#\nuser ceiling-sub\ntopic read medgate-bench/#\n",
-    );
+    let mut rules = acl::render(trust, &roles, syntax)?;
+    match syntax {
+        acl::Broker::Rmqtt => {
+            // Before the closing "deny all" rule and the array's end.
+            let end = rules
+                .rfind("    [\"deny\", \"all\"],")
+                .ok_or_else(|| anyhow::anyhow!("rmqtt rules without their closing rule"))?;
+            rules.insert_str(
+                end,
+                "    # medgate-sim load: the raw ceiling's clients\n\
+                 \x20   [\"allow\", { user = \"ceiling-pub\", clientid = \"ceiling-pub\" }, \"connect\"],\n\
+                 \x20   [\"allow\", { user = \"ceiling-pub\" }, \"publish\", [\"medgate-bench/#\"]],\n\
+                 \x20   [\"allow\", { user = \"ceiling-sub\", clientid = \"ceiling-sub\" }, \"connect\"],\n\
+                 \x20   [\"allow\", { user = \"ceiling-sub\" }, \"subscribe\", [\"medgate-bench/#\"]],\n",
+            );
+        }
+        _ => rules.push_str(
+            "\n# medgate-sim load: the raw ceiling's clients\nuser ceiling-pub\ntopic write medgate-bench/#\nuser ceiling-sub\ntopic read medgate-bench/#\n",
+        ),
+    }
     Ok(rules)
 }
 

@@ -103,7 +103,9 @@ enum Command {
         ceiling_seconds: u64,
         /// The broker: a mosquitto process (on PATH, /usr/sbin or $MOSQUITTO) with the shipped
         /// access rules and TCP_NODELAY, as a site runs it; the embedded rumqttd (no install,
-        /// but no TCP_NODELAY: ~40 ms more latency); auto: mosquitto when installed.
+        /// but no TCP_NODELAY: ~40 ms more latency); rmqtt-cluster: three rmqtt nodes
+        /// (scripts/install-rmqtt, or $RMQTTD) with the shipped configs/rmqtt, the gateway on
+        /// node 1 and the receivers on the others; auto: mosquitto when installed.
         #[arg(long, value_enum, default_value_t = BrokerKind::Auto)]
         broker: BrokerKind,
         /// Junk messages per second during the measured time, published with a second

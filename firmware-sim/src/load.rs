@@ -318,12 +318,8 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         pid,
         procstat::cpu_ticks(pid),
     )];
-    if let Some(broker) = system.broker().pid() {
-        measured.push((
-            system.broker().describe().to_owned(),
-            broker,
-            procstat::cpu_ticks(broker),
-        ));
+    for (name, broker) in system.broker().processes() {
+        measured.push((name, broker, procstat::cpu_ticks(broker)));
     }
     let me = std::process::id();
     let simulator = procstat::cpu_ticks(me);
@@ -373,9 +369,10 @@ pub fn run(options: &LoadOptions) -> anyhow::Result<LoadReport> {
         sensors,
     ));
     cpu_seconds.push((
-        match system.broker().pid() {
-            Some(_) => "receivers (the rest of the simulator)".to_owned(),
-            None => "receivers and embedded broker (the rest of the simulator)".to_owned(),
+        if system.broker().processes().is_empty() {
+            "receivers and embedded broker (the rest of the simulator)".to_owned()
+        } else {
+            "receivers (the rest of the simulator)".to_owned()
         },
         (simulator - sensors).max(0.0),
     ));

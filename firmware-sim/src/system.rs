@@ -210,13 +210,15 @@ impl System {
         Ok(system)
     }
 
-    /// Settings for the demo broker with `identity`'s certificate, every
-    /// other value at its default.
+    /// Settings for the demo broker (the node `identity` uses, on a
+    /// cluster) with `identity`'s certificate, every other value at its
+    /// default.
     fn mqtt(&self, identity: &str) -> anyhow::Result<BrokerSettings> {
         let CertFiles { cert, key } = self.pki.client(identity)?;
+        let address = self.broker.address_for(identity);
         Ok(BrokerSettings::new(
-            "127.0.0.1",
-            self.broker.address().port(),
+            &address.ip().to_string(),
+            address.port(),
             self.ca.clone(),
             cert,
             key,

@@ -222,6 +222,33 @@ fn the_load_generator_runs_through_mosquitto_with_the_shipped_access_rules() {
 }
 
 #[test]
+fn the_load_generator_runs_across_an_rmqtt_cluster() {
+    // The gateway on node 1, two receivers on nodes 2 and 3: every image and
+    // result crosses the cluster; each node's CPU is reported.
+    assert!(
+        medgate_testkit::rmqtt::installed(),
+        "rmqttd is missing: run scripts/install-rmqtt (scripts/test does)"
+    );
+    let report = load_report("rmqtt-cluster", 2, &[]);
+    assert!(
+        report["broker"].as_str().unwrap().contains("rmqtt cluster"),
+        "{report}"
+    );
+    let nodes: Vec<&str> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|name| name.starts_with("rmqtt node"))
+        .collect();
+    assert_eq!(
+        nodes,
+        ["rmqtt node 1", "rmqtt node 2", "rmqtt node 3"],
+        "{report}"
+    );
+}
+
+#[test]
 fn under_a_junk_flood_from_a_stolen_gateway_identity_every_real_image_is_answered() {
     // Scenario 8's shape (the p99 under 1 000 junk messages/s is measured
     // with `medgate-sim load --junk-rate`, not asserted here): junk is
@@ -289,11 +316,12 @@ fn load_report(broker: &str, receivers: u8, extra: &[&str]) -> serde_json::Value
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names.len(),
-        if broker == "mosquitto" { 4 } else { 3 },
-        "{report}"
-    );
+    let broker_processes = match broker {
+        "mosquitto" => 1,
+        "rmqtt-cluster" => 3,
+        _ => 0,
+    };
+    assert_eq!(names.len(), 3 + broker_processes, "{report}");
     assert!(names[0].starts_with("gateway"), "{report}");
     assert!(names[names.len() - 2].starts_with("simulated sensors"));
     assert!(names[names.len() - 1].starts_with("receivers"));
