@@ -302,6 +302,7 @@ fn bench_cipher_reports_every_figure() {
     let figures: serde_json::Value = serde_json::from_str(&json).unwrap();
     for k in [
         "henon_encrypt_mbps",
+        "henon_encrypt_new_buffer_mbps",
         "henon_decrypt_mbps",
         "chacha20poly1305_mbps",
         "sha512_mbps",
