@@ -2,7 +2,8 @@
 //! brokers with the shipped configuration's access rules
 //! (`configs/mosquitto/medgate.acl`, `configs/rmqtt/`) and real clients. This
 //! library holds what their rigs share: the workspace's binaries, the X-ray
-//! data, and the checks on what the simulated sensors got back.
+//! data, keys and broker rules made by the shipped CLIs, simulated sensors
+//! attached to a gateway, and the checks on what the sensors got back.
 //!
 //! # Layout
 //! - `tests/security.rs`: who may publish and read what, and who may connect.
@@ -14,10 +15,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
+use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
 use medgate_gateway::sources::spi::registers::FLAG_REJECTED;
-use medgate_sim::sensor::Sensor;
+use medgate_sim::sensor::{Feed, Sensor};
 
 /// How long an end-to-end test waits for anything.
 pub const WAIT: Duration = Duration::from_secs(180);
@@ -44,6 +47,115 @@ pub fn data_file() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
         .join("pneumoniamnist.npz")
+}
+
+/// Keys made with the shipped CLIs, as an installer makes them: a receiver
+/// key pair in `keys/` and enrolled gateways of site-a, with the trust list
+/// naming them.
+pub struct Enrolment {
+    /// The folder of the keys.
+    pub keys: PathBuf,
+    /// The trust list (`gateways.toml`).
+    pub trust: PathBuf,
+}
+
+impl Enrolment {
+    /// Keys in `dir/keys` for gateways `gateways` of site-a; the trust list
+    /// at `dir/gateways.toml`.
+    ///
+    /// # Panics
+    /// If a CLI fails.
+    pub fn new(dir: &Path, gateways: &[&str]) -> Self {
+        let keys = dir.join("keys");
+        let made = Command::new(binary("medgate-receiver"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(&keys)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "receiver keygen failed");
+        let mut trust_text = Vec::new();
+        for name in gateways {
+            let enrolled = Command::new(binary("medgate-gateway"))
+                .args(["keygen", "--site", "site-a", "--name", name, "--out"])
+                .arg(keys.join(format!("{name}.identity.pem")))
+                .output()
+                .unwrap();
+            assert!(enrolled.status.success(), "gateway keygen {name} failed");
+            if !trust_text.is_empty() {
+                trust_text.push(b'\n');
+            }
+            trust_text.extend(enrolled.stdout);
+        }
+        let trust = dir.join("gateways.toml");
+        std::fs::write(&trust, trust_text).unwrap();
+        Self { keys, trust }
+    }
+
+    /// The receiver's private key.
+    pub fn receiver_private(&self) -> PathBuf {
+        self.keys.join("receiver.pem")
+    }
+
+    /// The receiver's public key, which gateways seal to.
+    pub fn receiver_public(&self) -> PathBuf {
+        self.keys.join("receiver.pub.pem")
+    }
+
+    /// The signing identity of gateway `name`.
+    pub fn identity(&self, name: &str) -> PathBuf {
+        self.keys.join(format!("{name}.identity.pem"))
+    }
+
+    /// The broker rules `medgate-receiver broker-acl` writes for this trust
+    /// list and `args`.
+    ///
+    /// # Panics
+    /// If the CLI fails.
+    pub fn broker_acl(&self, args: &[&str]) -> String {
+        let acl = Command::new(binary("medgate-receiver"))
+            .arg("broker-acl")
+            .arg("--trust")
+            .arg(&self.trust)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            acl.status.success(),
+            "{}",
+            String::from_utf8_lossy(&acl.stderr)
+        );
+        String::from_utf8(acl.stdout).unwrap()
+    }
+}
+
+/// Starts simulated sensors `names` on sockets in `dir`, each offering
+/// `frames` frames of `feed` one `period` apart, and attaches them to
+/// `gateway` over the virtual SPI bus.
+///
+/// # Panics
+/// If a sensor cannot start.
+pub fn attach_sensors(
+    dir: &Path,
+    gateway: &mut GatewayConfig,
+    names: &[&str],
+    feed: &Feed,
+    period: Duration,
+    frames: u32,
+) -> Vec<Sensor> {
+    names
+        .iter()
+        .map(|name| {
+            let socket = dir.join(format!("{name}.sock"));
+            let sensor =
+                Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap();
+            gateway.spi_sensor.push(SpiSensorSection::new(
+                name,
+                &format!("unix:{}", socket.display()),
+            ));
+            sensor
+        })
+        .collect()
 }
 
 /// Waits until `sensor` has `count` results.

@@ -18,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
-use medgate_e2e::{WAIT, binary, data_file};
-use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
+use medgate_e2e::{Enrolment, WAIT, attach_sensors, binary, data_file};
+use medgate_gateway::config::GatewayConfig;
 use medgate_medmnist::SplitName;
 use medgate_receiver::daemon::config::ReceiverConfig;
 use medgate_receiver::model::backend::BackendChoice;
@@ -141,55 +141,28 @@ impl Rig {
         );
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
-        let keys = dir.path().join("keys");
-        let made = Command::new(binary("medgate-receiver"))
-            .args(["keygen", "--out", keys.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(made.status.success());
-        let enrolled = Command::new(binary("medgate-gateway"))
-            .args(["keygen", "--site", "site-a", "--name", "gw-1", "--out"])
-            .arg(keys.join("gw-1.identity.pem"))
-            .output()
-            .unwrap();
-        assert!(enrolled.status.success());
-        let trust = dir.path().join("gateways.toml");
-        std::fs::write(&trust, enrolled.stdout).unwrap();
-        let acl = Command::new(binary("medgate-receiver"))
-            .args(["broker-acl", "--broker", "rmqtt", "--trust"])
-            .arg(&trust)
-            .args([
-                "--receivers",
-                "receiver-1,receiver-2",
-                "--clinician-wards",
-                "radiology",
-                "--security",
-                "security",
-                "--bridged-sites",
-                "site-a",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            acl.status.success(),
-            "{}",
-            String::from_utf8_lossy(&acl.stderr)
-        );
-        let acl = String::from_utf8(acl.stdout).unwrap();
+        let enrolment = Enrolment::new(dir.path(), &["gw-1"]);
+        let acl = enrolment.broker_acl(&[
+            "--broker",
+            "rmqtt",
+            "--receivers",
+            "receiver-1,receiver-2",
+            "--clinician-wards",
+            "radiology",
+            "--security",
+            "security",
+            "--bridged-sites",
+            "site-a",
+        ]);
         let cluster = RmqttCluster::start(&pki, dir.path(), 3, &acl).unwrap();
         let site = (gateway_on == GatewayOn::BridgedSite).then(|| {
             let link = Link::start(SocketAddr::new(cluster.host(0), cluster.port(0))).unwrap();
             // The site's own rules: its gateway only (no receiver there).
-            let site_acl = Command::new(binary("medgate-receiver"))
-                .args(["broker-acl", "--trust"])
-                .arg(&trust)
-                .output()
-                .unwrap();
-            assert!(site_acl.status.success());
+            let site_acl = enrolment.broker_acl(&[]);
             let site_dir = dir.path().join("site");
             std::fs::create_dir_all(&site_dir).unwrap();
             let options = BrokerOptions {
-                acl: Some(String::from_utf8(site_acl.stdout).unwrap()),
+                acl: Some(site_acl),
                 shipped_config: true,
                 bridge: Some(Bridge {
                     address: link.address(),
@@ -210,8 +183,12 @@ impl Rig {
             let at = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
             let mut mqtt = settings(&pki, &cluster, node, name);
             mqtt.receive_maximum = 8;
-            let mut receiver =
-                ReceiverConfig::new(name, keys.join("receiver.pem"), trust.clone(), mqtt);
+            let mut receiver = ReceiverConfig::new(
+                name,
+                enrolment.receiver_private(),
+                enrolment.trust.clone(),
+                mqtt,
+            );
             receiver.model.backend = BackendChoice::Cpu;
             receiver.model.max_batch = 8;
             receiver.model.max_wait_ms = 5;
@@ -233,8 +210,8 @@ impl Rig {
         let mut gateway = GatewayConfig::new(
             "site-a",
             "gw-1",
-            keys.join("receiver.pub.pem"),
-            keys.join("gw-1.identity.pem"),
+            enrolment.receiver_public(),
+            enrolment.identity("gw-1"),
             dir.path().join("state"),
             dir.path().join("spool"),
             match &site {
@@ -259,17 +236,14 @@ impl Rig {
             GatewayOn::BridgedSite => 10,
         };
         gateway.metrics.enabled = false;
-        let mut sensors = Vec::new();
-        for name in ["xr-1", "xr-2"] {
-            let socket = dir.path().join(format!("{name}.sock"));
-            sensors.push(
-                Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap(),
-            );
-            gateway.spi_sensor.push(SpiSensorSection::new(
-                name,
-                &format!("unix:{}", socket.display()),
-            ));
-        }
+        let sensors = attach_sensors(
+            dir.path(),
+            &mut gateway,
+            &["xr-1", "xr-2"],
+            &feed,
+            period,
+            frames,
+        );
         let gateway_config = dir.path().join("gateway.toml");
         write_config(&gateway_config, &gateway).unwrap();
         let gateway = Daemon::start("medgate-gateway", &gateway_config);

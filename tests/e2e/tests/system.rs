@@ -20,8 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use medgate_daemon::mqtt::BrokerSettings;
-use medgate_e2e::{WAIT, binary, data_file};
-use medgate_gateway::config::{GatewayConfig, SpiSensorSection};
+use medgate_e2e::{Enrolment, WAIT, attach_sensors, binary, data_file};
+use medgate_gateway::config::GatewayConfig;
 use medgate_gateway::sources::spi::registers::{FLAG_NOT_CLASSIFIED, FLAG_REJECTED};
 use medgate_gateway::spool::Spool;
 use medgate_medmnist::SplitName;
@@ -137,84 +137,48 @@ impl Rig {
     fn without_gateway(frames: u32, period: Duration, receivers: usize) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(dir.path(), "site CA").unwrap();
-        let keys = dir.path().join("keys");
-        let made = Command::new(binary("medgate-receiver"))
-            .args(["keygen", "--out", keys.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(made.status.success());
-        let private = keys.join("receiver.pem");
-        let enrolled = Command::new(binary("medgate-gateway"))
-            .args(["keygen", "--site", "site-a", "--name", "gw-1", "--out"])
-            .arg(keys.join("gw-1.identity.pem"))
-            .output()
-            .unwrap();
-        assert!(enrolled.status.success());
-        let trust = dir.path().join("gateways.toml");
         // A second enrolled gateway, whose certificate and key the junk
         // test plays as stolen.
-        let junk = Command::new(binary("medgate-gateway"))
-            .args(["keygen", "--site", "site-a", "--name", "gw-junk", "--out"])
-            .arg(keys.join("gw-junk.identity.pem"))
-            .output()
-            .unwrap();
-        assert!(junk.status.success());
-        std::fs::write(
-            &trust,
-            [enrolled.stdout, b"\n".to_vec(), junk.stdout].concat(),
-        )
-        .unwrap();
-        let acl = Command::new(binary("medgate-receiver"))
-            .args(["broker-acl", "--trust"])
-            .arg(&trust)
-            .args([
-                "--receivers",
-                "receiver-1,receiver-2",
-                "--clinician-wards",
-                "radiology",
-                "--security",
-                "security",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            acl.status.success(),
-            "{}",
-            String::from_utf8_lossy(&acl.stderr)
-        );
+        let enrolment = Enrolment::new(dir.path(), &["gw-1", "gw-junk"]);
+        let (trust, private) = (&enrolment.trust, enrolment.receiver_private());
+        let acl = enrolment.broker_acl(&[
+            "--receivers",
+            "receiver-1,receiver-2",
+            "--clinician-wards",
+            "radiology",
+            "--security",
+            "security",
+        ]);
         let options = BrokerOptions {
-            acl: Some(String::from_utf8(acl.stdout).unwrap()),
+            acl: Some(acl),
             shipped_config: true,
             ..BrokerOptions::default()
         };
         let broker = Mosquitto::start(&pki, dir.path(), &options).unwrap();
         let (receivers, receiver_metrics) = ["receiver-1", "receiver-2"][..receivers]
             .iter()
-            .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private, &trust))
+            .map(|name| start_receiver(dir.path(), &pki, &broker, name, &private, trust))
             .unzip();
         let feed = Feed::from_npz(&data_file(), SplitName::Val, 64, 64).unwrap();
-        let mut sensors = Vec::new();
         let mut gateway = GatewayConfig::new(
             "site-a",
             "gw-1",
-            keys.join("receiver.pub.pem"),
-            keys.join("gw-1.identity.pem"),
+            enrolment.receiver_public(),
+            enrolment.identity("gw-1"),
             dir.path().join("state"),
             dir.path().join("spool"),
             mqtt(&pki, &broker, "gw-1"),
         );
         gateway.spool.result_timeout_secs = 3;
         gateway.metrics.enabled = false;
-        for name in ["xr-1", "xr-2"] {
-            let socket = dir.path().join(format!("{name}.sock"));
-            sensors.push(
-                Sensor::start_limited(name, &socket, feed.clone(), period, Some(frames)).unwrap(),
-            );
-            gateway.spi_sensor.push(SpiSensorSection::new(
-                name,
-                &format!("unix:{}", socket.display()),
-            ));
-        }
+        let sensors = attach_sensors(
+            dir.path(),
+            &mut gateway,
+            &["xr-1", "xr-2"],
+            &feed,
+            period,
+            frames,
+        );
         let gateway_config = dir.path().join("gateway.toml");
         write_config(&gateway_config, &gateway).unwrap();
         Rig {
@@ -222,8 +186,8 @@ impl Rig {
             broker,
             receivers,
             receiver_metrics,
-            keys_dir: keys.clone(),
-            gateway_identity: keys.join("gw-1.identity.pem"),
+            keys_dir: enrolment.keys.clone(),
+            gateway_identity: enrolment.identity("gw-1"),
             gateway: None,
             gateway_config,
             gateway_settings: gateway,
