@@ -53,6 +53,9 @@ enum Command {
         /// Seconds of measurement in total.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// A model folder; default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -115,6 +118,14 @@ enum Command {
         /// Folder to write model.json, model.bpk and ood.json into.
         #[arg(long)]
         out: PathBuf,
+        /// A further model folder (repeatable) whose networks join the
+        /// model's as a small ensemble (logits averaged; same architecture
+        /// and normalisation), written as model-2.bpk, model-3.bpk, …
+        #[arg(long = "member")]
+        members: Vec<PathBuf>,
+        /// Version written into the card (default: the model's).
+        #[arg(long)]
+        version: Option<String>,
         /// Val sensitivity the screening threshold keeps at least.
         #[arg(long, default_value_t = calibration::MIN_SENSITIVITY)]
         min_sensitivity: f64,
@@ -191,6 +202,19 @@ enum Command {
         #[arg(long, value_name = "OUT.csv")]
         predictions: Option<PathBuf>,
     },
+}
+
+/// `model` with the models in `dirs` joined as an ensemble.
+fn join_members(
+    model: LoadedModel,
+    dirs: &[PathBuf],
+    device: &burn::tensor::Device,
+) -> anyhow::Result<LoadedModel> {
+    let others = dirs
+        .iter()
+        .map(|dir| LoadedModel::from_dir(dir, device))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(model.join(others)?)
 }
 
 fn parse_modality(code: &str) -> Result<Modality, String> {
@@ -341,6 +365,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             backend,
             batch,
             seconds,
+            model,
             json,
         } => {
             anyhow::ensure!(
@@ -350,7 +375,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut backends = Vec::new();
             for choice in backend {
                 let selected = backend::select(choice)?;
-                let model = LoadedModel::shipped(&selected.device)?;
+                let model = LoadedModel::open(model.as_deref(), &selected.device)?;
                 backends.push((selected, model));
             }
             let figures = bench::run(&backends, &batch, std::time::Duration::from_secs(seconds));
@@ -477,11 +502,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data,
             model,
             out,
+            members,
+            version,
             min_sensitivity,
             backend,
         } => {
             let selected = backend::select(backend)?;
             let mut loaded = LoadedModel::open(model.as_deref(), &selected.device)?;
+            if !members.is_empty() {
+                loaded = join_members(loaded, &members, &selected.device)?;
+            }
+            if let Some(version) = version {
+                loaded.card.version = version;
+            }
             let train = medgate_medmnist::read_split(&data, SplitName::Train)?;
             let val = medgate_medmnist::read_split(&data, SplitName::Val)?;
             let (gate, fitted) = calibration::fit_card(
@@ -494,8 +527,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             crate::model::save(&out, &loaded.card, loaded.network, Some(&gate))?;
             println!(
-                "temperature {:.3}; threshold {:.4} (val sensitivity {:.3}, specificity {:.3}); \
-                 out-of-distribution gate accepts {:.1} % of val; model written to {}",
+                "{} network(s); temperature {:.3}; threshold {:.4} (val sensitivity {:.3}, \
+                 specificity {:.3}); out-of-distribution gate accepts {:.1} % of val; model \
+                 written to {}",
+                loaded.card.members.len() + 1,
                 fitted.temperature,
                 fitted.threshold,
                 fitted.sensitivity,

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use medgate_medmnist::{SplitName, read_split};
 use medgate_receiver::model::backend::{BackendChoice, select};
-use medgate_receiver::model::infer::predict;
+use medgate_receiver::model::infer::{infer, predict};
 use medgate_receiver::model::metrics::roc_auc;
-use medgate_receiver::model::{LoadedModel, data::preprocess};
+use medgate_receiver::model::{Classifier, LoadedModel, Network, data::preprocess};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
 fn data_file() -> PathBuf {
@@ -82,4 +83,65 @@ fn large_received_images_are_brought_to_the_model_input() {
         (direct - via).abs() < 0.1,
         "28x28 {direct} vs 256x256 {via}"
     );
+}
+
+#[test]
+fn an_ensemble_averages_its_networks_logits_and_keeps_the_first_ones_features() {
+    let cpu = select(BackendChoice::Cpu).unwrap();
+    let shipped = LoadedModel::shipped(&cpu.device).unwrap();
+    let arch = shipped.card.architecture.clone();
+    let norm = shipped.card.normalisation;
+    let a = Classifier::new(&arch, &cpu.device).valid();
+    let b = Classifier::new(&arch, &cpu.device).valid();
+    let val = read_split(&data_file(), SplitName::Val).unwrap();
+    let images = &val.images[..16 * 28 * 28];
+    let out_a = infer(&a, images, 28, norm, &cpu.device, 16);
+    let out_b = infer(&b, images, 28, norm, &cpu.device, 16);
+    let both = Network::ensemble(a, vec![b]);
+    assert_eq!(both.len(), 2);
+    let out = infer(&both, images, 28, norm, &cpu.device, 16);
+    for ((x, y), e) in out_a.iter().zip(&out_b).zip(&out) {
+        let mean = (x.margin + y.margin) / 2.0;
+        assert!((e.margin - mean).abs() < 1e-4, "{} vs {mean}", e.margin);
+        assert_eq!(e.features, x.features);
+    }
+}
+
+#[test]
+fn an_ensemble_folder_round_trips_and_its_card_may_only_name_files_beside_it() {
+    let cpu = select(BackendChoice::Cpu).unwrap();
+    let one = LoadedModel::shipped(&cpu.device).unwrap();
+    let networks = one.network.len();
+    let joined = LoadedModel::shipped(&cpu.device)
+        .unwrap()
+        .join(vec![one])
+        .unwrap();
+    assert_eq!(joined.network.len(), 2 * networks);
+    let dir = tempfile::tempdir().unwrap();
+    let card = joined.card.clone();
+    medgate_receiver::model::save(dir.path(), &card, joined.network, joined.gate.as_ref()).unwrap();
+    for member in &card.members {
+        assert!(
+            dir.path().join(&member.weights).is_file(),
+            "{}",
+            member.weights
+        );
+    }
+    let loaded = LoadedModel::from_dir(dir.path(), &cpu.device).unwrap();
+    assert_eq!(loaded.card, card);
+    assert_eq!(loaded.network.len(), 2 * networks);
+
+    // A card may name weights only in its own folder.
+    let mut text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.json")).unwrap())
+            .unwrap();
+    text["members"][0]["weights"] = "../elsewhere.bpk".into();
+    std::fs::write(dir.path().join("model.json"), text.to_string()).unwrap();
+    let err = LoadedModel::from_dir(dir.path(), &cpu.device).unwrap_err();
+    assert!(err.to_string().contains("members"), "{err}");
+    // A missing member is named.
+    text["members"][0]["weights"] = "gone.bpk".into();
+    std::fs::write(dir.path().join("model.json"), text.to_string()).unwrap();
+    let err = LoadedModel::from_dir(dir.path(), &cpu.device).unwrap_err();
+    assert!(err.to_string().contains("gone.bpk"), "{err}");
 }

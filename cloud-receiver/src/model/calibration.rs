@@ -159,8 +159,8 @@ pub struct Fitted {
 /// Fits what turns `network`'s outputs into answers a clinician can use:
 /// the temperature and the screening threshold on val (written into
 /// `card`), and the out-of-distribution gate (train statistics, val limit).
-pub fn fit_card(
-    network: &super::Classifier,
+pub fn fit_card<N: super::Forward + ?Sized>(
+    network: &N,
     card: &mut super::ModelCard,
     train: &medgate_medmnist::Split,
     val: &medgate_medmnist::Split,

@@ -5,7 +5,7 @@
 use burn::tensor::Device;
 
 use super::data::images_tensor;
-use super::{Classifier, Normalisation};
+use super::{Forward, Normalisation};
 
 /// The network's output for one image.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,8 +20,8 @@ pub struct Output {
 }
 
 /// The network's outputs for square 8-bit images, in batches.
-pub fn infer(
-    network: &Classifier,
+pub fn infer<N: Forward + ?Sized>(
+    network: &N,
     images: &[u8],
     side: usize,
     norm: Normalisation,
@@ -62,8 +62,8 @@ pub fn infer(
 /// the two logits, `sigmoid(margin)`. Training selects epochs and
 /// thresholds on these; what results show goes through the card's
 /// temperature.
-pub fn predict(
-    network: &Classifier,
+pub fn predict<N: Forward + ?Sized>(
+    network: &N,
     images: &[u8],
     side: usize,
     norm: Normalisation,

@@ -11,8 +11,11 @@
 //!
 //! A model folder holds `model.json` (the [`ModelCard`]), `model.bpk`
 //! (the weights, Burn's burnpack format) and, once fitted, `ood.json` (the
-//! out-of-distribution [`gate::Gate`]). The shipped model is compiled into
-//! the binary from `cloud-receiver/model/`.
+//! out-of-distribution [`gate::Gate`]). A model may be a small ensemble:
+//! its card then names further weight files (`members`) of the same
+//! architecture, whose logits are averaged with `model.bpk`'s (the gate
+//! reads `model.bpk`'s features). The shipped model is compiled into the
+//! binary from `cloud-receiver/model/`.
 
 pub mod backend;
 pub mod bench;
@@ -51,7 +54,9 @@ pub const WEIGHTS_FILE: &str = "model.bpk";
 pub const CARD_FORMAT: &str = "medgate-model/1";
 
 const SHIPPED_CARD: &str = include_str!("../../model/model.json");
-const SHIPPED_WEIGHTS: &[u8] = include_bytes!("../../model/model.bpk");
+/// The shipped weight files, by name: `model.bpk` and the card's members.
+const SHIPPED_WEIGHTS: &[(&str, &[u8])] =
+    &[(WEIGHTS_FILE, include_bytes!("../../model/model.bpk"))];
 const SHIPPED_GATE: &str = include_str!("../../model/ood.json");
 
 /// Why a model could not be loaded or saved.
@@ -136,6 +141,21 @@ pub struct ModelCard {
     /// before routing existed are the chest X-ray model's: CR and DX.
     #[serde(default = "Accepts::chest_xray")]
     pub accepts: Accepts,
+    /// Further networks of the same architecture whose logits are averaged
+    /// with `model.bpk`'s (a small ensemble); empty for a single network.
+    /// The temperature and threshold are fitted on the average.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+}
+
+/// A further network of an ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Its weights file in the model folder (a plain file name).
+    pub weights: String,
+    /// How it was trained.
+    pub training: TrainingRecord,
 }
 
 fn unit_temperature() -> f32 {
@@ -307,13 +327,76 @@ impl Classifier {
     }
 }
 
+/// What the inference functions run: one classifier, or an ensemble.
+pub trait Forward {
+    /// Logits `[batch, 2]` and the pooled features `[batch, channels]` the
+    /// out-of-distribution gate measures, for normalised images
+    /// `[batch, 1, H, W]`.
+    fn forward_with_features(&self, images: Tensor<4>) -> (Tensor<2>, Tensor<2>);
+}
+
+impl Forward for Classifier {
+    fn forward_with_features(&self, images: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        Classifier::forward_with_features(self, images)
+    }
+}
+
+/// A model's networks: the card's own (`model.bpk`) first, then its
+/// members. Their logits are averaged; the features are the first
+/// network's, on which the gate was fitted.
+#[derive(Debug)]
+pub struct Network {
+    first: Classifier,
+    rest: Vec<Classifier>,
+}
+
+impl Network {
+    /// One network alone.
+    pub fn single(network: Classifier) -> Self {
+        Self::ensemble(network, Vec::new())
+    }
+
+    /// `first` and `rest` averaged, `first`'s features kept.
+    pub fn ensemble(first: Classifier, rest: Vec<Classifier>) -> Self {
+        Self { first, rest }
+    }
+
+    /// How many networks are averaged.
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Always false: a model has at least one network.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The networks, the card's own first.
+    pub fn into_networks(self) -> Vec<Classifier> {
+        std::iter::once(self.first).chain(self.rest).collect()
+    }
+}
+
+impl Forward for Network {
+    fn forward_with_features(&self, images: Tensor<4>) -> (Tensor<2>, Tensor<2>) {
+        let (mut logits, features) = self.first.forward_with_features(images.clone());
+        if self.rest.is_empty() {
+            return (logits, features);
+        }
+        for network in &self.rest {
+            logits = logits.add(network.forward(images.clone()));
+        }
+        (logits.div_scalar(self.len() as f32), features)
+    }
+}
+
 /// A classifier with its card, ready for inference.
 #[derive(Debug)]
 pub struct LoadedModel {
     /// The card.
     pub card: ModelCard,
-    /// The network, in evaluation mode.
-    pub network: Classifier,
+    /// The network (or the ensemble's networks), in evaluation mode.
+    pub network: Network,
     /// The out-of-distribution gate, when the folder has one.
     pub gate: Option<gate::Gate>,
 }
@@ -327,15 +410,26 @@ impl LoadedModel {
     pub fn shipped(device: &Device) -> Result<Self, ModelError> {
         let origin = PathBuf::from("<shipped model>");
         let card = parse_card(SHIPPED_CARD, &origin)?;
-        let record = ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            SHIPPED_WEIGHTS.to_vec(),
-        ))
-        .map_err(|e| ModelError::Weights {
-            path: origin.clone(),
-            reason: e.to_string(),
-        })?;
+        let records = weight_files(&card)
+            .map(|name| {
+                let bytes = SHIPPED_WEIGHTS
+                    .iter()
+                    .find(|(file, _)| *file == name)
+                    .map(|(_, bytes)| bytes.to_vec())
+                    .ok_or_else(|| ModelError::Weights {
+                        path: origin.join(name),
+                        reason: "not compiled into this build".into(),
+                    })?;
+                ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                    .map(|record| (origin.join(name), record))
+                    .map_err(|e| ModelError::Weights {
+                        path: origin.join(name),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let gate = parse_gate(SHIPPED_GATE, &card, &origin)?;
-        Self::assemble(card, record, Some(gate), &origin, device)
+        Self::assemble(card, records, Some(gate), device)
     }
 
     /// The model in folder `dir`, or the shipped one without a folder.
@@ -360,11 +454,17 @@ impl LoadedModel {
             source,
         })?;
         let card = parse_card(&text, &card_path)?;
-        let weights_path = dir.join(WEIGHTS_FILE);
-        let record = ModuleRecord::load(&weights_path).map_err(|e| ModelError::Weights {
-            path: weights_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let records = weight_files(&card)
+            .map(|name| {
+                let path = dir.join(name);
+                ModuleRecord::load(&path)
+                    .map(|record| (path.clone(), record))
+                    .map_err(|e| ModelError::Weights {
+                        path,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let gate_path = dir.join(gate::GATE_FILE);
         let gate = match std::fs::read_to_string(&gate_path) {
             Ok(text) => Some(parse_gate(&text, &card, &gate_path)?),
@@ -376,7 +476,7 @@ impl LoadedModel {
                 });
             }
         };
-        Self::assemble(card, record, gate, &weights_path, device)
+        Self::assemble(card, records, gate, device)
     }
 
     /// Only the model card: of the folder `dir`, or of the shipped model.
@@ -399,26 +499,90 @@ impl LoadedModel {
         }
     }
 
-    fn assemble(
-        card: ModelCard,
-        record: ModuleRecord,
-        gate: Option<gate::Gate>,
-        origin: &Path,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
-        let network = Classifier::new(&card.architecture, device)
-            .try_load_record(record)
-            .map_err(|e| ModelError::Weights {
-                path: origin.to_owned(),
-                reason: e.to_string(),
-            })?
-            .valid();
+    /// This model with the networks of `others` joined to it as a small
+    /// ensemble, named `model-2.bpk`, `model-3.bpk`, … in the card. The
+    /// card keeps this model's temperature, threshold and gate until they
+    /// are fitted again (`calibration::fit_card`).
+    ///
+    /// # Errors
+    /// [`ModelError::Card`] if another model differs in architecture,
+    /// input size, normalisation or classes.
+    pub fn join(self, others: Vec<LoadedModel>) -> Result<Self, ModelError> {
+        let Self {
+            mut card,
+            network,
+            gate,
+        } = self;
+        let Network {
+            first,
+            rest: mut networks,
+        } = network;
+        for other in others {
+            let same = other.card.architecture == card.architecture
+                && other.card.input_size == card.input_size
+                && other.card.normalisation == card.normalisation
+                && other.card.classes == card.classes;
+            if !same {
+                return Err(ModelError::Card {
+                    path: PathBuf::from(&other.card.version),
+                    reason: format!(
+                        "cannot join {} to {}: architecture, input size, normalisation or \
+                         classes differ",
+                        other.card.version, card.version
+                    ),
+                });
+            }
+            let records = std::iter::once(other.card.training.clone())
+                .chain(other.card.members.iter().map(|m| m.training.clone()));
+            for (network, training) in other.network.into_networks().into_iter().zip(records) {
+                networks.push(network);
+                card.members.push(Member {
+                    weights: format!("model-{}.bpk", networks.len() + 1),
+                    training,
+                });
+            }
+        }
         Ok(Self {
             card,
-            network,
+            network: Network::ensemble(first, networks),
             gate,
         })
     }
+
+    fn assemble(
+        card: ModelCard,
+        records: Vec<(PathBuf, ModuleRecord)>,
+        gate: Option<gate::Gate>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let networks = records
+            .into_iter()
+            .map(|(origin, record)| {
+                Classifier::new(&card.architecture, device)
+                    .try_load_record(record)
+                    .map(|network| network.valid())
+                    .map_err(|e| ModelError::Weights {
+                        path: origin,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut networks = networks.into_iter();
+        let first = networks.next().ok_or_else(|| ModelError::Card {
+            path: PathBuf::from(&card.version),
+            reason: "no weights".into(),
+        })?;
+        Ok(Self {
+            card,
+            network: Network::ensemble(first, networks.collect()),
+            gate,
+        })
+    }
+}
+
+/// The weight files a card names: `model.bpk`, then its members'.
+fn weight_files(card: &ModelCard) -> impl Iterator<Item = &str> {
+    std::iter::once(WEIGHTS_FILE).chain(card.members.iter().map(|m| m.weights.as_str()))
 }
 
 fn parse_gate(text: &str, card: &ModelCard, path: &Path) -> Result<gate::Gate, ModelError> {
@@ -469,6 +633,24 @@ fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
     if card.normalisation.std <= 0.0 {
         return Err(bad("normalisation std must be positive".into()));
     }
+    let mut seen = vec![WEIGHTS_FILE];
+    for member in &card.members {
+        let name = member.weights.as_str();
+        let plain = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && !name.contains(['/', '\\'])
+            && name.ends_with(".bpk");
+        if !plain {
+            return Err(bad(format!(
+                "members: weights {name:?} must be a .bpk file name in the model folder"
+            )));
+        }
+        if seen.contains(&name) {
+            return Err(bad(format!("members: weights {name:?} named twice")));
+        }
+        seen.push(name);
+    }
     if card.accepts.modalities.is_empty() {
         return Err(bad(
             "accepts.modalities is empty: the model would never be used".into(),
@@ -492,28 +674,43 @@ fn parse_card(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
     Ok(card)
 }
 
-/// Writes a model folder: the card, then the weights.
+/// Writes a model folder: the weights (`model.bpk`, then the card's
+/// members'), the gate, then the card.
 ///
 /// # Errors
-/// [`ModelError`] if a file cannot be written.
+/// [`ModelError`] if a file cannot be written, or if the card names another
+/// number of networks than `network` has.
 pub fn save(
     dir: &Path,
     card: &ModelCard,
-    network: Classifier,
+    network: Network,
     gate: Option<&gate::Gate>,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    let weights_path = dir.join(WEIGHTS_FILE);
-    network
-        .valid()
-        .save_file(&weights_path)
-        .map_err(|e| ModelError::Weights {
-            path: weights_path.clone(),
-            reason: e.to_string(),
-        })?;
+    let names: Vec<&str> = weight_files(card).collect();
+    if names.len() != network.len() {
+        return Err(ModelError::Card {
+            path: dir.join(CARD_FILE),
+            reason: format!(
+                "the card names {} weight files for {} networks",
+                names.len(),
+                network.len()
+            ),
+        });
+    }
+    for (name, network) in names.into_iter().zip(network.into_networks()) {
+        let weights_path = dir.join(name);
+        network
+            .valid()
+            .save_file(&weights_path)
+            .map_err(|e| ModelError::Weights {
+                path: weights_path.clone(),
+                reason: e.to_string(),
+            })?;
+    }
     if let Some(gate) = gate {
         let gate_path = dir.join(gate::GATE_FILE);
         let text = serde_json::to_string(gate).map_err(|e| ModelError::Card {

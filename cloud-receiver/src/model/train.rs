@@ -396,6 +396,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
             weight_average_decay: options.weight_average_decay,
         },
         accepts: super::Accepts::chest_xray(),
+        members: Vec::new(),
     };
     let (gate, fitted) = super::calibration::fit_card(
         &network,
@@ -406,7 +407,12 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<(ModelCard, Vec<EpochLog>
         options.min_sensitivity,
     );
     tracing::info!(?fitted, "calibrated on val");
-    super::save(&options.out, &card, network, Some(&gate))?;
+    super::save(
+        &options.out,
+        &card,
+        super::Network::single(network),
+        Some(&gate),
+    )?;
     Ok((card, log))
 }
 
