@@ -382,7 +382,7 @@ fn classify_answers_for_files_as_the_receiver_would() {
     assert_eq!(lines.len(), 5);
     let xray_verdict = &lines[0];
     assert_eq!(xray_verdict["file"], s(&xray));
-    assert_eq!(xray_verdict["model"], "pneumonia-cnn-1");
+    assert_eq!(xray_verdict["model"], "pneumonia-cnn-2");
     let label = if val.labels[0] == 1 {
         "pneumonia"
     } else {

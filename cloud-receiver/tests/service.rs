@@ -352,7 +352,7 @@ async fn images_no_model_takes_or_unlike_chest_xrays_are_answered_not_classified
         };
         let (i, key) = &keys[&answer.message_id];
         assert_eq!(answer.reason, "out_of_distribution", "{answer:?}");
-        assert_eq!(answer.model_version, "pneumonia-cnn-1");
+        assert_eq!(answer.model_version, "pneumonia-cnn-2");
         if *i == 0 {
             assert!(answer.score.unwrap() > 1.0, "{answer:?}");
             assert!(answer.detail.contains("laid out unlike"), "{answer:?}");

@@ -55,8 +55,11 @@ pub const CARD_FORMAT: &str = "medgate-model/1";
 
 const SHIPPED_CARD: &str = include_str!("../../model/model.json");
 /// The shipped weight files, by name: `model.bpk` and the card's members.
-const SHIPPED_WEIGHTS: &[(&str, &[u8])] =
-    &[(WEIGHTS_FILE, include_bytes!("../../model/model.bpk"))];
+const SHIPPED_WEIGHTS: &[(&str, &[u8])] = &[
+    (WEIGHTS_FILE, include_bytes!("../../model/model.bpk")),
+    ("model-2.bpk", include_bytes!("../../model/model-2.bpk")),
+    ("model-3.bpk", include_bytes!("../../model/model-3.bpk")),
+];
 const SHIPPED_GATE: &str = include_str!("../../model/ood.json");
 
 /// Why a model could not be loaded or saved.
