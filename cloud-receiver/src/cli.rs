@@ -25,7 +25,7 @@ use crate::daemon::service::{self, ServiceError};
 use crate::model::backend::{self, BackendChoice};
 use crate::model::data::Augmentation;
 use crate::model::train::{self, TrainOptions};
-use crate::model::{Architecture, LoadedModel, bench, calibration, classify, evaluate};
+use crate::model::{Architecture, LoadedModel, Scope, bench, calibration, classify, evaluate};
 
 #[derive(Parser)]
 #[command(
@@ -278,6 +278,10 @@ struct TrainArgs {
     /// weights.
     #[arg(long, default_value_t = 0.0)]
     weight_average_decay: f32,
+    /// Normalise the input by the training pixels' mean and spread
+    /// (dataset) or by each image's own (image).
+    #[arg(long, value_enum, default_value_t = Scope::Dataset)]
+    normalise: Scope,
 }
 
 impl TrainArgs {
@@ -290,6 +294,7 @@ impl TrainArgs {
         options.progress = std::io::stderr().is_terminal();
         options.manifest = self.manifest;
         options.augmentation = self.augmentation;
+        options.scope = self.normalise;
         anyhow::ensure!(
             (0.0..1.0).contains(&self.weight_average_decay),
             "--weight-average-decay must be at least 0 and below 1, not {}",

@@ -8,7 +8,7 @@ use medgate_shared::pixels::{PixelFormat, Pixels};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::Normalisation;
+use super::{Normalisation, Scope};
 
 /// Mean and standard deviation of every pixel of `images`, on the 0–1 scale.
 pub fn normalisation_of(images: &[u8]) -> Normalisation {
@@ -23,6 +23,7 @@ pub fn normalisation_of(images: &[u8]) -> Normalisation {
     Normalisation {
         mean: (mean / 255.0) as f32,
         std: (var.sqrt() / 255.0).max(1e-6) as f32,
+        scope: Scope::Dataset,
     }
 }
 
@@ -34,6 +35,11 @@ pub fn fingerprint(split: &Split) -> String {
     hex::encode(hasher.finalize())
 }
 
+/// The smallest spread, on the 0–1 scale, an image is divided by under
+/// [`Scope::Image`]: a blank or nearly uniform frame stays near zero
+/// instead of having its noise blown up (the gate refuses such frames).
+const MIN_IMAGE_STD: f32 = 4.0 / 255.0;
+
 /// Square 8-bit images (`count × side × side` bytes) as a normalised
 /// `[count, 1, side, side]` tensor.
 pub fn images_tensor(
@@ -42,11 +48,19 @@ pub fn images_tensor(
     norm: Normalisation,
     device: &Device,
 ) -> Tensor<4> {
-    let count = images.len() / (side * side);
-    let values: Vec<f32> = images
-        .iter()
-        .map(|&v| (f32::from(v) / 255.0 - norm.mean) / norm.std)
-        .collect();
+    let per_image = (side * side).max(1);
+    let count = images.len() / per_image;
+    let mut values: Vec<f32> = Vec::with_capacity(count * per_image);
+    for image in images.chunks_exact(per_image) {
+        let (mean, std) = match norm.scope {
+            Scope::Dataset => (norm.mean, norm.std),
+            Scope::Image => {
+                let own = normalisation_of(image);
+                (own.mean, own.std.max(MIN_IMAGE_STD))
+            }
+        };
+        values.extend(image.iter().map(|&v| (f32::from(v) / 255.0 - mean) / std));
+    }
     Tensor::from_data(TensorData::new(values, [count, 1, side, side]), device)
 }
 
@@ -277,6 +291,61 @@ mod tests {
     fn normalisation_of_a_known_set() {
         let n = normalisation_of(&[0, 255]);
         assert!((n.mean - 0.5).abs() < 1e-6 && (n.std - 0.5).abs() < 1e-6);
+    }
+
+    fn tensor_values(images: &[u8], side: usize, norm: Normalisation) -> Vec<f32> {
+        let device = crate::model::backend::select(crate::model::backend::BackendChoice::Cpu)
+            .unwrap()
+            .device;
+        images_tensor(images, side, norm, &device)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn per_image_scope_ignores_an_images_exposure_and_gain() {
+        let side = 8;
+        let image: Vec<u8> = (0..side * side).map(|i| 60 + (i * 7 % 64) as u8).collect();
+        // Twice the contrast, brighter: a linear map that clips nothing.
+        let scaled: Vec<u8> = image.iter().map(|&v| v * 2 - 40).collect();
+        let dataset = normalisation_of(&image);
+        let per_image = Normalisation {
+            scope: Scope::Image,
+            ..dataset
+        };
+        let both: Vec<u8> = image.iter().chain(&scaled).copied().collect();
+        let values = tensor_values(&both, side, per_image);
+        let (a, b) = values.split_at(side * side);
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-4));
+        let mean = a.iter().sum::<f32>() / a.len() as f32;
+        assert!(mean.abs() < 1e-4, "{mean}");
+        // The dataset scope lets the difference through.
+        let values = tensor_values(&both, side, dataset);
+        let (a, b) = values.split_at(side * side);
+        assert!(a.iter().zip(b).any(|(x, y)| (x - y).abs() > 0.5));
+        // A blank frame is not blown up into noise.
+        let blank = vec![128u8; side * side];
+        let values = tensor_values(&blank, side, per_image);
+        assert!(values.iter().all(|v| v.abs() < 1e-4));
+    }
+
+    #[test]
+    fn cards_without_a_scope_normalise_by_the_dataset_and_keep_that_form() {
+        let old: Normalisation = serde_json::from_str(r#"{"mean":0.5,"std":0.25}"#).unwrap();
+        assert_eq!(old.scope, Scope::Dataset);
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"mean":0.5,"std":0.25}"#
+        );
+        let new = Normalisation {
+            scope: Scope::Image,
+            ..old
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(text.contains(r#""scope":"image""#), "{text}");
+        assert_eq!(serde_json::from_str::<Normalisation>(&text).unwrap(), new);
     }
 
     #[test]
