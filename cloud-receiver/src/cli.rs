@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use medgate_daemon::acl::{self, Broker, Roles};
 use medgate_daemon::cli::{self, Daemon, DaemonCommand};
@@ -210,11 +211,14 @@ fn join_members(
     dirs: &[PathBuf],
     device: &burn::tensor::Device,
 ) -> anyhow::Result<LoadedModel> {
-    let others = dirs
-        .iter()
-        .map(|dir| LoadedModel::from_dir(dir, device))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(model.join(others)?)
+    let mut model = model;
+    for dir in dirs {
+        let other = LoadedModel::from_dir(dir, device)?;
+        model = model
+            .join(vec![other])
+            .with_context(|| format!("--member {}", dir.display()))?;
+    }
+    Ok(model)
 }
 
 fn parse_modality(code: &str) -> Result<Modality, String> {

@@ -570,6 +570,45 @@ fn calibrate_fits_a_model_folder_without_changing_its_ranking() {
 }
 
 #[test]
+fn calibrate_refuses_a_member_that_does_not_fit_and_names_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = dir.path().join("per-image");
+    std::fs::create_dir_all(&member).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("model");
+    for entry in std::fs::read_dir(&shipped).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, member.join(path.file_name().unwrap())).unwrap();
+    }
+    let card = member.join("model.json");
+    let mut text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&card).unwrap()).unwrap();
+    text["version"] = "per-image".into();
+    text["normalisation"]["scope"] = "image".into();
+    std::fs::write(&card, text.to_string()).unwrap();
+    let out_dir = dir.path().join("joined");
+    let out = run(&[
+        "calibrate",
+        "--data",
+        s(&data_file()),
+        "--out",
+        s(&out_dir),
+        "--member",
+        s(&member),
+        "--backend",
+        "cpu",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--member {}", member.display()))
+            && stderr.contains("per-image")
+            && stderr.contains("they differ in normalisation"),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists(), "nothing is written");
+}
+
+#[test]
 fn bad_model_folders_are_named_in_errors() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("broken");

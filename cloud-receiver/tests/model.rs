@@ -8,7 +8,9 @@ use medgate_medmnist::{SplitName, read_split};
 use medgate_receiver::model::backend::{BackendChoice, select};
 use medgate_receiver::model::infer::{infer, predict};
 use medgate_receiver::model::metrics::roc_auc;
-use medgate_receiver::model::{Classifier, LoadedModel, Network, data::preprocess};
+use medgate_receiver::model::{
+    Classifier, LoadedModel, ModelError, Network, Scope, data::preprocess,
+};
 use medgate_shared::pixels::{PixelFormat, Pixels};
 
 fn data_file() -> PathBuf {
@@ -144,4 +146,19 @@ fn an_ensemble_folder_round_trips_and_its_card_may_only_name_files_beside_it() {
     std::fs::write(dir.path().join("model.json"), text.to_string()).unwrap();
     let err = LoadedModel::from_dir(dir.path(), &cpu.device).unwrap_err();
     assert!(err.to_string().contains("gone.bpk"), "{err}");
+}
+
+#[test]
+fn models_normalised_differently_are_not_joined_and_the_error_says_why() {
+    let cpu = select(BackendChoice::Cpu).unwrap();
+    let shipped = LoadedModel::shipped(&cpu.device).unwrap();
+    let mut other = LoadedModel::shipped(&cpu.device).unwrap();
+    other.card.version = "per-image".into();
+    other.card.normalisation.scope = Scope::Image;
+    let err = shipped.join(vec![other]).err().unwrap();
+    assert!(
+        matches!(&err, ModelError::Incompatible { member, differs, .. }
+            if member == "per-image" && differs == "normalisation"),
+        "{err}"
+    );
 }

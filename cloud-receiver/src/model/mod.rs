@@ -89,6 +89,16 @@ pub enum ModelError {
         /// What Burn said.
         reason: String,
     },
+    /// Models that cannot be joined into one ensemble.
+    #[error("cannot join {member} to {model}: they differ in {differs}")]
+    Incompatible {
+        /// The joined model's version.
+        model: String,
+        /// The version of the model that does not fit.
+        member: String,
+        /// What differs, e.g. "normalisation, classes".
+        differs: String,
+    },
 }
 
 /// The network's shape: channels of the three convolution stages.
@@ -537,8 +547,8 @@ impl LoadedModel {
     /// are fitted again (`calibration::fit_card`).
     ///
     /// # Errors
-    /// [`ModelError::Card`] if another model differs in architecture,
-    /// input size, normalisation or classes.
+    /// [`ModelError::Incompatible`] if another model differs in
+    /// architecture, input size, normalisation or classes.
     pub fn join(self, others: Vec<LoadedModel>) -> Result<Self, ModelError> {
         let Self {
             mut card,
@@ -550,18 +560,23 @@ impl LoadedModel {
             rest: mut networks,
         } = network;
         for other in others {
-            let same = other.card.architecture == card.architecture
-                && other.card.input_size == card.input_size
-                && other.card.normalisation == card.normalisation
-                && other.card.classes == card.classes;
-            if !same {
-                return Err(ModelError::Card {
-                    path: PathBuf::from(&other.card.version),
-                    reason: format!(
-                        "cannot join {} to {}: architecture, input size, normalisation or \
-                         classes differ",
-                        other.card.version, card.version
-                    ),
+            let differs: Vec<&str> = [
+                (other.card.architecture != card.architecture, "architecture"),
+                (other.card.input_size != card.input_size, "input size"),
+                (
+                    other.card.normalisation != card.normalisation,
+                    "normalisation",
+                ),
+                (other.card.classes != card.classes, "classes"),
+            ]
+            .into_iter()
+            .filter_map(|(differ, what)| differ.then_some(what))
+            .collect();
+            if !differs.is_empty() {
+                return Err(ModelError::Incompatible {
+                    model: card.version,
+                    member: other.card.version,
+                    differs: differs.join(", "),
                 });
             }
             let records = std::iter::once(other.card.training.clone())
