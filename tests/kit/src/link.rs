@@ -4,6 +4,7 @@
 //! and refuses new ones, as a failed WAN link or firewall would, until
 //! [`Link::restore`].
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,10 +19,17 @@ pub struct Link {
 struct Shared {
     cut: AtomicBool,
     stopped: AtomicBool,
-    /// Both ends of every live connection, to close them on a cut.
-    live: Mutex<Vec<TcpStream>>,
+    /// Both ends of every live connection, by its number, to close them
+    /// on a cut; a connection leaves when its relay ends.
+    live: Mutex<HashMap<u64, [TcpStream; 2]>>,
     /// Connections relayed so far.
     accepted: AtomicU64,
+}
+
+impl Shared {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<u64, [TcpStream; 2]>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Link {
@@ -35,7 +43,7 @@ impl Link {
         let shared = Arc::new(Shared {
             cut: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            live: Mutex::new(Vec::new()),
+            live: Mutex::new(HashMap::new()),
             accepted: AtomicU64::new(0),
         });
         let relay = shared.clone();
@@ -58,16 +66,12 @@ impl Link {
                     };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
-                    relay.accepted.fetch_add(1, Ordering::SeqCst);
+                    let number = relay.accepted.fetch_add(1, Ordering::SeqCst);
                     if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
-                        relay
-                            .live
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .extend([c, s]);
+                        relay.live().insert(number, [c, s]);
                     }
-                    pump(&client, &server);
-                    pump(&server, &client);
+                    pump(&client, &server, number, &relay);
+                    pump(&server, &client, number, &relay);
                 }
             })?;
         Ok(Self { address, shared })
@@ -86,13 +90,7 @@ impl Link {
     /// Closes every live connection and refuses new ones.
     pub fn cut(&self) {
         self.shared.cut.store(true, Ordering::SeqCst);
-        for stream in self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
+        for stream in self.shared.live().drain().flat_map(|(_, ends)| ends) {
             let _ = stream.shutdown(Shutdown::Both);
         }
     }
@@ -112,11 +110,13 @@ impl Drop for Link {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes.
-fn pump(from: &TcpStream, to: &TcpStream) {
+/// Copies `from` to `to` on a thread until either side closes, then
+/// closes both and forgets connection `number`.
+fn pump(from: &TcpStream, to: &TcpStream, number: u64, shared: &Arc<Shared>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let shared = shared.clone();
     let _ = std::thread::Builder::new()
         .name("link-pump".into())
         .spawn(move || {
@@ -133,5 +133,36 @@ fn pump(from: &TcpStream, to: &TcpStream) {
             }
             let _ = to.shutdown(Shutdown::Both);
             let _ = from.shutdown(Shutdown::Both);
+            shared.live().remove(&number);
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_leaves_the_live_list() {
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = Link::start(upstream.local_addr().unwrap()).unwrap();
+        for round in 1..=3u64 {
+            let mut client = TcpStream::connect(link.address()).unwrap();
+            let (mut server, _) = upstream.accept().unwrap();
+            client.write_all(b"x").unwrap();
+            let mut byte = [0u8; 1];
+            server.read_exact(&mut byte).unwrap();
+            assert_eq!(&byte, b"x");
+            assert_eq!(link.connections(), round);
+            drop(client);
+            // The relay closes the upstream end once the client has gone.
+            assert_eq!(server.read(&mut byte).unwrap(), 0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !link.shared.live().is_empty() {
+                assert!(Instant::now() < deadline, "connection {round} still listed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
 }
