@@ -164,8 +164,18 @@ fn drive(
         held: None,
         open: true,
     };
+    let mut session = Session {
+        config,
+        link,
+        metrics,
+        runtime,
+        intake,
+        results: &mut results,
+        frames: &mut frames,
+        stop,
+    };
     while !stop.is_cancelled() {
-        let session = match &config.bus {
+        let outcome = match &config.bus {
             SensorBus::Virtual(path) => VirtualBus::connect(path)
                 .and_then(|bus| Ok((bus, VirtualBus::pin(path)?, VirtualBus::edges(path)?)))
                 .map_err(|e| SensorError::Bus(e.to_string()))
@@ -174,18 +184,7 @@ fn drive(
                 })
                 .map(|(mut sensor, mut edges)| {
                     health.set(&config.device, None);
-                    session(
-                        &mut sensor,
-                        &mut edges,
-                        config,
-                        link,
-                        metrics,
-                        runtime,
-                        intake,
-                        &mut results,
-                        &mut frames,
-                        stop,
-                    )
+                    session.run(&mut sensor, &mut edges)
                 }),
             #[cfg(feature = "linux-spi")]
             SensorBus::Spidev {
@@ -197,25 +196,14 @@ fn drive(
                 .and_then(|(sensor, edges)| Ok((sensor, watch(edges, &config.device)?)))
                 .map(|(mut sensor, mut edges)| {
                     health.set(&config.device, None);
-                    session(
-                        &mut sensor,
-                        &mut edges,
-                        config,
-                        link,
-                        metrics,
-                        runtime,
-                        intake,
-                        &mut results,
-                        &mut frames,
-                        stop,
-                    )
+                    session.run(&mut sensor, &mut edges)
                 }),
             #[cfg(not(feature = "linux-spi"))]
             SensorBus::Spidev { .. } => Err(SensorError::Bus(
                 "spidev needs a build with the `linux-spi` feature".into(),
             )),
         };
-        match session {
+        match outcome {
             Ok(Ok(())) => return,
             Ok(Err(e)) => {
                 metrics.error("sensor");
@@ -319,137 +307,154 @@ fn idle(
     wake
 }
 
-/// One connected session; `Ok` when stopped, `Err` when the link failed.
-#[allow(clippy::too_many_arguments)]
-fn session<S: SpiDevice, P: InputPin>(
-    sensor: &mut SpiSensor<S, P>,
-    edges: &mut Edges,
-    config: &SpiSensorConfig,
-    link: &LinkLimit,
-    metrics: &Metrics,
-    runtime: &tokio::runtime::Handle,
-    intake: &Intake,
-    results: &mut Inbox,
-    frames: &mut FrameMap,
-    stop: &CancellationToken,
-) -> Result<(), SensorError> {
-    let mut first = true;
-    // A frame spooled whose record could not be written: when the sensor
-    // offers it again, only the record is retried (never a second copy).
-    let mut unrecorded: Option<(u32, u32, MessageId)> = None;
-    while !stop.is_cancelled() {
-        while let Some(delivery) = results.next() {
-            match write_back(sensor, config, metrics, frames, &delivery.verdict) {
-                Ok(true) => {
-                    let _ = delivery.done.send(());
+/// What a sensor's sessions share across reconnections.
+struct Session<'a> {
+    config: &'a SpiSensorConfig,
+    link: &'a LinkLimit,
+    metrics: &'a Metrics,
+    runtime: &'a tokio::runtime::Handle,
+    intake: &'a Intake,
+    results: &'a mut Inbox,
+    frames: &'a mut FrameMap,
+    stop: &'a CancellationToken,
+}
+
+impl Session<'_> {
+    /// One connected session; `Ok` when stopped, `Err` when the link
+    /// failed.
+    fn run<S: SpiDevice, P: InputPin>(
+        &mut self,
+        sensor: &mut SpiSensor<S, P>,
+        edges: &mut Edges,
+    ) -> Result<(), SensorError> {
+        let (config, link, metrics, runtime, intake, stop) = (
+            self.config,
+            self.link,
+            self.metrics,
+            self.runtime,
+            self.intake,
+            self.stop,
+        );
+        let results = &mut *self.results;
+        let frames = &mut *self.frames;
+        let mut first = true;
+        // A frame spooled whose record could not be written: when the sensor
+        // offers it again, only the record is retried (never a second copy).
+        let mut unrecorded: Option<(u32, u32, MessageId)> = None;
+        while !stop.is_cancelled() {
+            while let Some(delivery) = results.next() {
+                match write_back(sensor, config, metrics, frames, &delivery.verdict) {
+                    Ok(true) => {
+                        let _ = delivery.done.send(());
+                    }
+                    // Not delivered: the image stays spooled and is answered
+                    // again.
+                    Ok(false) => {}
+                    // The sensor is gone: the verdict waits for it to return.
+                    Err(e) => {
+                        results.hold(delivery);
+                        return Err(e);
+                    }
                 }
-                // Not delivered: the image stays spooled and is answered
-                // again.
-                Ok(false) => {}
-                // The sensor is gone: the verdict waits for it to return.
-                Err(e) => {
-                    results.hold(delivery);
-                    return Err(e);
+            }
+            if !sensor.frame_ready()? {
+                match idle(runtime, edges, results, stop, config.poll) {
+                    Wake::Look => {}
+                    Wake::Verdict(delivery) => results.hold(delivery),
+                    Wake::Stop => return Ok(()),
+                    Wake::Lost(e) => return Err(e),
                 }
-            }
-        }
-        if !sensor.frame_ready()? {
-            match idle(runtime, edges, results, stop, config.poll) {
-                Wake::Look => {}
-                Wake::Verdict(delivery) => results.hold(delivery),
-                Wake::Stop => return Ok(()),
-                Wake::Lost(e) => return Err(e),
-            }
-            continue;
-        }
-        let frame = match sensor.read_frame(pixel_budget(link.get())) {
-            // The first frame after a (re)start may be one taken just before
-            // a crash, before FRAME_DONE reached the sensor: it is spooled
-            // already, so release it rather than send it twice.
-            Ok(frame) if first && frames.has_frame(frame.boot, frame.frame) => {
-                first = false;
-                tracing::info!(device = %config.device, frame = frame.frame, "frame already spooled before a restart; released");
-                sensor.frame_done()?;
                 continue;
             }
-            Ok(frame) => frame,
-            Err(SensorError::BadFrame { frame, reason }) => {
-                // Nothing sensible to keep: say so, release it, go on.
-                refuse_frame(sensor, config, metrics, frame, "bad_frame", &reason)?;
-                continue;
-            }
-            Err(e @ SensorError::FrameTooLarge { frame, .. }) => {
-                refuse_frame(
-                    sensor,
-                    config,
-                    metrics,
-                    frame,
-                    "too_large_for_link",
-                    &e.to_string(),
-                )?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        first = false;
-        let (boot, number) = (frame.boot, frame.frame);
-        if let Some((pending_boot, pending, id)) = unrecorded
-            && (pending_boot, pending) == (boot, number)
-        {
-            match frames.insert(id, boot, number) {
-                Ok(()) => {
-                    unrecorded = None;
+            let frame = match sensor.read_frame(pixel_budget(link.get())) {
+                // The first frame after a (re)start may be one taken just before
+                // a crash, before FRAME_DONE reached the sensor: it is spooled
+                // already, so release it rather than send it twice.
+                Ok(frame) if first && frames.has_frame(frame.boot, frame.frame) => {
+                    first = false;
+                    tracing::info!(device = %config.device, frame = frame.frame, "frame already spooled before a restart; released");
                     sensor.frame_done()?;
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(device = %config.device, cause = %e, "still cannot record the frame; the sensor keeps it");
+                Ok(frame) => frame,
+                Err(SensorError::BadFrame { frame, reason }) => {
+                    // Nothing sensible to keep: say so, release it, go on.
+                    refuse_frame(sensor, config, metrics, frame, "bad_frame", &reason)?;
+                    continue;
+                }
+                Err(e @ SensorError::FrameTooLarge { frame, .. }) => {
+                    refuse_frame(
+                        sensor,
+                        config,
+                        metrics,
+                        frame,
+                        "too_large_for_link",
+                        &e.to_string(),
+                    )?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            first = false;
+            let (boot, number) = (frame.boot, frame.frame);
+            if let Some((pending_boot, pending, id)) = unrecorded
+                && (pending_boot, pending) == (boot, number)
+            {
+                match frames.insert(id, boot, number) {
+                    Ok(()) => {
+                        unrecorded = None;
+                        sensor.frame_done()?;
+                    }
+                    Err(e) => {
+                        tracing::error!(device = %config.device, cause = %e, "still cannot record the frame; the sensor keeps it");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                continue;
+            }
+            let capture = Capture {
+                message_id: MessageId::random(),
+                device: config.device.clone(),
+                modality: config.modality,
+                anatomy: config.anatomy.clone(),
+                captured_at_ms: capture::now_ms(),
+                pixels: frame.pixels,
+            };
+            match runtime.block_on(intake.submit(capture)) {
+                Ok(id) => match frames.insert(id, boot, number) {
+                    Ok(()) => sensor.frame_done()?,
+                    Err(e) => {
+                        unrecorded = Some((boot, number, id));
+                        // Spooled, but its result could not be routed after a
+                        // restart: keep the frame, so it is taken again.
+                        metrics.error("sensor");
+                        tracing::error!(device = %config.device, cause = %e, "cannot record the frame; the sensor keeps it");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                },
+                Err(Refusal::Full(_) | Refusal::DiskFull(_)) => {
+                    // The sensor keeps the frame; try again shortly.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(Refusal::Stopping) => return Ok(()),
+                Err(Refusal::TooLarge(reason)) => {
+                    refuse_frame(
+                        sensor,
+                        config,
+                        metrics,
+                        number,
+                        "too_large_for_link",
+                        &reason,
+                    )?;
+                }
+                Err(Refusal::Failed(reason)) => {
+                    tracing::error!(device = %config.device, %reason, "frame not accepted; the sensor keeps it");
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
-            continue;
         }
-        let capture = Capture {
-            message_id: MessageId::random(),
-            device: config.device.clone(),
-            modality: config.modality,
-            anatomy: config.anatomy.clone(),
-            captured_at_ms: capture::now_ms(),
-            pixels: frame.pixels,
-        };
-        match runtime.block_on(intake.submit(capture)) {
-            Ok(id) => match frames.insert(id, boot, number) {
-                Ok(()) => sensor.frame_done()?,
-                Err(e) => {
-                    unrecorded = Some((boot, number, id));
-                    // Spooled, but its result could not be routed after a
-                    // restart: keep the frame, so it is taken again.
-                    metrics.error("sensor");
-                    tracing::error!(device = %config.device, cause = %e, "cannot record the frame; the sensor keeps it");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            },
-            Err(Refusal::Full(_) | Refusal::DiskFull(_)) => {
-                // The sensor keeps the frame; try again shortly.
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(Refusal::Stopping) => return Ok(()),
-            Err(Refusal::TooLarge(reason)) => {
-                refuse_frame(
-                    sensor,
-                    config,
-                    metrics,
-                    number,
-                    "too_large_for_link",
-                    &reason,
-                )?;
-            }
-            Err(Refusal::Failed(reason)) => {
-                tracing::error!(device = %config.device, %reason, "frame not accepted; the sensor keeps it");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The verdicts for the sensor: the queue from the core, and the one a
