@@ -132,6 +132,75 @@ fn assert_report_shape(report: &serde_json::Value) {
 }
 
 #[test]
+fn train_with_one_seed_writes_the_same_model_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_npz(dir.path());
+    let train = |name: &str, seed: &str| {
+        let model = dir.path().join(name);
+        ok(&[
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&model),
+            "--epochs",
+            "2",
+            "--backend",
+            "cpu",
+            "--channels",
+            "4,8,8",
+            "--seed",
+            seed,
+            "--normalise",
+            "image",
+        ]);
+        model
+    };
+    let (a, b) = (train("a", "5"), train("b", "5"));
+    for f in ["model.json", "ood.json"] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs between two runs with seed 5");
+    }
+    // The weights file also holds parameter ids that Burn draws at random,
+    // so the weights are compared by what they answer, image by image.
+    let predictions = |model: &Path| {
+        let csv = dir.path().join(format!(
+            "{}.csv",
+            model.file_name().unwrap().to_string_lossy()
+        ));
+        ok(&[
+            "evaluate",
+            "--data",
+            s(&data),
+            "--split",
+            "val",
+            "--model",
+            s(model),
+            "--backend",
+            "cpu",
+            "--predictions",
+            s(&csv),
+        ]);
+        std::fs::read_to_string(csv).unwrap()
+    };
+    let (x, y) = (predictions(&a), predictions(&b));
+    assert!(x.lines().count() > 10, "{x}");
+    assert_eq!(x, y, "the two runs' weights answer differently");
+    assert_ne!(
+        x,
+        predictions(&train("c", "6")),
+        "another seed, another model"
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["normalisation"]["scope"], "image", "{card}");
+    assert_eq!(card["training"]["seed"], 5, "{card}");
+}
+
+#[test]
 fn train_writes_a_model_that_evaluate_reads() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_npz(dir.path());
