@@ -26,6 +26,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `train` on `data` into `out` for `epochs`, on the CPU, with a tiny
+/// network, plus `extra` arguments; what it printed.
+fn train_tiny(data: &Path, out: &Path, epochs: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "train",
+        "--data",
+        s(data),
+        "--out",
+        s(out),
+        "--epochs",
+        epochs,
+        "--backend",
+        "cpu",
+        "--channels",
+        "4,8,8",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
 fn data_file() -> PathBuf {
     let dir = std::env::var_os("MEDGATE_DATA_DIR")
         .map(PathBuf::from)
@@ -137,23 +157,12 @@ fn train_with_one_seed_writes_the_same_model_twice() {
     let data = synthetic_npz(dir.path());
     let train = |name: &str, seed: &str| {
         let model = dir.path().join(name);
-        ok(&[
-            "train",
-            "--data",
-            s(&data),
-            "--out",
-            s(&model),
-            "--epochs",
+        train_tiny(
+            &data,
+            &model,
             "2",
-            "--backend",
-            "cpu",
-            "--channels",
-            "4,8,8",
-            "--seed",
-            seed,
-            "--normalise",
-            "image",
-        ]);
+            &["--seed", seed, "--normalise", "image"],
+        );
         model
     };
     let (a, b) = (train("a", "5"), train("b", "5"));
@@ -205,21 +214,7 @@ fn train_writes_a_model_that_evaluate_reads() {
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_npz(dir.path());
     let model = dir.path().join("model");
-    let said = ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&model),
-        "--epochs",
-        "2",
-        "--backend",
-        "cpu",
-        "--channels",
-        "4,8,8",
-        "--version",
-        "test-1",
-    ]);
+    let said = train_tiny(&data, &model, "2", &["--version", "test-1"]);
     assert!(said.contains("kept epoch"), "{said}");
     for f in ["model.json", "model.bpk", "ood.json", "training-log.json"] {
         assert!(model.join(f).exists(), "{f} missing");
@@ -294,21 +289,7 @@ fn train_refuses_and_counts_samples_its_manifest_does_not_hold() {
     // Later: one label flipped and four samples added.
     let poisoned = synthetic_npz_with(dir.path(), "poisoned.npz", 100, Some(5));
     let model = dir.path().join("model");
-    let said = ok(&[
-        "train",
-        "--data",
-        s(&poisoned),
-        "--manifest",
-        s(&manifest),
-        "--out",
-        s(&model),
-        "--epochs",
-        "1",
-        "--backend",
-        "cpu",
-        "--channels",
-        "4,8,8",
-    ]);
+    let said = train_tiny(&poisoned, &model, "1", &["--manifest", s(&manifest)]);
     assert!(
         said.contains(
             "manifest, train: 95 samples kept, 5 refused (changed or added), 1 listed but missing"
